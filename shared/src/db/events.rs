@@ -1,0 +1,343 @@
+//! Events as the database knows them: the inbox (each event applied or refused exactly once), the
+//! attempts of events waiting for a retry, the outbox, and the status clients read.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{FromRow, MySqlConnection, MySqlExecutor, QueryBuilder};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// What became of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// A business refusal: recorded, audited, announced, never retried.
+    Rejected,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// One inbox row.
+#[derive(Debug, Clone)]
+pub struct InboxEntry {
+    pub event_id: String,
+    pub event_type: String,
+    pub source: String,
+    pub actor_id: Option<String>,
+    pub actor_type: String,
+    pub correlation_id: String,
+    pub causation_id: Option<String>,
+    pub chain_depth: u32,
+    pub outcome: Outcome,
+    pub reason_code: Option<String>,
+    pub reason: Option<String>,
+    /// What the event changed, so a waiting client can read it back.
+    pub entity: Option<&'static str>,
+    pub entity_id: Option<String>,
+    /// The rule evaluations, when rules ran.
+    pub rules: Option<Value>,
+    pub received_at: DateTime<Utc>,
+    pub processed_at: DateTime<Utc>,
+}
+
+/// Which of `ids` are already in the inbox.
+pub async fn already_processed(
+    conn: &mut MySqlConnection,
+    ids: &[&str],
+) -> sqlx::Result<HashSet<String>> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut query = QueryBuilder::new("select event_id from inbox where event_id in (");
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(id.to_string());
+    }
+    query.push(")");
+    let found: Vec<String> = query.build_query_scalar().fetch_all(conn).await?;
+    Ok(found.into_iter().collect())
+}
+
+/// Inserts inbox rows. A duplicate key means another worker took one of these events first:
+/// the caller rolls back and looks again.
+pub async fn insert_inbox(conn: &mut MySqlConnection, entries: &[InboxEntry]) -> sqlx::Result<()> {
+    for chunk in entries.chunks(500) {
+        let mut insert = QueryBuilder::new(
+            "insert into inbox (event_id, type, source, actor_id, actor_type, correlation_id, causation_id, chain_depth, \
+             outcome, reason_code, reason, entity, entity_id, rules, received_at, processed_at) ",
+        );
+        insert.push_values(chunk, |mut row, e| {
+            row.push_bind(e.event_id.clone())
+                .push_bind(e.event_type.clone())
+                .push_bind(e.source.clone())
+                .push_bind(e.actor_id.clone())
+                .push_bind(e.actor_type.clone())
+                .push_bind(e.correlation_id.clone())
+                .push_bind(e.causation_id.clone())
+                .push_bind(e.chain_depth)
+                .push_bind(e.outcome.as_str())
+                .push_bind(e.reason_code.clone())
+                .push_bind(e.reason.clone())
+                .push_bind(e.entity)
+                .push_bind(e.entity_id.clone())
+                .push_bind(e.rules.clone().map(Json))
+                .push_bind(e.received_at)
+                .push_bind(e.processed_at);
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Forgets the retry bookkeeping of events that are now processed.
+pub async fn clear_attempts(conn: &mut MySqlConnection, ids: &[&str]) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut query = QueryBuilder::new("delete from event_attempts where event_id in (");
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(id.to_string());
+    }
+    query.push(")");
+    query.build().execute(conn).await.map(|_| ())
+}
+
+/// Notes that an event failed transiently and waits for attempt `attempts + 1`.
+pub async fn record_attempt<'e>(
+    executor: impl MySqlExecutor<'e>,
+    event_id: &str,
+    event_type: Option<&str>,
+    attempts: u32,
+    error_kind: &str,
+    error: &str,
+    next_attempt_at: Option<DateTime<Utc>>,
+) -> sqlx::Result<()> {
+    let now = Utc::now();
+    sqlx::query(
+        "insert into event_attempts (event_id, type, attempts, error_kind, last_error, first_failed_at, next_attempt_at, updated_at) \
+         values (?, ?, ?, ?, ?, ?, ?, ?) \
+         on duplicate key update attempts = greatest(attempts, values(attempts)), error_kind = values(error_kind), \
+         last_error = values(last_error), next_attempt_at = values(next_attempt_at), updated_at = values(updated_at)",
+    )
+    .bind(event_id)
+    .bind(event_type)
+    .bind(attempts)
+    .bind(error_kind)
+    .bind(error)
+    .bind(now)
+    .bind(next_attempt_at)
+    .bind(now)
+    .execute(executor)
+    .await
+    .map(|_| ())
+}
+
+/// Where an outbox message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// The notifications exchange: what the system did.
+    Notifications,
+    /// The events exchange: follow-up events (rule actions).
+    Events,
+    /// Straight into the tasks queue: internal messages that start a run.
+    Tasks,
+}
+
+impl Destination {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Destination::Notifications => "notifications",
+            Destination::Events => "events",
+            Destination::Tasks => "tasks",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Destination> {
+        match s {
+            "notifications" => Some(Destination::Notifications),
+            "events" => Some(Destination::Events),
+            "tasks" => Some(Destination::Tasks),
+            _ => None,
+        }
+    }
+}
+
+/// A message to publish once the transaction that wrote it commits.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    /// The CloudEvent id: stable, so a republish after a crash can be recognised downstream.
+    pub message_id: Uuid,
+    pub destination: Destination,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+}
+
+pub async fn insert_outbox(
+    conn: &mut MySqlConnection,
+    messages: &[OutboxMessage],
+) -> sqlx::Result<()> {
+    for chunk in messages.chunks(500) {
+        let mut insert =
+            QueryBuilder::new("insert into outbox (message_id, destination, routing_key, body) ");
+        insert.push_values(chunk, |mut row, m| {
+            row.push_bind(m.message_id.hyphenated())
+                .push_bind(m.destination.as_str())
+                .push_bind(m.routing_key.clone())
+                .push_bind(m.body.clone());
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// An outbox row claimed for publishing.
+#[derive(Debug, Clone, FromRow)]
+pub struct OutboxRow {
+    pub id: u64,
+    pub message_id: String,
+    pub destination: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+}
+
+/// Locks up to `limit` unpublished messages, oldest first, skipping those another relay holds.
+pub async fn claim_outbox(conn: &mut MySqlConnection, limit: u32) -> sqlx::Result<Vec<OutboxRow>> {
+    sqlx::query_as(
+        "select id, message_id, destination, routing_key, body from outbox order by id limit ? for update skip locked",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn delete_outbox(conn: &mut MySqlConnection, ids: &[u64]) -> sqlx::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let mut query = QueryBuilder::new("delete from outbox where id in (");
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    query.push(")");
+    query.build().execute(conn).await.map(|_| ())
+}
+
+/// The state of an event as `GET /api/v1/events/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventStatus {
+    pub event_id: String,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    /// `pending`, `processed`, `rejected`, `retrying` or `dead_lettered`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The machine-readable reason of a refusal (`invalid_transition`, `version_conflict`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason_code: Option<String>,
+    /// Each rule that ran on it: matched or not, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub rules: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processed_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub actor_id: Option<String>,
+    /// The entity it changed (`approval`, `workflow`, ...) and its id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entity: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entity_id: Option<String>,
+}
+
+#[derive(FromRow)]
+struct InboxStatusRow {
+    #[sqlx(rename = "type")]
+    event_type: String,
+    outcome: String,
+    reason_code: Option<String>,
+    reason: Option<String>,
+    rules: Option<Json<Value>>,
+    processed_at: DateTime<Utc>,
+    actor_id: Option<String>,
+    entity: Option<String>,
+    entity_id: Option<String>,
+}
+
+/// Looks the event up in the inbox, then the dead-letter store, then the retry bookkeeping.
+/// Not found anywhere means `pending`: published, not processed yet.
+pub async fn status(conn: &mut MySqlConnection, event_id: &str) -> sqlx::Result<EventStatus> {
+    let mut status = EventStatus {
+        event_id: event_id.to_string(),
+        event_type: None,
+        status: "pending",
+        detail: None,
+        reason_code: None,
+        rules: None,
+        processed_at: None,
+        actor_id: None,
+        entity: None,
+        entity_id: None,
+    };
+    let inbox: Option<InboxStatusRow> = sqlx::query_as(
+        "select type, outcome, reason_code, reason, rules, processed_at, actor_id, entity, entity_id from inbox where event_id = ?",
+    )
+    .bind(event_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(row) = inbox {
+        status.status = if row.outcome == Outcome::Rejected.as_str() {
+            "rejected"
+        } else {
+            "processed"
+        };
+        status.event_type = Some(row.event_type);
+        status.detail = row.reason;
+        status.reason_code = row.reason_code;
+        status.rules = row.rules.map(|j| j.0);
+        status.processed_at = Some(row.processed_at);
+        status.actor_id = row.actor_id;
+        status.entity = row.entity;
+        status.entity_id = row.entity_id;
+        return Ok(status);
+    }
+    let dead: Option<(Option<String>, String, String)> = sqlx::query_as(
+        "select type, reason, state from dead_letters where event_id = ? order by seq desc limit 1",
+    )
+    .bind(event_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some((event_type, reason, state)) = dead
+        && state != "replayed"
+    {
+        status.status = "dead_lettered";
+        status.event_type = event_type;
+        status.detail = Some(reason);
+        return Ok(status);
+    }
+    let retrying: Option<(Option<String>, u32, String)> =
+        sqlx::query_as("select type, attempts, last_error from event_attempts where event_id = ?")
+            .bind(event_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some((event_type, attempts, error)) = retrying {
+        status.status = "retrying";
+        status.event_type = event_type;
+        status.detail = Some(format!("attempt {attempts} failed: {error}"));
+    }
+    Ok(status)
+}

@@ -1,0 +1,119 @@
+//! MySQL: the pool, the migrations, how failures are told apart, and the queries both binaries
+//! use (one module per entity).
+
+pub mod approvals;
+pub mod audit;
+pub mod dead_letters;
+pub mod events;
+pub mod rules;
+pub mod runs;
+pub mod workflows;
+
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::mysql::{MySqlDatabaseError, MySqlPool, MySqlPoolOptions};
+
+use crate::config::DatabaseConfig;
+
+/// The one migrator: `automation-worker migrate`, `make run` and the tests all use it.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// A pool that connects on first use, so a service starts (and reports itself not ready) while
+/// MySQL is still down, then recovers by itself when it comes back.
+pub fn lazy_pool(config: &DatabaseConfig) -> anyhow::Result<MySqlPool> {
+    let options = config.connect_options()?;
+    Ok(pool_options(config).connect_lazy_with(options))
+}
+
+/// A pool that connects now: for CLI commands, which should fail fast with a clear message.
+pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<MySqlPool> {
+    let options = config.connect_options()?;
+    Ok(pool_options(config).connect_with(options).await?)
+}
+
+fn pool_options(config: &DatabaseConfig) -> MySqlPoolOptions {
+    MySqlPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
+        // A connection that died with the server is found before use, not in the middle of a batch.
+        .test_before_acquire(true)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                // READ COMMITTED takes no gap locks: fewer deadlocks between workers inserting
+                // into the same tables. Every decision that needs a stable read locks its row.
+                sqlx::query("set session transaction isolation level read committed")
+                    .execute(&mut *conn)
+                    .await?;
+                // Fail a lock wait in seconds, not the default 50: it is retried either way.
+                sqlx::query("set session innodb_lock_wait_timeout = 10")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
+            })
+        })
+}
+
+/// What a database error means for the message being processed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The database cannot be reached or went away: wait for it, spend no attempt.
+    Unavailable,
+    /// Deadlock or lock wait timeout: try again soon.
+    Conflict,
+    /// A unique key said no.
+    Duplicate,
+    /// Anything else: a bug or a bad statement.
+    Other,
+}
+
+const ER_DUP_ENTRY: u16 = 1062;
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+const ER_LOCK_DEADLOCK: u16 = 1213;
+const ER_CON_COUNT: u16 = 1040;
+const ER_SERVER_SHUTDOWN: u16 = 1053;
+const ER_OPTION_PREVENTS_STATEMENT: u16 = 1290;
+const ER_CONNECTION_KILLED: u16 = 1927;
+const ER_QUERY_INTERRUPTED: u16 = 1317;
+const CR_CONNECTION_ERROR: u16 = 2002;
+const CR_CONN_HOST_ERROR: u16 = 2003;
+const CR_SERVER_GONE_ERROR: u16 = 2006;
+const CR_SERVER_LOST: u16 = 2013;
+const ER_CLIENT_INTERACTION_TIMEOUT: u16 = 4031;
+
+pub fn classify(error: &sqlx::Error) -> Failure {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => Failure::Unavailable,
+        sqlx::Error::Database(db) => match db
+            .try_downcast_ref::<MySqlDatabaseError>()
+            .map(|e| e.number())
+        {
+            Some(ER_DUP_ENTRY) => Failure::Duplicate,
+            Some(ER_LOCK_WAIT_TIMEOUT | ER_LOCK_DEADLOCK) => Failure::Conflict,
+            Some(
+                ER_CON_COUNT
+                | ER_SERVER_SHUTDOWN
+                | ER_OPTION_PREVENTS_STATEMENT
+                | ER_CONNECTION_KILLED
+                | ER_QUERY_INTERRUPTED
+                | CR_CONNECTION_ERROR
+                | CR_CONN_HOST_ERROR
+                | CR_SERVER_GONE_ERROR
+                | CR_SERVER_LOST
+                | ER_CLIENT_INTERACTION_TIMEOUT,
+            ) => Failure::Unavailable,
+            _ => Failure::Other,
+        },
+        _ => Failure::Other,
+    }
+}
+
+/// Does the database answer?
+pub async fn ping(pool: &MySqlPool) -> Result<(), sqlx::Error> {
+    sqlx::query("select 1").execute(pool).await.map(|_| ())
+}

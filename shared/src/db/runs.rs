@@ -1,0 +1,174 @@
+//! Automation runs (CONTRACT §7): their states and the queries both binaries use.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{FromRow, MySqlExecutor};
+use utoipa::ToSchema;
+use uuid::Uuid;
+use uuid::fmt::Hyphenated;
+
+use crate::lifecycle::UnknownStatus;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Queued,
+    Scheduled,
+    Running,
+    Succeeded,
+    Failed,
+    Retrying,
+    Cancelled,
+}
+
+impl RunState {
+    pub const ALL: [RunState; 7] = [
+        RunState::Queued,
+        RunState::Scheduled,
+        RunState::Running,
+        RunState::Succeeded,
+        RunState::Failed,
+        RunState::Retrying,
+        RunState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::Queued => "queued",
+            RunState::Scheduled => "scheduled",
+            RunState::Running => "running",
+            RunState::Succeeded => "succeeded",
+            RunState::Failed => "failed",
+            RunState::Retrying => "retrying",
+            RunState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RunState> {
+        RunState::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// Nothing happens to a run in these states any more.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            RunState::Succeeded | RunState::Failed | RunState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for RunState {
+    type Error = UnknownStatus;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        RunState::parse(&value).ok_or(UnknownStatus(value))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    #[serde(skip)]
+    pub seq: u64,
+    #[sqlx(try_from = "Hyphenated")]
+    pub id: Uuid,
+    pub automation: String,
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<Json<Value>>,
+    #[sqlx(try_from = "String")]
+    pub state: RunState,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<Json<Value>>,
+    pub error: Option<String>,
+    /// Not before this time (a countdown or `runAt`).
+    pub run_at: Option<DateTime<Utc>>,
+    pub event_id: Option<String>,
+    pub schedule_name: Option<String>,
+    pub requested_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+macro_rules! select_runs {
+    ($rest:literal) => {
+        concat!(
+            "select seq, id, automation, params, state, attempts, max_attempts, result, error, run_at, event_id, \
+             schedule_name, requested_by, created_at, started_at, finished_at, updated_at from automation_runs ",
+            $rest
+        )
+    };
+}
+/// The select list with `from`, for queries that add their own filters.
+pub const SELECT: &str = select_runs!("");
+
+pub async fn find<'e>(executor: impl MySqlExecutor<'e>, id: Uuid) -> sqlx::Result<Option<Run>> {
+    sqlx::query_as(select_runs!("where id = ?"))
+        .bind(id.hyphenated())
+        .fetch_optional(executor)
+        .await
+}
+
+pub async fn find_for_update<'e>(
+    executor: impl MySqlExecutor<'e>,
+    id: Uuid,
+) -> sqlx::Result<Option<Run>> {
+    sqlx::query_as(select_runs!("where id = ? for update"))
+        .bind(id.hyphenated())
+        .fetch_optional(executor)
+        .await
+}
+
+pub async fn insert<'e>(executor: impl MySqlExecutor<'e>, r: &Run) -> sqlx::Result<()> {
+    sqlx::query(
+        "insert into automation_runs (id, automation, params, state, attempts, max_attempts, run_at, event_id, \
+         schedule_name, requested_by, created_at, updated_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(r.id.hyphenated())
+    .bind(&r.automation)
+    .bind(&r.params)
+    .bind(r.state.as_str())
+    .bind(r.attempts)
+    .bind(r.max_attempts)
+    .bind(r.run_at)
+    .bind(&r.event_id)
+    .bind(&r.schedule_name)
+    .bind(&r.requested_by)
+    .bind(r.created_at)
+    .bind(r.updated_at)
+    .execute(executor)
+    .await
+    .map(|_| ())
+}
+
+/// Writes the mutable part of a run.
+pub async fn update<'e>(executor: impl MySqlExecutor<'e>, r: &Run) -> sqlx::Result<()> {
+    sqlx::query(
+        "update automation_runs set state = ?, attempts = ?, result = ?, error = ?, run_at = ?, started_at = ?, \
+         finished_at = ?, updated_at = ? where id = ?",
+    )
+    .bind(r.state.as_str())
+    .bind(r.attempts)
+    .bind(&r.result)
+    .bind(&r.error)
+    .bind(r.run_at)
+    .bind(r.started_at)
+    .bind(r.finished_at)
+    .bind(r.updated_at)
+    .bind(r.id.hyphenated())
+    .execute(executor)
+    .await
+    .map(|_| ())
+}

@@ -1,0 +1,10 @@
+//! What the API and the worker share: configuration, the events and their envelope, the state
+//! machines, RabbitMQ messaging and topology, the database, rules, and telemetry.
+
+pub mod config;
+pub mod db;
+pub mod events;
+pub mod lifecycle;
+pub mod messaging;
+pub mod rules;
+pub mod telemetry;

@@ -1,0 +1,255 @@
+//! RabbitMQ: the connection (with automatic recovery), the topology, and publishing with
+//! confirms.
+
+pub mod topology;
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+
+pub use topology::Names;
+
+/// AMQP delivery mode 2: the broker writes the message to disk.
+pub const PERSISTENT: u8 = 2;
+
+/// Opens a connection that recovers by itself: after a broker restart lapin reconnects and
+/// replays the exchanges, queues, bindings, QoS and consumers declared on it.
+pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default()
+        .with_connection_name(LongString::from(name.to_string()))
+        .enable_auto_recover()
+        // The default gives up after 16 attempts; a worker must outlive any broker outage.
+        .with_backoff(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(250))
+                .with_max_delay(Duration::from_secs(5))
+                .with_jitter()
+                .without_max_times(),
+        );
+    Connection::connect(url, properties).await
+}
+
+/// Connects, retrying with backoff for up to `patience`. Used at start-up, when the broker may
+/// still be starting beside us.
+pub async fn connect_with_patience(
+    url: &str,
+    name: &str,
+    patience: Duration,
+) -> lapin::Result<Connection> {
+    let attempt = || async { connect(url, name).await };
+    attempt
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(3))
+                .with_total_delay(Some(patience))
+                .without_max_times(),
+        )
+        .notify(|error, after| {
+            tracing::warn!(error = %error, retry.in_ms = after.as_millis() as u64, "RabbitMQ is not reachable yet");
+        })
+        .await
+}
+
+/// Why a publish did not get a positive confirm. Whoever publishes must treat every variant as
+/// "not sent": answer 503, keep the outbox row, or leave the delivery unacked.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the broker connection is down")]
+    Disconnected,
+    #[error("the broker is blocking publishers (a memory or disk alarm)")]
+    Blocked,
+    #[error("the broker did not confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("no queue is bound for routing key {0:?}")]
+    Unroutable(String),
+    #[error("AMQP error: {0}")]
+    Amqp(#[from] lapin::Error),
+}
+
+/// One outgoing message.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub properties: BasicProperties,
+    /// Ask the broker to return the message if no queue takes it.
+    pub mandatory: bool,
+}
+
+/// A channel in confirm mode. Every publish waits for the broker's confirm (bounded by the
+/// timeout), so "published" means "the broker has it".
+#[derive(Clone)]
+pub struct Publisher {
+    connection: std::sync::Arc<Connection>,
+    channel: Channel,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("channel", &self.channel.id())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Publisher {
+    pub async fn new(
+        connection: std::sync::Arc<Connection>,
+        timeout: Duration,
+    ) -> lapin::Result<Publisher> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Publisher {
+            connection,
+            channel,
+            timeout,
+        })
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.connection
+    }
+
+    /// Is the broker connected and accepting publishes right now?
+    pub fn is_ready(&self) -> bool {
+        let status = self.connection.status();
+        status.connected() && !status.blocked() && self.channel.status().connected()
+    }
+
+    /// Publishes and waits for the confirm.
+    pub async fn publish(&self, message: Outgoing<'_>) -> Result<(), PublishError> {
+        let confirm = self.start(message).await?;
+        self.finish(confirm).await
+    }
+
+    /// Publishes several messages and waits for all confirms; the first failure is returned.
+    /// Messages after a failure may or may not have reached the broker.
+    pub async fn publish_all(&self, messages: Vec<Outgoing<'_>>) -> Result<(), PublishError> {
+        let mut pending = Vec::with_capacity(messages.len());
+        for message in messages {
+            pending.push(self.start(message).await?);
+        }
+        for confirm in pending {
+            self.finish(confirm).await?;
+        }
+        Ok(())
+    }
+
+    async fn start(
+        &self,
+        message: Outgoing<'_>,
+    ) -> Result<(String, lapin::PublisherConfirm), PublishError> {
+        let status = self.connection.status();
+        if !status.connected() {
+            return Err(PublishError::Disconnected);
+        }
+        if status.blocked() {
+            return Err(PublishError::Blocked);
+        }
+        let options = BasicPublishOptions {
+            mandatory: message.mandatory,
+            ..BasicPublishOptions::default()
+        };
+        let confirm = tokio::time::timeout(
+            self.timeout,
+            self.channel.basic_publish(
+                ShortString::from(message.exchange.to_string()),
+                ShortString::from(message.routing_key.to_string()),
+                options,
+                message.body,
+                message.properties,
+            ),
+        )
+        .await
+        .map_err(|_| PublishError::Timeout(self.timeout))??;
+        Ok((message.routing_key.to_string(), confirm))
+    }
+
+    async fn finish(
+        &self,
+        (routing_key, confirm): (String, lapin::PublisherConfirm),
+    ) -> Result<(), PublishError> {
+        let confirmation = tokio::time::timeout(self.timeout, confirm)
+            .await
+            .map_err(|_| PublishError::Timeout(self.timeout))??;
+        match confirmation {
+            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(Some(_returned)) => Err(PublishError::Unroutable(routing_key)),
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+            // Cannot happen on a channel in confirm mode; treat it as not confirmed.
+            Confirmation::NotRequested => Err(PublishError::Nacked),
+        }
+    }
+
+    pub async fn close(&self) {
+        let _ = self
+            .channel
+            .close(200, ShortString::from("shutting down"))
+            .await;
+    }
+}
+
+/// Properties of a persistent CloudEvents structured message.
+pub fn cloud_event_properties(id: &str, event_type: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type(ShortString::from("application/cloudevents+json"))
+        .with_delivery_mode(PERSISTENT)
+        .with_message_id(ShortString::from(id.to_string()))
+        .with_type(ShortString::from(event_type.to_string()))
+        .with_timestamp(chrono::Utc::now().timestamp().max(0) as u64)
+}
+
+/// Adds or replaces a string header.
+pub fn set_header(
+    properties: BasicProperties,
+    name: &str,
+    value: impl Into<String>,
+) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        ShortString::from(name.to_string()),
+        AMQPValue::LongString(LongString::from(value.into().into_bytes())),
+    );
+    properties.with_headers(headers)
+}
+
+/// Adds or replaces an integer header.
+pub fn set_int_header(properties: BasicProperties, name: &str, value: i64) -> BasicProperties {
+    let mut headers = properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        ShortString::from(name.to_string()),
+        AMQPValue::LongLongInt(value),
+    );
+    properties.with_headers(headers)
+}
+
+/// A header as text, if present.
+pub fn header(properties: &BasicProperties, name: &str) -> Option<String> {
+    properties
+        .headers()
+        .as_ref()?
+        .inner()
+        .get(name)
+        .and_then(crate::events::envelope::amqp_string)
+}
+
+/// A header as a whole number, if present.
+pub fn int_header(properties: &BasicProperties, name: &str) -> Option<i64> {
+    header(properties, name)?.parse().ok()
+}
+
+/// An empty argument table.
+pub fn no_arguments() -> FieldTable {
+    FieldTable::default()
+}

@@ -1,0 +1,270 @@
+//! Every exchange, queue and binding, declared idempotently in one place. Both binaries and
+//! `automation-worker topology` call [`declare`].
+
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::events::{EventType, WorkQueue};
+
+/// The names of everything on the broker, all under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    pub fn new(prefix: impl Into<String>) -> Names {
+        Names {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Topic exchange: everything that asks the system to do something.
+    pub fn events(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+
+    /// Topic exchange: what the system did.
+    pub fn notifications(&self) -> String {
+        format!("{}.notifications", self.prefix)
+    }
+
+    /// Topic exchange: dead letters, routed by their original routing key.
+    pub fn dead(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// Fanout exchange behind `events` for routing keys no queue is bound to, so a message with
+    /// an unknown type reaches a worker and is dead-lettered with its reason instead of vanishing.
+    pub fn unrouted(&self) -> String {
+        format!("{}.unrouted", self.prefix)
+    }
+
+    pub fn work_queue(&self, queue: WorkQueue) -> String {
+        format!("{}.{}", self.prefix, queue.suffix())
+    }
+
+    /// Holds messages of `queue` for `delay_ms`, then hands them back to it. The delay is in the
+    /// name because a queue's TTL cannot change once it exists.
+    pub fn retry_queue(&self, queue: WorkQueue, delay_ms: u64) -> String {
+        format!("{}.{}.retry.{delay_ms}ms", self.prefix, queue.suffix())
+    }
+
+    /// Feeds the dead-letter store.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead-letters", self.prefix)
+    }
+}
+
+fn string(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.as_bytes().to_vec()))
+}
+
+fn args(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in pairs {
+        table.insert(ShortString::from(*key), value.clone());
+    }
+    table
+}
+
+/// Arguments every quorum queue here shares.
+fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut pairs = vec![
+        // Replicated and durable: survives a node loss, and counts redeliveries.
+        ("x-queue-type", string("quorum")),
+        // Dead letters are re-published with confirms by the broker, so none is lost on the way
+        // (needs reject-publish overflow).
+        ("x-dead-letter-strategy", string("at-least-once")),
+        ("x-overflow", string("reject-publish")),
+    ];
+    pairs.extend(extra.iter().cloned());
+    args(&pairs)
+}
+
+/// The settings topology depends on.
+#[derive(Debug, Clone)]
+pub struct TopologySettings<'a> {
+    pub retry_delays_ms: &'a [u64],
+    pub delivery_limit: u32,
+}
+
+/// Declares every exchange, queue and binding. Safe to run any number of times, from any
+/// number of processes at once.
+pub async fn declare(
+    channel: &Channel,
+    names: &Names,
+    settings: &TopologySettings<'_>,
+) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(
+            names.unrouted().into(),
+            ExchangeKind::Fanout,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            names.events().into(),
+            ExchangeKind::Topic,
+            durable,
+            args(&[("alternate-exchange", string(&names.unrouted()))]),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            names.notifications().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .exchange_declare(
+            names.dead().into(),
+            ExchangeKind::Topic,
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+
+    let queue_options = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    for queue in WorkQueue::ALL {
+        let name = names.work_queue(queue);
+        channel
+            .queue_declare(
+                name.clone().into(),
+                queue_options,
+                quorum(&[
+                    // What the worker cannot dead-letter itself (a message that kills it every
+                    // time) still ends in the store.
+                    ("x-dead-letter-exchange", string(&names.dead())),
+                    // Our own attempt counter decides retries; this only stops crash loops.
+                    (
+                        "x-delivery-limit",
+                        AMQPValue::LongInt(settings.delivery_limit as i32),
+                    ),
+                ]),
+            )
+            .await?;
+        for event_type in EventType::ALL.iter().filter(|t| t.queue() == queue) {
+            channel
+                .queue_bind(
+                    name.clone().into(),
+                    names.events().into(),
+                    event_type.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        for delay in settings.retry_delays_ms {
+            channel
+                .queue_declare(
+                    names.retry_queue(queue, *delay).into(),
+                    queue_options,
+                    quorum(&[
+                        // Expired messages go back to the work queue through the default exchange.
+                        ("x-message-ttl", AMQPValue::LongLongInt(*delay as i64)),
+                        ("x-dead-letter-exchange", string("")),
+                        ("x-dead-letter-routing-key", string(&name)),
+                    ]),
+                )
+                .await?;
+        }
+    }
+    channel
+        .queue_bind(
+            names.work_queue(WorkQueue::Commands).into(),
+            names.unrouted().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+
+    channel
+        .queue_declare(names.dead_letter_queue().into(), queue_options, quorum(&[]))
+        .await?;
+    channel
+        .queue_bind(
+            names.dead_letter_queue().into(),
+            names.dead().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Removes everything [`declare`] made (tests and `topology --delete`). Messages in the queues
+/// are lost.
+pub async fn delete(
+    channel: &Channel,
+    names: &Names,
+    settings: &TopologySettings<'_>,
+) -> lapin::Result<()> {
+    let mut queues = vec![names.dead_letter_queue()];
+    for queue in WorkQueue::ALL {
+        queues.push(names.work_queue(queue));
+        queues.extend(
+            settings
+                .retry_delays_ms
+                .iter()
+                .map(|d| names.retry_queue(queue, *d)),
+        );
+    }
+    for queue in queues {
+        channel
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
+            .await?;
+    }
+    for exchange in [
+        names.events(),
+        names.notifications(),
+        names.dead(),
+        names.unrouted(),
+    ] {
+        channel
+            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_takes_the_prefix() {
+        let names = Names::new("acme");
+        assert_eq!(names.events(), "acme.events");
+        assert_eq!(names.notifications(), "acme.notifications");
+        assert_eq!(names.dead(), "acme.dead");
+        assert_eq!(names.work_queue(WorkQueue::Commands), "acme.commands");
+        assert_eq!(names.work_queue(WorkQueue::Tasks), "acme.tasks");
+        assert_eq!(
+            names.retry_queue(WorkQueue::Tasks, 1000),
+            "acme.tasks.retry.1000ms"
+        );
+        assert_eq!(names.dead_letter_queue(), "acme.dead-letters");
+    }
+}
