@@ -132,7 +132,7 @@ create table inbox (
     outcome varchar(16) character set ascii not null,
     reason_code varchar(32) character set ascii null,
     reason text null,
-    entity varchar(32) character set ascii null,
+    entity varchar(64) null,
     entity_id varchar(64) null,
     rules json null,
     received_at datetime(6) not null,

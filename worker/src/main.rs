@@ -1,1 +1,109 @@
-fn main() {}
+//! `automation-worker`: serves (the default) or runs an ops subcommand.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use automation_shared::config::{Component, Config};
+use automation_shared::telemetry;
+use automation_worker::{cli, service};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "automation-worker", version, about = "Applies automation events from RabbitMQ to MySQL, exactly once.")]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume the work queues and serve /health, /readiness and /metrics (the default).
+    Run,
+    /// Apply the database migrations.
+    Migrate {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Declare the exchanges, queues and bindings (idempotent).
+    Topology {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Prove that no audit record was changed or removed (exit 1 if one was).
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let serving = matches!(args.command, None | Some(Command::Run));
+    let config = match Config::load(if serving { Component::Worker } else { Component::Cli }) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let result = match args.command {
+        None | Some(Command::Run) => {
+            telemetry::init_tracing(&config);
+            serve(config).await.map(|()| true)
+        }
+        Some(Command::Migrate { json }) => cli::migrate(&config, json).await.map(|()| true),
+        Some(Command::Topology { json }) => cli::topology(&config, json).await.map(|()| true),
+        Some(Command::Audit { command: AuditCommand::Verify { json } }) => cli::audit_verify(&config, json).await,
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let address = SocketAddr::from(([0, 0, 0, 0], config.worker.port));
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("could not listen on {address} (WORKER_PORT)"))?;
+    let worker = service::Worker::connect(Arc::new(config)).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    service::run(worker, listener, shutdown).await
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C starts the drain.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+    shutdown.cancel();
+}

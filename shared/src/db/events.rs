@@ -43,7 +43,7 @@ pub struct InboxEntry {
     pub reason_code: Option<String>,
     pub reason: Option<String>,
     /// What the event changed, so a waiting client can read it back.
-    pub entity: Option<&'static str>,
+    pub entity: Option<String>,
     pub entity_id: Option<String>,
     /// The rule evaluations, when rules ran.
     pub rules: Option<Value>,
@@ -89,7 +89,7 @@ pub async fn insert_inbox(conn: &mut MySqlConnection, entries: &[InboxEntry]) ->
                 .push_bind(e.outcome.as_str())
                 .push_bind(e.reason_code.clone())
                 .push_bind(e.reason.clone())
-                .push_bind(e.entity)
+                .push_bind(e.entity.clone())
                 .push_bind(e.entity_id.clone())
                 .push_bind(e.rules.clone().map(Json))
                 .push_bind(e.received_at)

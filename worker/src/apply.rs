@@ -1,0 +1,231 @@
+//! Applying a batch of events in one transaction. The inbox decides what is a duplicate; each
+//! handler applies its event; then the audit records, notifications and inbox rows are written
+//! with multi-row statements and the transaction commits once. A failure of any statement
+//! rolls the whole batch back, and the consumer decides what to do from the error.
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use automation_shared::db::audit::{ActorType, AuditChain, NewRecord, Staged};
+use automation_shared::db::events::{self as event_rows, InboxEntry, Outcome as RowOutcome};
+use automation_shared::db::{self, Failure};
+use automation_shared::events::Envelope;
+use automation_shared::events::envelope::MAX_CHAIN_DEPTH;
+use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
+use serde_json::json;
+use sqlx::MySqlPool;
+
+use crate::announce;
+use crate::handlers::{self, Context, HandlerError, RejectCode, reject};
+use crate::tasks::Registry;
+
+/// One event of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Item<'a> {
+    pub envelope: &'a Envelope,
+    pub received_at: DateTime<Utc>,
+    /// It failed before: its retry bookkeeping is cleared when it commits.
+    pub retried: bool,
+}
+
+/// What became of an event whose batch committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Rejected,
+    /// Already in the inbox (or twice in this batch): skipped.
+    Duplicate,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Rejected => "rejected",
+            Outcome::Duplicate => "duplicate",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("{source}")]
+    Database {
+        failure: Failure,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("the handler panicked: {message}")]
+    Panic { message: String },
+}
+
+impl BatchError {
+    pub fn failure(&self) -> Failure {
+        match self {
+            BatchError::Database { failure, .. } => *failure,
+            BatchError::Panic { .. } => Failure::Other,
+        }
+    }
+
+    /// `transient` for what should pass on its own (lock conflicts, a lost race), `bug` for what
+    /// needs a fix (a failing statement, a panic).
+    pub fn kind(&self) -> &'static str {
+        match self.failure() {
+            Failure::Conflict | Failure::Duplicate | Failure::Unavailable => "transient",
+            Failure::Other => "bug",
+        }
+    }
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(source: sqlx::Error) -> Self {
+        BatchError::Database { failure: db::classify(&source), source }
+    }
+}
+
+/// Applies `items` in one transaction. On success the audit chain advances; on failure nothing
+/// was committed (or, if the commit itself failed, the chain is abandoned because whether it
+/// committed is unknown).
+pub async fn apply(pool: &MySqlPool, registry: &Registry, chain: &mut AuditChain, items: &[Item<'_>]) -> Result<Vec<Outcome>, BatchError> {
+    let current = AtomicUsize::new(0);
+    let committing = std::sync::atomic::AtomicBool::new(false);
+    let work = AssertUnwindSafe(apply_inner(pool, registry, chain, items, &current, &committing)).catch_unwind();
+    match work.await {
+        Ok(Ok((outcomes, staged))) => {
+            chain.advance(&staged);
+            Ok(outcomes)
+        }
+        Ok(Err(error)) => {
+            if committing.load(Ordering::Relaxed) {
+                chain.abandon();
+            }
+            Err(error)
+        }
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            let item = current.load(Ordering::Relaxed);
+            tracing::error!(
+                event.id = items.get(item).map(|i| i.envelope.id.as_str()),
+                panic = %message,
+                "an event handler panicked; the batch was rolled back"
+            );
+            Err(BatchError::Panic { message })
+        }
+    }
+}
+
+async fn apply_inner(
+    pool: &MySqlPool,
+    registry: &Registry,
+    chain: &AuditChain,
+    items: &[Item<'_>],
+    current: &AtomicUsize,
+    committing: &std::sync::atomic::AtomicBool,
+) -> Result<(Vec<Outcome>, Staged), BatchError> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<&str> = items.iter().map(|i| i.envelope.id.as_str()).collect();
+    let seen = event_rows::already_processed(&mut tx, &ids).await?;
+    let now = Utc::now();
+    let mut staged = chain.stage();
+    let mut outbox = Vec::with_capacity(items.len());
+    let mut inbox = Vec::with_capacity(items.len());
+    let mut outcomes = Vec::with_capacity(items.len());
+    let mut in_batch = HashSet::with_capacity(items.len());
+    let mut retried = Vec::new();
+
+    for (index, item) in items.iter().enumerate() {
+        current.store(index, Ordering::Relaxed);
+        let envelope = item.envelope;
+        if seen.contains(&envelope.id) || !in_batch.insert(envelope.id.as_str()) {
+            outcomes.push(Outcome::Duplicate);
+            continue;
+        }
+        if item.retried {
+            retried.push(envelope.id.as_str());
+        }
+        let result = if envelope.chain_depth > MAX_CHAIN_DEPTH {
+            Err(reject(
+                RejectCode::ChainTooDeep,
+                format!("this event was caused by a chain of {} rule-caused events; the limit is {MAX_CHAIN_DEPTH}", envelope.chain_depth),
+            ))
+        } else {
+            let mut ctx = Context { conn: &mut tx, envelope, now, registry, outbox: &mut outbox };
+            handlers::dispatch(&mut ctx).await
+        };
+        let mut entry = InboxEntry {
+            event_id: envelope.id.clone(),
+            event_type: envelope.event_type.as_str().to_string(),
+            source: truncate(&envelope.source, 255),
+            actor_id: envelope.actor_id.clone(),
+            actor_type: envelope.actor_type.clone(),
+            correlation_id: envelope.correlation_id.clone(),
+            causation_id: envelope.causation_id.clone(),
+            chain_depth: envelope.chain_depth,
+            outcome: RowOutcome::Applied,
+            reason_code: None,
+            reason: None,
+            entity: None,
+            entity_id: None,
+            rules: None,
+            received_at: item.received_at,
+            processed_at: now,
+        };
+        match result {
+            Ok(applied) => {
+                staged.push(NewRecord {
+                    entity: applied.entity.clone(),
+                    entity_id: applied.entity_id.clone(),
+                    action: applied.audit_action,
+                    actor_id: envelope.actor_id.clone(),
+                    actor_type: ActorType::parse(&envelope.actor_type),
+                    event_id: Some(envelope.id.clone()),
+                    correlation_id: Some(envelope.correlation_id.clone()),
+                    details: applied.audit_details,
+                });
+                outbox.push(announce::notification(envelope, applied.notification, applied.state));
+                entry.entity = Some(applied.entity);
+                entry.entity_id = Some(applied.entity_id);
+                outcomes.push(Outcome::Applied);
+            }
+            Err(HandlerError::Rejected { code, reason }) => {
+                staged.push(NewRecord {
+                    entity: "event".into(),
+                    entity_id: truncate(&envelope.id, 64),
+                    action: "rejected".into(),
+                    actor_id: envelope.actor_id.clone(),
+                    actor_type: ActorType::parse(&envelope.actor_type),
+                    event_id: Some(envelope.id.clone()),
+                    correlation_id: Some(envelope.correlation_id.clone()),
+                    details: Some(json!({"type": envelope.event_type.as_str(), "code": code.as_str(), "reason": reason})),
+                });
+                outbox.push(announce::rejection(envelope, code.as_str(), &reason));
+                entry.outcome = RowOutcome::Rejected;
+                entry.reason_code = Some(code.as_str().to_string());
+                entry.reason = Some(reason);
+                outcomes.push(Outcome::Rejected);
+            }
+            Err(HandlerError::Database(error)) => return Err(error.into()),
+        }
+        inbox.push(entry);
+    }
+
+    staged.write(&mut tx).await?;
+    event_rows::insert_outbox(&mut tx, &outbox).await?;
+    event_rows::insert_inbox(&mut tx, &inbox).await?;
+    event_rows::clear_attempts(&mut tx, &retried).await?;
+    committing.store(true, Ordering::Relaxed);
+    tx.commit().await?;
+    #[cfg(feature = "fault-injection")]
+    crate::faults::after_commit();
+    Ok((outcomes, staged))
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    s.chars().take(max_chars).collect()
+}

@@ -1,0 +1,213 @@
+//! The dead-letter store's intake: everything that reaches the dead-letter exchange is kept
+//! whole in MySQL, whether this worker dead-lettered it (with its reason and history in
+//! headers) or the broker did (a message redelivered past the delivery limit).
+
+use std::sync::Arc;
+
+use automation_shared::db::dead_letters::{self, NewDeadLetter};
+use automation_shared::db::{self, Failure};
+use automation_shared::events::envelope::{Limits, amqp_string};
+use automation_shared::events::{Envelope, ID_NAMESPACE, derived_id};
+use automation_shared::messaging::{header, int_header};
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::failures::{self, headers};
+use crate::service::Worker;
+
+pub async fn run(worker: Arc<Worker>, stop: CancellationToken) -> anyhow::Result<()> {
+    let channel = worker.connection.create_channel().await?;
+    channel.basic_qos(50, BasicQosOptions::default()).await?;
+    let tag = format!("automation-worker.dead-letters.{}", Uuid::new_v4().simple());
+    let mut consumer = channel
+        .basic_consume(worker.names.dead_letter_queue().into(), tag.clone().into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    let mut cancelled = false;
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled(), if !cancelled => {
+                cancelled = true;
+                let _ = channel.basic_cancel(tag.clone().into(), BasicCancelOptions::default()).await;
+                continue;
+            }
+            next = consumer.next() => next,
+        };
+        match next {
+            None => break,
+            Some(Ok(delivery)) => {
+                if !store(&worker, &delivery, &stop).await {
+                    break;
+                }
+            }
+            Some(Err(error)) => {
+                if cancelled {
+                    break;
+                }
+                channel.wait_for_recovery(error).await?;
+            }
+        }
+    }
+    let _ = channel.close(200, "drained".into()).await;
+    Ok(())
+}
+
+/// Stores one dead letter, waiting out database outages. `false` when stopped while waiting.
+async fn store(worker: &Worker, delivery: &Delivery, stop: &CancellationToken) -> bool {
+    let dead = describe(delivery);
+    loop {
+        match dead_letters::insert(&worker.pool, &dead).await {
+            Ok(new) => {
+                if new {
+                    tracing::info!(dead_letter.id = %dead.id, event.id = dead.event_id, reason = %dead.reason, "dead letter stored");
+                }
+                if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                    tracing::info!(%error, "an ack was lost; the dead letter will come again and be stored once");
+                }
+                return true;
+            }
+            Err(error) if db::classify(&error) == Failure::Unavailable => {
+                if !worker.wait_for_database(stop).await {
+                    return false;
+                }
+            }
+            Err(error) => {
+                // Storing failed for a reason waiting will not fix; keep the message in the queue
+                // and say so loudly: nothing is dropped.
+                tracing::error!(%error, dead_letter.id = %dead.id, "could not store a dead letter; it stays in the queue");
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                if stop.is_cancelled() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Everything about a dead message, from its headers (ours or the broker's `x-death`).
+pub fn describe(delivery: &Delivery) -> NewDeadLetter {
+    let properties = &delivery.properties;
+    let now = Utc::now();
+    let death = broker_death(properties);
+    let routing_key = header(properties, headers::ORIGINAL_ROUTING_KEY)
+        .or_else(|| death.as_ref().and_then(|d| d.routing_key.clone()))
+        .unwrap_or_else(|| delivery.routing_key.to_string());
+    let origin_queue = header(properties, headers::ORIGIN_QUEUE).or_else(|| death.as_ref().and_then(|d| d.queue.clone()));
+    let (error_kind, reason) = match (header(properties, headers::ERROR_KIND), header(properties, headers::DEAD_REASON)) {
+        (Some(kind), Some(reason)) => (kind, reason),
+        _ => match &death {
+            Some(d) if d.reason == "delivery_limit" => (
+                "delivery_limit".to_string(),
+                format!(
+                    "delivery_limit: delivered {} times without being settled; it may crash or stall the worker",
+                    d.count.map_or_else(|| "too many".to_string(), |c| c.to_string())
+                ),
+            ),
+            Some(d) => (d.reason.clone(), format!("{}: dead-lettered by the broker", d.reason)),
+            None => ("unknown".to_string(), "arrived on the dead-letter exchange without a reason".to_string()),
+        },
+    };
+    // Best effort: what the message says about itself, for filtering.
+    static NO_PUBLISHERS: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
+    let parsed = Envelope::parse(&routing_key, properties, &delivery.data, Limits { max_bytes: usize::MAX, publishers: &NO_PUBLISHERS });
+    let event_id = header(properties, headers::EVENT_ID).or_else(|| parsed.as_ref().ok().map(|e| e.id.clone()));
+    let event_type = header(properties, headers::EVENT_TYPE).or_else(|| parsed.as_ref().ok().map(|e| e.event_type.as_str().to_string()));
+    let id = header(properties, headers::DEAD_LETTER_ID).and_then(|i| Uuid::parse_str(&i).ok()).unwrap_or_else(|| {
+        // The broker dead-lettered it: derive an id from the message and its first death, so a
+        // redelivered copy is stored once.
+        let identity = Uuid::new_v5(&ID_NAMESPACE, &[routing_key.as_bytes(), b"\n", &delivery.data].concat());
+        derived_id(&format!("broker-dead:{}:{}", reason, death.as_ref().and_then(|d| d.time).unwrap_or(0)), &identity.to_string())
+    });
+    let time = |name: &str| header(properties, name).and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc));
+    NewDeadLetter {
+        id,
+        event_id,
+        event_type,
+        reason,
+        error_kind,
+        origin_queue,
+        exchange: Some(delivery.exchange.to_string()),
+        routing_key,
+        properties: properties_json(properties),
+        body: delivery.data.clone(),
+        attempts: int_header(properties, headers::ATTEMPT)
+            .map(|a| a.max(0) as u32)
+            .or_else(|| death.as_ref().and_then(|d| d.count))
+            .unwrap_or(1),
+        history: failures::history_of(properties),
+        first_failed_at: time(headers::FIRST_FAILED_AT).unwrap_or(now),
+        dead_at: time(headers::DEAD_AT).unwrap_or(now),
+    }
+}
+
+struct BrokerDeath {
+    reason: String,
+    queue: Option<String>,
+    routing_key: Option<String>,
+    count: Option<u32>,
+    time: Option<u64>,
+}
+
+/// The most recent entry of the broker's `x-death` header.
+fn broker_death(properties: &BasicProperties) -> Option<BrokerDeath> {
+    let headers = properties.headers().as_ref()?;
+    let AMQPValue::FieldArray(deaths) = headers.inner().get("x-death")? else { return None };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().first()? else { return None };
+    let get = |name: &str| first.inner().get(name).and_then(amqp_string);
+    let routing_key = match first.inner().get("routing-keys") {
+        Some(AMQPValue::FieldArray(keys)) => keys.as_slice().first().and_then(amqp_string),
+        _ => None,
+    };
+    Some(BrokerDeath {
+        reason: get("reason").unwrap_or_else(|| "unknown".into()),
+        queue: get("queue"),
+        routing_key,
+        count: get("count").and_then(|c| c.parse().ok()),
+        time: match first.inner().get("time") {
+            Some(AMQPValue::Timestamp(t)) => Some(*t),
+            _ => None,
+        },
+    })
+}
+
+/// The AMQP properties as JSON, for the store and for replay.
+pub fn properties_json(properties: &BasicProperties) -> Value {
+    let mut out = Map::new();
+    let mut put = |name: &str, value: Option<String>| {
+        if let Some(value) = value {
+            out.insert(name.to_string(), Value::String(value));
+        }
+    };
+    put("contentType", properties.content_type().as_ref().map(|v| v.to_string()));
+    put("contentEncoding", properties.content_encoding().as_ref().map(|v| v.to_string()));
+    put("messageId", properties.message_id().as_ref().map(|v| v.to_string()));
+    put("correlationId", properties.correlation_id().as_ref().map(|v| v.to_string()));
+    put("type", properties.kind().as_ref().map(|v| v.to_string()));
+    put("userId", properties.user_id().as_ref().map(|v| v.to_string()));
+    put("appId", properties.app_id().as_ref().map(|v| v.to_string()));
+    if let Some(timestamp) = properties.timestamp() {
+        out.insert("timestamp".into(), json!(timestamp));
+    }
+    if let Some(mode) = properties.delivery_mode() {
+        out.insert("deliveryMode".into(), json!(mode));
+    }
+    let headers: Map<String, Value> = properties
+        .headers()
+        .as_ref()
+        .map(|h| {
+            h.inner()
+                .iter()
+                .filter(|(k, _)| k.as_str() != "x-death")
+                .filter_map(|(k, v)| amqp_string(v).map(|v| (k.to_string(), Value::String(v))))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.insert("headers".into(), Value::Object(headers));
+    Value::Object(out)
+}

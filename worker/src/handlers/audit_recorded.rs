@@ -1,0 +1,25 @@
+//! `audit.recorded`: an audit record asked for by a client. The record itself is the effect.
+
+use automation_shared::events::AuditRecorded;
+use serde_json::json;
+
+use super::{Applied, Context, HandlerError};
+
+pub async fn handle(ctx: &mut Context<'_>, data: &AuditRecorded) -> Result<Applied, HandlerError> {
+    #[cfg(feature = "fault-injection")]
+    if data.action == crate::faults::PANIC_ACTION {
+        panic!("fault injection: a handler panic was asked for");
+    }
+    let state = json!({
+        "entity": data.entity,
+        "entityId": data.entity_id,
+        "action": data.action,
+        "actorId": ctx.actor(),
+        "details": data.details,
+        "eventId": ctx.envelope.id,
+    });
+    let mut applied = Applied::new(&data.entity, &data.entity_id, "audit.recorded", &state);
+    applied.audit_action = data.action.clone();
+    applied.audit_details = data.details.clone();
+    Ok(applied)
+}

@@ -1,0 +1,154 @@
+//! One handler per event type, dispatched by one `match`.
+//!
+//! A handler runs inside the batch transaction. It reads and locks what it needs, decides, and
+//! only then writes: a refusal ([`HandlerError::Rejected`]) always comes before the first write,
+//! so refusing one event never leaves half an effect behind in a batch that commits. It returns
+//! what it changed ([`Applied`]); the batch writes the audit record, the notification and the
+//! inbox row for it. Handlers are idempotent only through the inbox: they never run twice for
+//! one event id in a committed transaction.
+
+mod approval_decided;
+mod approval_requested;
+mod audit_recorded;
+mod automation_cancelled;
+mod automation_requested;
+mod rule_deleted;
+mod rule_upserted;
+mod workflow_created;
+mod workflow_status_changed;
+
+use automation_shared::db::audit::ActorType;
+use automation_shared::db::events::OutboxMessage;
+use automation_shared::events::{Envelope, EventData};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::MySqlConnection;
+
+use crate::tasks::Registry;
+
+/// Why an event was refused: the machine-readable part of `event.rejected` and of the event
+/// status, which the API maps to 404, 409 or 422.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectCode {
+    NotFound,
+    AlreadyExists,
+    InvalidTransition,
+    VersionConflict,
+    WorkflowNotActive,
+    Forbidden,
+    InvalidRule,
+    ChainTooDeep,
+    UnknownAutomation,
+}
+
+impl RejectCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectCode::NotFound => "not_found",
+            RejectCode::AlreadyExists => "already_exists",
+            RejectCode::InvalidTransition => "invalid_transition",
+            RejectCode::VersionConflict => "version_conflict",
+            RejectCode::WorkflowNotActive => "workflow_not_active",
+            RejectCode::Forbidden => "forbidden",
+            RejectCode::InvalidRule => "invalid_rule",
+            RejectCode::ChainTooDeep => "chain_too_deep",
+            RejectCode::UnknownAutomation => "unknown_automation",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// A business "no": recorded, audited, announced as `event.rejected`, acked.
+    #[error("{code:?}: {reason}")]
+    Rejected { code: RejectCode, reason: String },
+    /// The database failed; the batch decides from the error whether to wait, retry or give up.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+pub fn reject(code: RejectCode, reason: impl Into<String>) -> HandlerError {
+    HandlerError::Rejected { code, reason: reason.into() }
+}
+
+/// What an applied event changed.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    /// The entity kind (`approval`, `workflow`, `rule`, `automation_run`, or the entity an
+    /// `audit.recorded` names) and its id.
+    pub entity: String,
+    pub entity_id: String,
+    /// The notification type announcing it.
+    pub notification: &'static str,
+    /// The entity after the change: the notification's `data` and the rules' `entity`.
+    pub state: Value,
+    /// The audit record's action and details.
+    pub audit_action: String,
+    pub audit_details: Option<Value>,
+}
+
+impl Applied {
+    pub fn new(entity: &str, entity_id: impl ToString, notification: &'static str, state: &impl Serialize) -> Applied {
+        Applied {
+            entity: entity.to_string(),
+            entity_id: entity_id.to_string(),
+            notification,
+            state: serde_json::to_value(state).unwrap_or(Value::Null),
+            audit_action: notification.to_string(),
+            audit_details: None,
+        }
+    }
+
+    pub fn with_audit_details(mut self, details: Value) -> Applied {
+        self.audit_details = Some(details);
+        self
+    }
+}
+
+/// What a handler works with.
+pub struct Context<'a> {
+    pub conn: &'a mut MySqlConnection,
+    pub envelope: &'a Envelope,
+    pub now: DateTime<Utc>,
+    pub registry: &'a Registry,
+    /// Messages beyond the notification (a run to start), written to the outbox with the rest.
+    pub outbox: &'a mut Vec<OutboxMessage>,
+}
+
+impl Context<'_> {
+    /// Who to name as having done this: the user or service, or `rule:<id>` for a rule.
+    pub fn actor(&self) -> Option<String> {
+        let envelope = self.envelope;
+        match (ActorType::parse(&envelope.actor_type), envelope.actor_id.as_deref()) {
+            (ActorType::Rule, Some(id)) => Some(format!("rule:{id}")),
+            (_, actor) => actor.map(str::to_string),
+        }
+    }
+}
+
+pub async fn dispatch(ctx: &mut Context<'_>) -> Result<Applied, HandlerError> {
+    let envelope = ctx.envelope;
+    match &envelope.data {
+        EventData::WorkflowCreated(data) => workflow_created::handle(ctx, data).await,
+        EventData::WorkflowStatusChanged(data) => workflow_status_changed::handle(ctx, data).await,
+        EventData::ApprovalRequested(data) => approval_requested::handle(ctx, data).await,
+        EventData::ApprovalDecided(data) => approval_decided::handle(ctx, data).await,
+        EventData::AuditRecorded(data) => audit_recorded::handle(ctx, data).await,
+        EventData::RuleUpserted(data) => rule_upserted::handle(ctx, data).await,
+        EventData::RuleDeleted(data) => rule_deleted::handle(ctx, data).await,
+        EventData::AutomationRequested(data) => automation_requested::handle(ctx, data).await,
+        EventData::AutomationCancelled(data) => automation_cancelled::handle(ctx, data).await,
+    }
+}
+
+/// Refuses a stale `expectedVersion`.
+pub fn check_version(entity: &str, current: u32, expected: Option<u32>) -> Result<(), HandlerError> {
+    match expected {
+        Some(expected) if expected != current => Err(reject(
+            RejectCode::VersionConflict,
+            format!("the {entity} is at version {current}, not the expected {expected}; read it again and retry"),
+        )),
+        _ => Ok(()),
+    }
+}

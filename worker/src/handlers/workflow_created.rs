@@ -1,0 +1,27 @@
+//! `workflow.created`: a new workflow, `ACTIVE` unless asked to start as `DRAFT`.
+
+use automation_shared::db::workflows::{self, Workflow};
+use automation_shared::events::{WorkflowCreated, derived_id};
+
+use super::{Applied, Context, HandlerError, RejectCode, reject};
+
+pub async fn handle(ctx: &mut Context<'_>, data: &WorkflowCreated) -> Result<Applied, HandlerError> {
+    let id = data.workflow_id.unwrap_or_else(|| derived_id("workflow", &ctx.envelope.id));
+    if workflows::find(&mut *ctx.conn, id).await?.is_some() {
+        return Err(reject(RejectCode::AlreadyExists, format!("workflow {id} already exists")));
+    }
+    let workflow = Workflow {
+        seq: 0,
+        id,
+        name: data.name.clone(),
+        description: data.description.clone(),
+        status: data.status.unwrap_or_default().status(),
+        approval_sla_hours: data.approval_sla_hours,
+        version: 1,
+        created_by: ctx.actor(),
+        created_at: ctx.now,
+        updated_at: ctx.now,
+    };
+    workflows::insert(&mut *ctx.conn, &workflow).await?;
+    Ok(Applied::new("workflow", id, "workflow.created", &workflow))
+}

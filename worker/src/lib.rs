@@ -1,0 +1,22 @@
+//! automation-worker: consumes events from RabbitMQ and applies each to MySQL exactly once, with
+//! its audit record and its notification.
+//!
+//! The flow of one delivery: [`consumer`] takes it in a batch and reads its envelope; [`apply`]
+//! runs its [`handlers`] in the batch transaction with the inbox, audit and outbox rows; the
+//! consumer acks after the commit, or hands the message to [`failures`] (retry or dead-letter);
+//! [`outbox`] publishes the notifications after the commit; [`dead_letter_store`] keeps every
+//! dead letter in MySQL.
+
+pub mod announce;
+pub mod apply;
+pub mod cli;
+pub mod consumer;
+pub mod dead_letter_store;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
+pub mod failures;
+pub mod handlers;
+pub mod health;
+pub mod outbox;
+pub mod service;
+pub mod tasks;

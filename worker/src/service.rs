@@ -1,0 +1,170 @@
+//! The worker process: connects, declares the topology, runs the consumers, the outbox relay,
+//! the dead-letter store, the audit sealer and the probes, and drains them in order on
+//! shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use automation_shared::config::Config;
+use automation_shared::db;
+use automation_shared::events::WorkQueue;
+use automation_shared::messaging::topology::{self, TopologySettings};
+use automation_shared::messaging::{self, Names, Publisher};
+use lapin::Connection;
+use sqlx::MySqlPool;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::health::Health;
+use crate::tasks::Registry;
+use crate::{consumer, dead_letter_store, health, outbox};
+
+/// How long start-up waits for RabbitMQ before giving up with a clear error.
+const BROKER_PATIENCE: Duration = Duration::from_secs(60);
+/// How often the audit chains' heads are sealed.
+const SEAL_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What every part of the worker shares.
+pub struct Worker {
+    pub config: Arc<Config>,
+    pub pool: MySqlPool,
+    pub connection: Arc<Connection>,
+    pub publisher: Publisher,
+    pub names: Names,
+    pub health: Health,
+    pub registry: Registry,
+    /// Rung after each commit so the relay publishes at once.
+    pub outbox_wake: Notify,
+}
+
+impl Worker {
+    /// Connects to MySQL (lazily: it may be down) and RabbitMQ, and declares the topology.
+    pub async fn connect(config: Arc<Config>) -> anyhow::Result<Arc<Worker>> {
+        let pool = db::lazy_pool(&config.database)?;
+        let connection = messaging::connect_with_patience(&config.amqp.url, "automation-worker", BROKER_PATIENCE)
+            .await
+            .context("could not connect to RabbitMQ (check AMQP_URL)")?;
+        let connection = Arc::new(connection);
+        let names = Names::new(config.amqp.prefix.clone());
+        declare_topology(&connection, &names, &config).await?;
+        let publisher = Publisher::new(connection.clone(), Duration::from_millis(config.amqp.publish_timeout_ms)).await?;
+        Ok(Arc::new(Worker {
+            config,
+            pool,
+            connection,
+            publisher,
+            names,
+            health: Health::default(),
+            registry: Registry::default(),
+            outbox_wake: Notify::new(),
+        }))
+    }
+
+    /// Waits until MySQL answers; readiness reports it down meanwhile. `false` if `stop` came
+    /// first.
+    pub async fn wait_for_database(&self, stop: &CancellationToken) -> bool {
+        self.health.set_database_down(true);
+        let mut delay = Duration::from_millis(200);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep(delay) => {}
+            }
+            if db::ping(&self.pool).await.is_ok() {
+                self.health.set_database_down(false);
+                tracing::info!("MySQL answers again; resuming");
+                return true;
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+pub async fn declare_topology(connection: &Connection, names: &Names, config: &Config) -> anyhow::Result<()> {
+    let channel = connection.create_channel().await?;
+    let settings = TopologySettings { retry_delays_ms: &config.worker.retry_delays_ms, delivery_limit: config.worker.delivery_limit };
+    topology::declare(&channel, names, &settings).await.context(
+        "could not declare the RabbitMQ topology; if a queue exists with other arguments, see docs/operations.md",
+    )?;
+    let _ = channel.close(200, "topology declared".into()).await;
+    Ok(())
+}
+
+/// Runs until `shutdown`, then drains within the grace period and returns. An error means a
+/// part failed for good (the process should exit non-zero and be restarted).
+pub async fn run(worker: Arc<Worker>, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let tracker = TaskTracker::new();
+    let background = CancellationToken::new();
+    let probes = CancellationToken::new();
+    let failed = CancellationToken::new();
+
+    let http = axum::serve(listener, health::router(worker.clone())).with_graceful_shutdown(probes.clone().cancelled_owned());
+    tracker.spawn(async move {
+        if let Err(error) = http.await {
+            tracing::error!(%error, "the probe server stopped");
+        }
+    });
+
+    let mut consumers = Vec::new();
+    for queue in WorkQueue::ALL {
+        let (worker, shutdown, failed) = (worker.clone(), shutdown.clone(), failed.clone());
+        consumers.push(tracker.spawn(async move {
+            if let Err(error) = consumer::run(worker, queue, shutdown.clone()).await {
+                tracing::error!(error = format!("{error:#}"), queue = queue.suffix(), "a consumer failed; stopping the worker");
+                failed.cancel();
+                shutdown.cancel();
+            }
+        }));
+    }
+    tracker.spawn(outbox::run(worker.clone(), background.clone()));
+    {
+        let (worker, background) = (worker.clone(), background.clone());
+        tracker.spawn(async move {
+            if let Err(error) = dead_letter_store::run(worker, background).await {
+                tracing::error!(error = format!("{error:#}"), "the dead-letter store consumer stopped");
+            }
+        });
+    }
+    tracker.spawn(seal_periodically(worker.clone(), background.clone()));
+    tracker.close();
+    tracing::info!(prefix = %worker.names.prefix(), "worker running");
+
+    shutdown.cancelled().await;
+    worker.health.set_draining();
+    let grace = worker.config.worker.shutdown_grace();
+    tracing::info!(grace_secs = grace.as_secs(), in_flight = worker.health.in_flight(), "draining");
+    let drained = tokio::time::timeout(grace, futures_util::future::join_all(consumers)).await.is_ok();
+    if !drained {
+        tracing::warn!(in_flight = worker.health.in_flight(), "the grace period ran out; unacked deliveries go back to the queue");
+    }
+    background.cancel();
+    probes.cancel();
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+        tracing::warn!("background tasks did not stop in time");
+    }
+    worker.publisher.close().await;
+    let _ = worker.connection.close(200, "worker stopped".into()).await;
+    tracing::info!("worker stopped");
+    if failed.is_cancelled() {
+        anyhow::bail!("a consumer failed; see the log above");
+    }
+    Ok(())
+}
+
+async fn seal_periodically(worker: Arc<Worker>, stop: CancellationToken) {
+    let key = worker.config.audit.key.clone();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SEAL_INTERVAL) => {}
+        }
+        match db::audit::seal(&worker.pool, key.as_deref()).await {
+            Ok(Some(seal)) => tracing::debug!(audit.seal = seal, "audit chains sealed"),
+            Ok(None) => {}
+            Err(error) => tracing::debug!(%error, "could not seal the audit chains this time"),
+        }
+    }
+}
