@@ -154,7 +154,9 @@ create table event_attempts (
     primary key (event_id)
 ) engine = InnoDB default charset = utf8mb4 collate = utf8mb4_unicode_ci;
 
--- Messages to publish after the transaction that wrote them commits.
+-- Messages to publish after the transaction that wrote them commits. A relay leases rows in a
+-- short transaction, publishes with no lock held, then deletes its own leased rows; a lease left
+-- by a crashed relay expires and another relay publishes the rows.
 create table outbox (
     id bigint unsigned not null auto_increment,
     message_id char(36) character set ascii not null,
@@ -162,6 +164,8 @@ create table outbox (
     routing_key varchar(255) not null,
     body mediumblob not null,
     created_at datetime(6) not null default current_timestamp(6),
+    lease_owner char(36) character set ascii null,
+    lease_until datetime(6) null,
     primary key (id)
 ) engine = InnoDB default charset = utf8mb4 collate = utf8mb4_unicode_ci;
 

@@ -8,3 +8,5 @@ pub mod lifecycle;
 pub mod messaging;
 pub mod rules;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -81,17 +81,33 @@ impl BatchError {
 
 impl From<sqlx::Error> for BatchError {
     fn from(source: sqlx::Error) -> Self {
-        BatchError::Database { failure: db::classify(&source), source }
+        BatchError::Database {
+            failure: db::classify(&source),
+            source,
+        }
     }
 }
 
 /// Applies `items` in one transaction. On success the audit chain advances; on failure nothing
 /// was committed (or, if the commit itself failed, the chain is abandoned because whether it
 /// committed is unknown).
-pub async fn apply(pool: &MySqlPool, registry: &Registry, chain: &mut AuditChain, items: &[Item<'_>]) -> Result<Vec<Outcome>, BatchError> {
+pub async fn apply(
+    pool: &MySqlPool,
+    registry: &Registry,
+    chain: &mut AuditChain,
+    items: &[Item<'_>],
+) -> Result<Vec<Outcome>, BatchError> {
     let current = AtomicUsize::new(0);
     let committing = std::sync::atomic::AtomicBool::new(false);
-    let work = AssertUnwindSafe(apply_inner(pool, registry, chain, items, &current, &committing)).catch_unwind();
+    let work = AssertUnwindSafe(apply_inner(
+        pool,
+        registry,
+        chain,
+        items,
+        &current,
+        &committing,
+    ))
+    .catch_unwind();
     match work.await {
         Ok(Ok((outcomes, staged))) => {
             chain.advance(&staged);
@@ -152,10 +168,19 @@ async fn apply_inner(
         let result = if envelope.chain_depth > MAX_CHAIN_DEPTH {
             Err(reject(
                 RejectCode::ChainTooDeep,
-                format!("this event was caused by a chain of {} rule-caused events; the limit is {MAX_CHAIN_DEPTH}", envelope.chain_depth),
+                format!(
+                    "this event was caused by a chain of {} rule-caused events; the limit is {MAX_CHAIN_DEPTH}",
+                    envelope.chain_depth
+                ),
             ))
         } else {
-            let mut ctx = Context { conn: &mut tx, envelope, now, registry, outbox: &mut outbox };
+            let mut ctx = Context {
+                conn: &mut tx,
+                envelope,
+                now,
+                registry,
+                outbox: &mut outbox,
+            };
             handlers::dispatch(&mut ctx).await
         };
         let mut entry = InboxEntry {
@@ -188,7 +213,11 @@ async fn apply_inner(
                     correlation_id: Some(envelope.correlation_id.clone()),
                     details: applied.audit_details,
                 });
-                outbox.push(announce::notification(envelope, applied.notification, applied.state));
+                outbox.push(announce::notification(
+                    envelope,
+                    applied.notification,
+                    applied.state,
+                ));
                 entry.entity = Some(applied.entity);
                 entry.entity_id = Some(applied.entity_id);
                 outcomes.push(Outcome::Applied);

@@ -12,9 +12,14 @@ use serde_json::json;
 use crate::service;
 
 pub async fn migrate(config: &Config, json: bool) -> anyhow::Result<()> {
-    let pool = db::connect(&config.database).await.context("could not connect to MySQL (check DATABASE_URL)")?;
+    let pool = db::connect(&config.database)
+        .await
+        .context("could not connect to MySQL (check DATABASE_URL)")?;
     let before: Vec<i64> = applied_versions(&pool).await;
-    MIGRATOR.run(&pool).await.context("a migration failed; the database is left as the failing migration found it")?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("a migration failed; the database is left as the failing migration found it")?;
     let after: Vec<i64> = applied_versions(&pool).await;
     let new: Vec<_> = MIGRATOR
         .iter()
@@ -24,12 +29,22 @@ pub async fn migrate(config: &Config, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", json!({"applied": new, "total": after.len()}));
     } else if new.is_empty() {
-        println!("database is up to date ({} migrations applied)", after.len());
+        println!(
+            "database is up to date ({} migrations applied)",
+            after.len()
+        );
     } else {
         for m in &new {
-            println!("applied {} {}", m["version"], m["description"].as_str().unwrap_or_default());
+            println!(
+                "applied {} {}",
+                m["version"],
+                m["description"].as_str().unwrap_or_default()
+            );
         }
-        println!("database is up to date ({} migrations applied)", after.len());
+        println!(
+            "database is up to date ({} migrations applied)",
+            after.len()
+        );
     }
     Ok(())
 }
@@ -42,18 +57,36 @@ async fn applied_versions(pool: &sqlx::MySqlPool) -> Vec<i64> {
 }
 
 pub async fn topology(config: &Config, json: bool) -> anyhow::Result<()> {
-    let connection = messaging::connect_with_patience(&config.amqp.url, "automation-worker topology", Duration::from_secs(15))
-        .await
-        .context("could not connect to RabbitMQ (check AMQP_URL)")?;
+    let connection = messaging::connect_with_patience(
+        &config.amqp.url,
+        "automation-worker topology",
+        Duration::from_secs(15),
+    )
+    .await
+    .context("could not connect to RabbitMQ (check AMQP_URL)")?;
     let names = Names::new(config.amqp.prefix.clone());
     service::declare_topology(&connection, &names, config).await?;
     let _ = connection.close(200, "done".into()).await;
-    let mut queues = vec![names.work_queue(automation_shared::events::WorkQueue::Commands), names.work_queue(automation_shared::events::WorkQueue::Tasks)];
+    let mut queues = vec![
+        names.work_queue(automation_shared::events::WorkQueue::Commands),
+        names.work_queue(automation_shared::events::WorkQueue::Tasks),
+    ];
     for queue in automation_shared::events::WorkQueue::ALL {
-        queues.extend(config.worker.retry_delays_ms.iter().map(|d| names.retry_queue(queue, *d)));
+        queues.extend(
+            config
+                .worker
+                .retry_delays_ms
+                .iter()
+                .map(|d| names.retry_queue(queue, *d)),
+        );
     }
     queues.push(names.dead_letter_queue());
-    let exchanges = [names.events(), names.notifications(), names.dead(), names.unrouted()];
+    let exchanges = [
+        names.events(),
+        names.notifications(),
+        names.dead(),
+        names.unrouted(),
+    ];
     if json {
         println!("{}", json!({"exchanges": exchanges, "queues": queues}));
     } else {
@@ -65,7 +98,9 @@ pub async fn topology(config: &Config, json: bool) -> anyhow::Result<()> {
 
 /// `audit verify`: exit status 0 when intact, 1 when something was changed or removed.
 pub async fn audit_verify(config: &Config, json: bool) -> anyhow::Result<bool> {
-    let pool = db::connect(&config.database).await.context("could not connect to MySQL (check DATABASE_URL)")?;
+    let pool = db::connect(&config.database)
+        .await
+        .context("could not connect to MySQL (check DATABASE_URL)")?;
     let report = db::audit::verify(&pool, config.audit.key.as_deref(), |n| {
         if !json {
             eprintln!("checked {n} records…");
@@ -75,11 +110,17 @@ pub async fn audit_verify(config: &Config, json: bool) -> anyhow::Result<bool> {
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!("{} records in {} chains, {} seals", report.records, report.chains, report.seals);
+        println!(
+            "{} records in {} chains, {} seals",
+            report.records, report.chains, report.seals
+        );
         if report.is_intact() {
             println!("the audit log is intact");
         } else {
-            println!("the audit log was tampered with ({} problems):", report.problems.len());
+            println!(
+                "the audit log was tampered with ({} problems):",
+                report.problems.len()
+            );
             for problem in &report.problems {
                 println!("  - {problem}");
             }

@@ -13,14 +13,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use automation_shared::db::audit::AuditChain;
 use automation_shared::db::Failure;
+use automation_shared::db::audit::AuditChain;
 use automation_shared::events::envelope::Limits;
 use automation_shared::events::{Envelope, WorkQueue};
 use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
 use lapin::types::FieldTable;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,16 +36,29 @@ const CONFLICT_RETRIES: u32 = 3;
 
 /// Consumes `queue` until `shutdown`, then drains: cancels the consumer, applies and settles
 /// every delivery already received, and returns.
-pub async fn run(worker: Arc<Worker>, queue: WorkQueue, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    worker: Arc<Worker>,
+    queue: WorkQueue,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let settings = &worker.config.worker;
     let (prefetch, batch_size) = match queue {
         WorkQueue::Commands => (settings.prefetch, settings.batch_size),
         // Each execute message runs a task; event batches stay small so tasks are not held up.
-        WorkQueue::Tasks => (settings.task_concurrency, settings.batch_size.min(settings.task_concurrency as usize)),
+        WorkQueue::Tasks => (
+            settings.task_concurrency,
+            settings.batch_size.min(settings.task_concurrency as usize),
+        ),
     };
     let channel = worker.connection.create_channel().await?;
-    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
-    let tag = format!("automation-worker.{}.{}", queue.suffix(), uuid::Uuid::new_v4().simple());
+    channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!(
+        "automation-worker.{}.{}",
+        queue.suffix(),
+        uuid::Uuid::new_v4().simple()
+    );
     let mut consumer = channel
         .basic_consume(
             worker.names.work_queue(queue).into(),
@@ -53,7 +68,11 @@ pub async fn run(worker: Arc<Worker>, queue: WorkQueue, shutdown: CancellationTo
         )
         .await?;
     tracing::info!(queue = %worker.names.work_queue(queue), prefetch, batch.size = batch_size, "consuming");
-    let mut state = QueueConsumer { chain: AuditChain::new(worker.config.audit.key.as_deref()), worker: worker.clone(), queue };
+    let mut state = QueueConsumer {
+        chain: AuditChain::new(worker.config.audit.key.as_deref()),
+        worker: worker.clone(),
+        queue,
+    };
     let mut cancelled = false;
     loop {
         let next = tokio::select! {
@@ -127,14 +146,23 @@ impl QueueConsumer {
         let held = deliveries.len();
         self.worker.health.hold(held);
         let received_at = Utc::now();
-        let limits = Limits { max_bytes: self.worker.config.worker.max_message_bytes, publishers: &self.worker.config.worker.publishers };
+        let limits = Limits {
+            max_bytes: self.worker.config.worker.max_message_bytes,
+            publishers: &self.worker.config.worker.publishers,
+        };
         let mut parsed = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
-            let routing_key = failures::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
+            let routing_key =
+                failures::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
             match Envelope::parse(&routing_key, &delivery.properties, &delivery.data, limits) {
                 Ok(envelope) => {
                     let attempt = failures::attempt_of(&delivery.properties);
-                    parsed.push(Parsed { delivery, envelope, routing_key, attempt });
+                    parsed.push(Parsed {
+                        delivery,
+                        envelope,
+                        routing_key,
+                        attempt,
+                    });
                 }
                 Err(poison) => {
                     let message = Unapplied {
@@ -146,7 +174,14 @@ impl QueueConsumer {
                         event_type: poison.event_type.as_deref(),
                     };
                     tracing::warn!(event.id = poison.event_id, reason = %poison, "dead-lettering a message that cannot be taken");
-                    let result = failures::dead_letter(&self.worker, &message, DeathKind::Poison, &poison.to_string(), None).await;
+                    let result = failures::dead_letter(
+                        &self.worker,
+                        &message,
+                        DeathKind::Poison,
+                        &poison.to_string(),
+                        None,
+                    )
+                    .await;
                     metrics::counter!("automation_worker_dead_lettered_total", "kind" => "poison", "reason" => poison.code.as_str())
                         .increment(1);
                     settle_after_publish(&delivery, result.map(|_| ())).await;
@@ -157,13 +192,25 @@ impl QueueConsumer {
             self.apply_and_settle(parsed, received_at, shutdown).await;
         }
         self.worker.health.release(held);
-        metrics::histogram!("automation_worker_batch_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("automation_worker_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
         metrics::histogram!("automation_worker_batch_size").record(held as f64);
     }
 
-    async fn apply_and_settle(&mut self, parsed: Vec<Parsed>, received_at: chrono::DateTime<Utc>, shutdown: &CancellationToken) {
-        let items: Vec<Item<'_>> =
-            parsed.iter().map(|p| Item { envelope: &p.envelope, received_at, retried: p.attempt > 1 }).collect();
+    async fn apply_and_settle(
+        &mut self,
+        parsed: Vec<Parsed>,
+        received_at: chrono::DateTime<Utc>,
+        shutdown: &CancellationToken,
+    ) {
+        let items: Vec<Item<'_>> = parsed
+            .iter()
+            .map(|p| Item {
+                envelope: &p.envelope,
+                received_at,
+                retried: p.attempt > 1,
+            })
+            .collect();
         let Some(results) = self.apply_with_recovery(&items, shutdown).await else {
             // Shutting down while the database is away: leave the deliveries unacked; the broker
             // gives them to another worker when this channel closes.
@@ -184,7 +231,11 @@ impl QueueConsumer {
     }
 
     /// Applies the batch, waiting out database outages. `None` when shutdown came first.
-    async fn apply_with_recovery(&mut self, items: &[Item<'_>], shutdown: &CancellationToken) -> Option<Vec<Result<Outcome, BatchError>>> {
+    async fn apply_with_recovery(
+        &mut self,
+        items: &[Item<'_>],
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<Result<Outcome, BatchError>>> {
         let error = match self.apply_one_batch(items, shutdown).await? {
             Ok(outcomes) => return Some(outcomes.into_iter().map(Ok).collect()),
             Err(error) => error,
@@ -195,7 +246,9 @@ impl QueueConsumer {
         tracing::warn!(%error, batch.size = items.len(), "the batch failed; applying its events one at a time");
         let mut results = Vec::with_capacity(items.len());
         for item in items {
-            let result = self.apply_one_batch(std::slice::from_ref(item), shutdown).await?;
+            let result = self
+                .apply_one_batch(std::slice::from_ref(item), shutdown)
+                .await?;
             results.push(result.map(|mut outcomes| outcomes.remove(0)));
         }
         Some(results)
@@ -209,7 +262,14 @@ impl QueueConsumer {
     ) -> Option<Result<Vec<Outcome>, BatchError>> {
         let mut conflicts = 0;
         loop {
-            match apply::apply(&self.worker.pool, &self.worker.registry, &mut self.chain, items).await {
+            match apply::apply(
+                &self.worker.pool,
+                &self.worker.registry,
+                &mut self.chain,
+                items,
+            )
+            .await
+            {
                 Ok(outcomes) => {
                     self.worker.outbox_wake.notify_one();
                     return Some(Ok(outcomes));
@@ -220,7 +280,10 @@ impl QueueConsumer {
                         return None;
                     }
                 }
-                Err(error) if matches!(error.failure(), Failure::Conflict | Failure::Duplicate) && conflicts < CONFLICT_RETRIES => {
+                Err(error)
+                    if matches!(error.failure(), Failure::Conflict | Failure::Duplicate)
+                        && conflicts < CONFLICT_RETRIES =>
+                {
                     conflicts += 1;
                     tracing::debug!(%error, attempt = conflicts, "lock conflict or inbox race; running the batch again");
                     let jitter = 5 + (uuid::Uuid::new_v4().as_u128() % 45) as u64;
@@ -248,12 +311,21 @@ impl QueueConsumer {
             tracing::error!(event.id = %p.envelope.id, event.r#type = %p.envelope.event_type, attempts = p.attempt, error = %text, "giving up on an event");
             metrics::counter!("automation_worker_dead_lettered_total", "kind" => "exhausted", "reason" => kind).increment(1);
             let reason = format!("gave up after {} attempts: {text}", p.attempt);
-            failures::dead_letter(&self.worker, &message, DeathKind::Exhausted, &reason, Some((kind, &text))).await.map(|_| ())
+            failures::dead_letter(
+                &self.worker,
+                &message,
+                DeathKind::Exhausted,
+                &reason,
+                Some((kind, &text)),
+            )
+            .await
+            .map(|_| ())
         } else {
             match failures::retry_later(&self.worker, &message, kind, &text).await {
                 Ok(delay) => {
                     tracing::warn!(event.id = %p.envelope.id, attempt = p.attempt, retry.in_ms = delay, error = %text, "event failed; it will be retried");
-                    metrics::counter!("automation_worker_retries_total", "kind" => kind).increment(1);
+                    metrics::counter!("automation_worker_retries_total", "kind" => kind)
+                        .increment(1);
                     let next = Utc::now() + chrono::Duration::milliseconds(delay as i64);
                     let noted = automation_shared::db::events::record_attempt(
                         &self.worker.pool,
@@ -278,12 +350,21 @@ impl QueueConsumer {
 }
 
 /// Acks a delivery whose copy the broker confirmed; otherwise hands it back to the queue.
-async fn settle_after_publish(delivery: &Delivery, published: Result<(), automation_shared::messaging::PublishError>) {
+async fn settle_after_publish(
+    delivery: &Delivery,
+    published: Result<(), automation_shared::messaging::PublishError>,
+) {
     match published {
         Ok(()) => ack_all(&[delivery]).await,
         Err(error) => {
             tracing::warn!(%error, "could not move the message; returning it to the queue");
-            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await;
         }
     }
 }

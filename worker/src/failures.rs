@@ -64,7 +64,9 @@ impl Unapplied<'_> {
     }
 
     fn history(&self) -> Vec<Failure> {
-        header(self.properties, headers::HISTORY).and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default()
+        header(self.properties, headers::HISTORY)
+            .and_then(|h| serde_json::from_str(&h).ok())
+            .unwrap_or_default()
     }
 
     fn first_failed_at(&self) -> DateTime<Utc> {
@@ -76,13 +78,20 @@ impl Unapplied<'_> {
     /// A stable identity for this message: its event id, or its routing key and body.
     fn identity(&self) -> String {
         self.event_id.map(str::to_string).unwrap_or_else(|| {
-            Uuid::new_v5(&automation_shared::events::ID_NAMESPACE, &[self.routing_key.as_bytes(), b"\n", self.body].concat()).to_string()
+            Uuid::new_v5(
+                &automation_shared::events::ID_NAMESPACE,
+                &[self.routing_key.as_bytes(), b"\n", self.body].concat(),
+            )
+            .to_string()
         })
     }
 }
 
 pub fn attempt_of(properties: &BasicProperties) -> u32 {
-    int_header(properties, headers::ATTEMPT).and_then(|a| u32::try_from(a).ok()).filter(|a| *a >= 1).unwrap_or(1)
+    int_header(properties, headers::ATTEMPT)
+        .and_then(|a| u32::try_from(a).ok())
+        .filter(|a| *a >= 1)
+        .unwrap_or(1)
 }
 
 /// The routing key the message was published with, surviving trips through retry queues.
@@ -91,7 +100,12 @@ pub fn original_routing_key(properties: &BasicProperties, delivered_with: &str) 
 }
 
 fn with_failure(history: &mut Vec<Failure>, attempt: u32, kind: &str, error: &str) {
-    history.push(Failure { attempt, at: Utc::now(), kind: kind.to_string(), error: error.chars().take(MAX_ERROR_CHARS).collect() });
+    history.push(Failure {
+        attempt,
+        at: Utc::now(),
+        kind: kind.to_string(),
+        error: error.chars().take(MAX_ERROR_CHARS).collect(),
+    });
     if history.len() > MAX_HISTORY {
         history.drain(..history.len() - MAX_HISTORY);
     }
@@ -99,7 +113,12 @@ fn with_failure(history: &mut Vec<Failure>, attempt: u32, kind: &str, error: &st
 
 /// Sends the message to the retry queue for its attempt; it returns to the work queue after the
 /// delay as attempt `attempt + 1`. Returns the delay.
-pub async fn retry_later(worker: &Worker, message: &Unapplied<'_>, kind: &str, error: &str) -> Result<u64, PublishError> {
+pub async fn retry_later(
+    worker: &Worker,
+    message: &Unapplied<'_>,
+    kind: &str,
+    error: &str,
+) -> Result<u64, PublishError> {
     let attempt = message.attempt();
     let delays = &worker.config.worker.retry_delays_ms;
     let delay = delays[(attempt as usize - 1).min(delays.len() - 1)];
@@ -107,14 +126,32 @@ pub async fn retry_later(worker: &Worker, message: &Unapplied<'_>, kind: &str, e
     with_failure(&mut history, attempt, kind, error);
     let mut properties = message.properties.clone();
     properties = messaging::set_int_header(properties, headers::ATTEMPT, i64::from(attempt) + 1);
-    properties = messaging::set_header(properties, headers::ORIGINAL_ROUTING_KEY, message.routing_key);
-    properties = messaging::set_header(properties, headers::FIRST_FAILED_AT, message.first_failed_at().to_rfc3339());
-    properties = messaging::set_header(properties, headers::HISTORY, serde_json::to_string(&history).unwrap_or_default());
+    properties = messaging::set_header(
+        properties,
+        headers::ORIGINAL_ROUTING_KEY,
+        message.routing_key,
+    );
+    properties = messaging::set_header(
+        properties,
+        headers::FIRST_FAILED_AT,
+        message.first_failed_at().to_rfc3339(),
+    );
+    properties = messaging::set_header(
+        properties,
+        headers::HISTORY,
+        serde_json::to_string(&history).unwrap_or_default(),
+    );
     properties = properties.with_delivery_mode(messaging::PERSISTENT);
     let queue = worker.names.retry_queue(message.queue, delay);
     worker
         .publisher
-        .publish(Outgoing { exchange: "", routing_key: &queue, body: message.body, properties, mandatory: true })
+        .publish(Outgoing {
+            exchange: "",
+            routing_key: &queue,
+            body: message.body,
+            properties,
+            mandatory: true,
+        })
         .await?;
     Ok(delay)
 }
@@ -152,7 +189,11 @@ pub async fn dead_letter(
     }
     // Derived, so dead-lettering the same delivery again (a crash before the ack) stores it once.
     let id = derived_id(
-        &format!("dead:{}:{}:{attempt}", worker.names.work_queue(message.queue), kind.as_str()),
+        &format!(
+            "dead:{}:{}:{attempt}",
+            worker.names.work_queue(message.queue),
+            kind.as_str()
+        ),
         &message.identity(),
     );
     let mut properties = message.properties.clone();
@@ -162,11 +203,23 @@ pub async fn dead_letter(
     set(headers::DEAD_LETTER_ID, id.to_string());
     set(headers::DEAD_REASON, reason.chars().take(2000).collect());
     set(headers::ERROR_KIND, kind.as_str().to_string());
-    set(headers::ORIGIN_QUEUE, worker.names.work_queue(message.queue));
-    set(headers::ORIGINAL_ROUTING_KEY, message.routing_key.to_string());
-    set(headers::FIRST_FAILED_AT, message.first_failed_at().to_rfc3339());
+    set(
+        headers::ORIGIN_QUEUE,
+        worker.names.work_queue(message.queue),
+    );
+    set(
+        headers::ORIGINAL_ROUTING_KEY,
+        message.routing_key.to_string(),
+    );
+    set(
+        headers::FIRST_FAILED_AT,
+        message.first_failed_at().to_rfc3339(),
+    );
     set(headers::DEAD_AT, Utc::now().to_rfc3339());
-    set(headers::HISTORY, serde_json::to_string(&history).unwrap_or_default());
+    set(
+        headers::HISTORY,
+        serde_json::to_string(&history).unwrap_or_default(),
+    );
     if let Some(event_id) = message.event_id {
         set(headers::EVENT_ID, event_id.to_string());
     }
@@ -177,7 +230,13 @@ pub async fn dead_letter(
     let exchange = worker.names.dead();
     worker
         .publisher
-        .publish(Outgoing { exchange: &exchange, routing_key: message.routing_key, body: message.body, properties, mandatory: true })
+        .publish(Outgoing {
+            exchange: &exchange,
+            routing_key: message.routing_key,
+            body: message.body,
+            properties,
+            mandatory: true,
+        })
         .await?;
     Ok(id)
 }

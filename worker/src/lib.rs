@@ -12,9 +12,9 @@ pub mod apply;
 pub mod cli;
 pub mod consumer;
 pub mod dead_letter_store;
+pub mod failures;
 #[cfg(feature = "fault-injection")]
 pub mod faults;
-pub mod failures;
 pub mod handlers;
 pub mod health;
 pub mod outbox;

@@ -43,14 +43,24 @@ pub struct Worker {
 impl Worker {
     /// Connects to MySQL (lazily: it may be down) and RabbitMQ, and declares the topology.
     pub async fn connect(config: Arc<Config>) -> anyhow::Result<Arc<Worker>> {
+        // Installed before the first counter is touched; `/metrics` renders it.
+        automation_shared::telemetry::metrics();
         let pool = db::lazy_pool(&config.database)?;
-        let connection = messaging::connect_with_patience(&config.amqp.url, "automation-worker", BROKER_PATIENCE)
-            .await
-            .context("could not connect to RabbitMQ (check AMQP_URL)")?;
+        let connection = messaging::connect_with_patience(
+            &config.amqp.url,
+            "automation-worker",
+            BROKER_PATIENCE,
+        )
+        .await
+        .context("could not connect to RabbitMQ (check AMQP_URL)")?;
         let connection = Arc::new(connection);
         let names = Names::new(config.amqp.prefix.clone());
         declare_topology(&connection, &names, &config).await?;
-        let publisher = Publisher::new(connection.clone(), Duration::from_millis(config.amqp.publish_timeout_ms)).await?;
+        let publisher = Publisher::new(
+            connection.clone(),
+            Duration::from_millis(config.amqp.publish_timeout_ms),
+        )
+        .await?;
         Ok(Arc::new(Worker {
             config,
             pool,
@@ -83,9 +93,16 @@ impl Worker {
     }
 }
 
-pub async fn declare_topology(connection: &Connection, names: &Names, config: &Config) -> anyhow::Result<()> {
+pub async fn declare_topology(
+    connection: &Connection,
+    names: &Names,
+    config: &Config,
+) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
-    let settings = TopologySettings { retry_delays_ms: &config.worker.retry_delays_ms, delivery_limit: config.worker.delivery_limit };
+    let settings = TopologySettings {
+        retry_delays_ms: &config.worker.retry_delays_ms,
+        delivery_limit: config.worker.delivery_limit,
+    };
     topology::declare(&channel, names, &settings).await.context(
         "could not declare the RabbitMQ topology; if a queue exists with other arguments, see docs/operations.md",
     )?;
@@ -95,13 +112,18 @@ pub async fn declare_topology(connection: &Connection, names: &Names, config: &C
 
 /// Runs until `shutdown`, then drains within the grace period and returns. An error means a
 /// part failed for good (the process should exit non-zero and be restarted).
-pub async fn run(worker: Arc<Worker>, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    worker: Arc<Worker>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let background = CancellationToken::new();
     let probes = CancellationToken::new();
     let failed = CancellationToken::new();
 
-    let http = axum::serve(listener, health::router(worker.clone())).with_graceful_shutdown(probes.clone().cancelled_owned());
+    let http = axum::serve(listener, health::router(worker.clone()))
+        .with_graceful_shutdown(probes.clone().cancelled_owned());
     tracker.spawn(async move {
         if let Err(error) = http.await {
             tracing::error!(%error, "the probe server stopped");
@@ -113,7 +135,11 @@ pub async fn run(worker: Arc<Worker>, listener: TcpListener, shutdown: Cancellat
         let (worker, shutdown, failed) = (worker.clone(), shutdown.clone(), failed.clone());
         consumers.push(tracker.spawn(async move {
             if let Err(error) = consumer::run(worker, queue, shutdown.clone()).await {
-                tracing::error!(error = format!("{error:#}"), queue = queue.suffix(), "a consumer failed; stopping the worker");
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    queue = queue.suffix(),
+                    "a consumer failed; stopping the worker"
+                );
                 failed.cancel();
                 shutdown.cancel();
             }
@@ -124,7 +150,10 @@ pub async fn run(worker: Arc<Worker>, listener: TcpListener, shutdown: Cancellat
         let (worker, background) = (worker.clone(), background.clone());
         tracker.spawn(async move {
             if let Err(error) = dead_letter_store::run(worker, background).await {
-                tracing::error!(error = format!("{error:#}"), "the dead-letter store consumer stopped");
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "the dead-letter store consumer stopped"
+                );
             }
         });
     }
@@ -135,14 +164,26 @@ pub async fn run(worker: Arc<Worker>, listener: TcpListener, shutdown: Cancellat
     shutdown.cancelled().await;
     worker.health.set_draining();
     let grace = worker.config.worker.shutdown_grace();
-    tracing::info!(grace_secs = grace.as_secs(), in_flight = worker.health.in_flight(), "draining");
-    let drained = tokio::time::timeout(grace, futures_util::future::join_all(consumers)).await.is_ok();
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        in_flight = worker.health.in_flight(),
+        "draining"
+    );
+    let drained = tokio::time::timeout(grace, futures_util::future::join_all(consumers))
+        .await
+        .is_ok();
     if !drained {
-        tracing::warn!(in_flight = worker.health.in_flight(), "the grace period ran out; unacked deliveries go back to the queue");
+        tracing::warn!(
+            in_flight = worker.health.in_flight(),
+            "the grace period ran out; unacked deliveries go back to the queue"
+        );
     }
     background.cancel();
     probes.cancel();
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("background tasks did not stop in time");
     }
     worker.publisher.close().await;

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::types::Json;
-use sqlx::{FromRow, MySqlConnection, MySqlExecutor, QueryBuilder};
+use sqlx::{FromRow, MySqlConnection, MySqlExecutor, MySqlPool, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -202,7 +202,7 @@ pub async fn insert_outbox(
     Ok(())
 }
 
-/// An outbox row claimed for publishing.
+/// An outbox row leased for publishing.
 #[derive(Debug, Clone, FromRow)]
 pub struct OutboxRow {
     pub id: u64,
@@ -212,27 +212,55 @@ pub struct OutboxRow {
     pub body: Vec<u8>,
 }
 
-/// Locks up to `limit` unpublished messages, oldest first, skipping those another relay holds.
-pub async fn claim_outbox(conn: &mut MySqlConnection, limit: u32) -> sqlx::Result<Vec<OutboxRow>> {
-    sqlx::query_as(
-        "select id, message_id, destination, routing_key, body from outbox order by id limit ? for update skip locked",
+/// Leases up to `limit` unpublished rows to `owner` for `lease_secs`, oldest first, skipping rows
+/// another relay is leasing right now. The transaction is short and publishes nothing, so when
+/// two relays deadlock here the loser just tries again.
+pub async fn lease_outbox(
+    pool: &MySqlPool,
+    owner: Uuid,
+    limit: u32,
+    lease_secs: u32,
+) -> sqlx::Result<Vec<OutboxRow>> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<OutboxRow> = sqlx::query_as(
+        "select id, message_id, destination, routing_key, body from outbox \
+         where lease_until is null or lease_until < now(6) order by id limit ? for update skip locked",
     )
     .bind(limit)
-    .fetch_all(conn)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    if !rows.is_empty() {
+        let mut lease = QueryBuilder::new("update outbox set lease_owner = ");
+        lease.push_bind(owner.hyphenated());
+        lease
+            .push(", lease_until = now(6) + interval ")
+            .push_bind(lease_secs)
+            .push(" second where id in (");
+        let mut ids = lease.separated(", ");
+        for row in &rows {
+            ids.push_bind(row.id);
+        }
+        lease.push(")");
+        lease.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(rows)
 }
 
-pub async fn delete_outbox(conn: &mut MySqlConnection, ids: &[u64]) -> sqlx::Result<()> {
+/// Deletes published rows that are still leased to `owner`.
+pub async fn delete_leased(pool: &MySqlPool, owner: Uuid, ids: &[u64]) -> sqlx::Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
-    let mut query = QueryBuilder::new("delete from outbox where id in (");
+    let mut query = QueryBuilder::new("delete from outbox where lease_owner = ");
+    query.push_bind(owner.hyphenated());
+    query.push(" and id in (");
     let mut list = query.separated(", ");
     for id in ids {
         list.push_bind(*id);
     }
     query.push(")");
-    query.build().execute(conn).await.map(|_| ())
+    query.build().execute(pool).await.map(|_| ())
 }
 
 /// The state of an event as `GET /api/v1/events/{id}` shows it.

@@ -63,9 +63,15 @@ pub async fn find_for_update<'e>(
 }
 
 /// Reads with a shared lock: nobody may change the row until the transaction ends.
-pub async fn find_for_share<'e>(executor: impl MySqlExecutor<'e>, id: Uuid) -> sqlx::Result<Option<Workflow>> {
+pub async fn find_for_share<'e>(
+    executor: impl MySqlExecutor<'e>,
+    id: Uuid,
+) -> sqlx::Result<Option<Workflow>> {
     // `lock in share mode` is spelled the same on MySQL 8 and MariaDB.
-    sqlx::query_as(select_workflows!("where id = ? lock in share mode")).bind(id.hyphenated()).fetch_optional(executor).await
+    sqlx::query_as(select_workflows!("where id = ? lock in share mode"))
+        .bind(id.hyphenated())
+        .fetch_optional(executor)
+        .await
 }
 
 pub async fn insert<'e>(executor: impl MySqlExecutor<'e>, w: &Workflow) -> sqlx::Result<()> {

@@ -8,15 +8,27 @@ use serde_json::json;
 
 use super::{Applied, Context, HandlerError, RejectCode, check_version, reject};
 
-pub async fn handle(ctx: &mut Context<'_>, data: &ApprovalDecided) -> Result<Applied, HandlerError> {
-    let Some(mut approval) = approvals::find_for_update(&mut *ctx.conn, data.approval_id).await? else {
-        return Err(reject(RejectCode::NotFound, format!("approval {} does not exist", data.approval_id)));
+pub async fn handle(
+    ctx: &mut Context<'_>,
+    data: &ApprovalDecided,
+) -> Result<Applied, HandlerError> {
+    let Some(mut approval) = approvals::find_for_update(&mut *ctx.conn, data.approval_id).await?
+    else {
+        return Err(reject(
+            RejectCode::NotFound,
+            format!("approval {} does not exist", data.approval_id),
+        ));
     };
     check_version("approval", approval.version, data.expected_version)?;
     // Segregation of duties: nobody decides their own request (a rule may).
     let requester = approval.requester_id.to_string();
-    if ActorType::parse(&ctx.envelope.actor_type) != ActorType::Rule && ctx.envelope.actor_id.as_deref() == Some(requester.as_str()) {
-        return Err(reject(RejectCode::Forbidden, "the requester of an approval cannot decide it"));
+    if ActorType::parse(&ctx.envelope.actor_type) != ActorType::Rule
+        && ctx.envelope.actor_id.as_deref() == Some(requester.as_str())
+    {
+        return Err(reject(
+            RejectCode::Forbidden,
+            "the requester of an approval cannot decide it",
+        ));
     }
     let from = approval.status;
     let to = data.status.status();
@@ -37,6 +49,9 @@ pub async fn handle(ctx: &mut Context<'_>, data: &ApprovalDecided) -> Result<App
         Decision::Approved => "approval.approved",
         Decision::Rejected => "approval.rejected",
     };
-    Ok(Applied::new("approval", approval.id, notification, &approval)
-        .with_audit_details(json!({"from": from, "to": to, "reason": approval.reason, "version": approval.version})))
+    Ok(
+        Applied::new("approval", approval.id, notification, &approval).with_audit_details(
+            json!({"from": from, "to": to, "reason": approval.reason, "version": approval.version}),
+        ),
+    )
 }

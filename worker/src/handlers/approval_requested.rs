@@ -9,20 +9,34 @@ use sqlx::types::Json;
 
 use super::{Applied, Context, HandlerError, RejectCode, reject};
 
-pub async fn handle(ctx: &mut Context<'_>, data: &ApprovalRequested) -> Result<Applied, HandlerError> {
-    let id = data.approval_id.unwrap_or_else(|| derived_id("approval", &ctx.envelope.id));
+pub async fn handle(
+    ctx: &mut Context<'_>,
+    data: &ApprovalRequested,
+) -> Result<Applied, HandlerError> {
+    let id = data
+        .approval_id
+        .unwrap_or_else(|| derived_id("approval", &ctx.envelope.id));
     // A shared lock: the workflow cannot be paused between this check and the commit.
     let Some(workflow) = workflows::find_for_share(&mut *ctx.conn, data.workflow_id).await? else {
-        return Err(reject(RejectCode::NotFound, format!("workflow {} does not exist", data.workflow_id)));
+        return Err(reject(
+            RejectCode::NotFound,
+            format!("workflow {} does not exist", data.workflow_id),
+        ));
     };
     if workflow.status != WorkflowStatus::Active {
         return Err(reject(
             RejectCode::WorkflowNotActive,
-            format!("workflow {} is {}; approvals can be requested only on an ACTIVE workflow", workflow.id, workflow.status),
+            format!(
+                "workflow {} is {}; approvals can be requested only on an ACTIVE workflow",
+                workflow.id, workflow.status
+            ),
         ));
     }
     if approvals::find(&mut *ctx.conn, id).await?.is_some() {
-        return Err(reject(RejectCode::AlreadyExists, format!("approval {id} already exists")));
+        return Err(reject(
+            RejectCode::AlreadyExists,
+            format!("approval {id} already exists"),
+        ));
     }
     let approval = Approval {
         seq: 0,

@@ -6,16 +6,30 @@ use automation_shared::events::AutomationCancelled;
 
 use super::{Applied, Context, HandlerError, RejectCode, reject};
 
-pub async fn handle(ctx: &mut Context<'_>, data: &AutomationCancelled) -> Result<Applied, HandlerError> {
+pub async fn handle(
+    ctx: &mut Context<'_>,
+    data: &AutomationCancelled,
+) -> Result<Applied, HandlerError> {
     let Some(mut run) = runs::find_for_update(&mut *ctx.conn, data.run_id).await? else {
-        return Err(reject(RejectCode::NotFound, format!("run {} does not exist", data.run_id)));
+        return Err(reject(
+            RejectCode::NotFound,
+            format!("run {} does not exist", data.run_id),
+        ));
     };
     if run.state.is_final() {
-        return Err(reject(RejectCode::InvalidTransition, format!("run {} is already {}", run.id, run.state)));
+        return Err(reject(
+            RejectCode::InvalidTransition,
+            format!("run {} is already {}", run.id, run.state),
+        ));
     }
     run.state = RunState::Cancelled;
     run.finished_at = Some(ctx.now);
     run.updated_at = ctx.now;
     runs::update(&mut *ctx.conn, &run).await?;
-    Ok(Applied::new("automation_run", run.id, "automation.cancelled", &run))
+    Ok(Applied::new(
+        "automation_run",
+        run.id,
+        "automation.cancelled",
+        &run,
+    ))
 }

@@ -8,18 +8,32 @@ use sqlx::types::Json;
 
 use super::{Applied, Context, HandlerError, RejectCode, reject};
 
-pub async fn handle(ctx: &mut Context<'_>, data: &AutomationRequested) -> Result<Applied, HandlerError> {
+pub async fn handle(
+    ctx: &mut Context<'_>,
+    data: &AutomationRequested,
+) -> Result<Applied, HandlerError> {
     let Some(task) = ctx.registry.get(&data.automation) else {
         return Err(reject(
             RejectCode::UnknownAutomation,
-            format!("no automation is registered as {:?} (known: {})", data.automation, ctx.registry.names().join(", ")),
+            format!(
+                "no automation is registered as {:?} (known: {})",
+                data.automation,
+                ctx.registry.names().join(", ")
+            ),
         ));
     };
-    let id = data.run_id.unwrap_or_else(|| derived_id("run", &ctx.envelope.id));
+    let id = data
+        .run_id
+        .unwrap_or_else(|| derived_id("run", &ctx.envelope.id));
     if runs::find(&mut *ctx.conn, id).await?.is_some() {
-        return Err(reject(RejectCode::AlreadyExists, format!("run {id} already exists")));
+        return Err(reject(
+            RejectCode::AlreadyExists,
+            format!("run {id} already exists"),
+        ));
     }
-    let countdown = data.countdown_seconds.map(|s| ctx.now + chrono::Duration::seconds(s as i64));
+    let countdown = data
+        .countdown_seconds
+        .map(|s| ctx.now + chrono::Duration::seconds(s as i64));
     let run_at = match (data.run_at, countdown) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
@@ -30,7 +44,11 @@ pub async fn handle(ctx: &mut Context<'_>, data: &AutomationRequested) -> Result
         id,
         automation: data.automation.clone(),
         params: data.params.clone().map(|p| Json(Value::Object(p))),
-        state: if run_at.is_some() { RunState::Scheduled } else { RunState::Queued },
+        state: if run_at.is_some() {
+            RunState::Scheduled
+        } else {
+            RunState::Queued
+        },
         attempts: 0,
         max_attempts: task.max_attempts(),
         result: None,
@@ -45,6 +63,10 @@ pub async fn handle(ctx: &mut Context<'_>, data: &AutomationRequested) -> Result
         updated_at: ctx.now,
     };
     runs::insert(&mut *ctx.conn, &run).await?;
-    let notification = if run.state == RunState::Queued { "automation.queued" } else { "automation.scheduled" };
+    let notification = if run.state == RunState::Queued {
+        "automation.queued"
+    } else {
+        "automation.scheduled"
+    };
     Ok(Applied::new("automation_run", id, notification, &run))
 }

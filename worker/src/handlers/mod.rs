@@ -69,7 +69,10 @@ pub enum HandlerError {
 }
 
 pub fn reject(code: RejectCode, reason: impl Into<String>) -> HandlerError {
-    HandlerError::Rejected { code, reason: reason.into() }
+    HandlerError::Rejected {
+        code,
+        reason: reason.into(),
+    }
 }
 
 /// What an applied event changed.
@@ -89,7 +92,12 @@ pub struct Applied {
 }
 
 impl Applied {
-    pub fn new(entity: &str, entity_id: impl ToString, notification: &'static str, state: &impl Serialize) -> Applied {
+    pub fn new(
+        entity: &str,
+        entity_id: impl ToString,
+        notification: &'static str,
+        state: &impl Serialize,
+    ) -> Applied {
         Applied {
             entity: entity.to_string(),
             entity_id: entity_id.to_string(),
@@ -120,7 +128,10 @@ impl Context<'_> {
     /// Who to name as having done this: the user or service, or `rule:<id>` for a rule.
     pub fn actor(&self) -> Option<String> {
         let envelope = self.envelope;
-        match (ActorType::parse(&envelope.actor_type), envelope.actor_id.as_deref()) {
+        match (
+            ActorType::parse(&envelope.actor_type),
+            envelope.actor_id.as_deref(),
+        ) {
             (ActorType::Rule, Some(id)) => Some(format!("rule:{id}")),
             (_, actor) => actor.map(str::to_string),
         }
@@ -143,11 +154,17 @@ pub async fn dispatch(ctx: &mut Context<'_>) -> Result<Applied, HandlerError> {
 }
 
 /// Refuses a stale `expectedVersion`.
-pub fn check_version(entity: &str, current: u32, expected: Option<u32>) -> Result<(), HandlerError> {
+pub fn check_version(
+    entity: &str,
+    current: u32,
+    expected: Option<u32>,
+) -> Result<(), HandlerError> {
     match expected {
         Some(expected) if expected != current => Err(reject(
             RejectCode::VersionConflict,
-            format!("the {entity} is at version {current}, not the expected {expected}; read it again and retry"),
+            format!(
+                "the {entity} is at version {current}, not the expected {expected}; read it again and retry"
+            ),
         )),
         _ => Ok(()),
     }

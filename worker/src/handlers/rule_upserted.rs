@@ -10,8 +10,11 @@ use sqlx::types::Json;
 use super::{Applied, Context, HandlerError, RejectCode, reject};
 
 pub async fn handle(ctx: &mut Context<'_>, data: &RuleDefinition) -> Result<Applied, HandlerError> {
-    data.check().map_err(|message| reject(RejectCode::InvalidRule, message))?;
-    let id = data.id.unwrap_or_else(|| derived_id("rule", &ctx.envelope.id));
+    data.check()
+        .map_err(|message| reject(RejectCode::InvalidRule, message))?;
+    let id = data
+        .id
+        .unwrap_or_else(|| derived_id("rule", &ctx.envelope.id));
     let existing = rules::find_for_update(&mut *ctx.conn, id).await?;
     let rule = Rule {
         seq: 0,
@@ -25,7 +28,9 @@ pub async fn handle(ctx: &mut Context<'_>, data: &RuleDefinition) -> Result<Appl
         then: Json(data.then.clone()),
         stop_on_match: data.stop_on_match,
         version: existing.as_ref().map_or(1, |r| r.version + 1),
-        created_by: existing.as_ref().map_or_else(|| ctx.actor(), |r| r.created_by.clone()),
+        created_by: existing
+            .as_ref()
+            .map_or_else(|| ctx.actor(), |r| r.created_by.clone()),
         created_at: existing.as_ref().map_or(ctx.now, |r| r.created_at),
         updated_at: ctx.now,
     };
@@ -34,7 +39,11 @@ pub async fn handle(ctx: &mut Context<'_>, data: &RuleDefinition) -> Result<Appl
         None => rules::insert(&mut *ctx.conn, &rule).await?,
     }
     let mut state = serde_json::to_value(&rule).unwrap_or_default();
-    state["change"] = json!(if rule.version == 1 { "created" } else { "updated" });
+    state["change"] = json!(if rule.version == 1 {
+        "created"
+    } else {
+        "updated"
+    });
     let mut applied = Applied::new("rule", id, "rule.changed", &state);
     applied.audit_action = "rule.upserted".into();
     applied.audit_details = Some(json!({"version": rule.version, "name": rule.name}));

@@ -5,10 +5,18 @@ use automation_shared::events::{WorkflowCreated, derived_id};
 
 use super::{Applied, Context, HandlerError, RejectCode, reject};
 
-pub async fn handle(ctx: &mut Context<'_>, data: &WorkflowCreated) -> Result<Applied, HandlerError> {
-    let id = data.workflow_id.unwrap_or_else(|| derived_id("workflow", &ctx.envelope.id));
+pub async fn handle(
+    ctx: &mut Context<'_>,
+    data: &WorkflowCreated,
+) -> Result<Applied, HandlerError> {
+    let id = data
+        .workflow_id
+        .unwrap_or_else(|| derived_id("workflow", &ctx.envelope.id));
     if workflows::find(&mut *ctx.conn, id).await?.is_some() {
-        return Err(reject(RejectCode::AlreadyExists, format!("workflow {id} already exists")));
+        return Err(reject(
+            RejectCode::AlreadyExists,
+            format!("workflow {id} already exists"),
+        ));
     }
     let workflow = Workflow {
         seq: 0,

@@ -1,0 +1,384 @@
+//! Test support (feature `testing`): each test gets its own database and its own broker prefix
+//! on the real local MariaDB and RabbitMQ, removed again when the test ends, pass or fail.
+//!
+//! `TEST_DATABASE_URL` (default `mysql://root@127.0.0.1:3306`) and `TEST_AMQP_URL` (default
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`) point elsewhere.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Connection};
+use serde_json::Value;
+use sqlx::MySqlPool;
+use sqlx::mysql::MySqlPoolOptions;
+use tokio::sync::Notify;
+
+use crate::config::Config;
+use crate::db::MIGRATOR;
+use crate::messaging::topology::{self, TopologySettings};
+use crate::messaging::{self, Names, Outgoing, Publisher};
+
+pub fn database_server_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// Short retry delays, so retry paths run in seconds.
+pub const TEST_RETRY_DELAYS_MS: [u64; 3] = [200, 400, 800];
+
+/// A database and a broker prefix of the test's own.
+pub struct TestEnv {
+    pub config: Config,
+    pub pool: MySqlPool,
+    pub database: String,
+    pub connection: Arc<Connection>,
+    pub publisher: Publisher,
+    cleanup: Option<Cleanup>,
+}
+
+struct Cleanup {
+    database: String,
+    prefix: String,
+}
+
+impl TestEnv {
+    pub async fn new() -> TestEnv {
+        let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+        let database = format!("t_{suffix}");
+        let prefix = format!("t{suffix}");
+        let server = MySqlPoolOptions::new()
+            .max_connections(1)
+            .connect(&database_server_url())
+            .await
+            .expect("MariaDB answers");
+        sqlx::query(sqlx::AssertSqlSafe(format!("create database `{database}`")))
+            .execute(&server)
+            .await
+            .expect("create database");
+        server.close().await;
+
+        let mut config = Config::default();
+        config.database.url = Some(format!("{}/{database}", database_server_url()));
+        config.database.max_connections = 8;
+        config.amqp.url = amqp_url();
+        config.amqp.prefix = prefix.clone();
+        config.amqp.publish_timeout_ms = 5_000;
+        config.worker.retry_delays_ms = TEST_RETRY_DELAYS_MS.to_vec();
+        config.worker.batch_timeout_ms = 5;
+        config.worker.outbox_sweep_ms = 200;
+        config.worker.port = 0;
+        config.api.port = 0;
+
+        let pool = crate::db::connect(&config.database)
+            .await
+            .expect("connect to the test database");
+        MIGRATOR.run(&pool).await.expect("migrations apply");
+        let connection = Arc::new(
+            messaging::connect(&config.amqp.url, "automation-tests")
+                .await
+                .expect("RabbitMQ answers"),
+        );
+        let channel = connection.create_channel().await.expect("channel");
+        let settings = TopologySettings {
+            retry_delays_ms: &config.worker.retry_delays_ms,
+            delivery_limit: config.worker.delivery_limit,
+        };
+        topology::declare(&channel, &Names::new(prefix.clone()), &settings)
+            .await
+            .expect("topology");
+        let _ = channel.close(200, "ok".into()).await;
+        let publisher = Publisher::new(connection.clone(), Duration::from_secs(5))
+            .await
+            .expect("publisher");
+        TestEnv {
+            config,
+            pool,
+            database: database.clone(),
+            connection,
+            publisher,
+            cleanup: Some(Cleanup { database, prefix }),
+        }
+    }
+
+    pub fn names(&self) -> Names {
+        Names::new(self.config.amqp.prefix.clone())
+    }
+
+    /// Publishes to the events exchange and waits for the confirm.
+    pub async fn publish(&self, routing_key: &str, properties: BasicProperties, body: &[u8]) {
+        let exchange = self.names().events();
+        self.publisher
+            .publish(Outgoing {
+                exchange: &exchange,
+                routing_key,
+                body,
+                properties,
+                mandatory: false,
+            })
+            .await
+            .expect("the broker confirms");
+    }
+
+    /// A CloudEvents structured message.
+    pub async fn publish_structured(&self, event: &Value) {
+        let routing_key = event["type"].as_str().unwrap_or_default().to_string();
+        let properties = BasicProperties::default()
+            .with_content_type("application/cloudevents+json".into())
+            .with_delivery_mode(messaging::PERSISTENT);
+        self.publish(&routing_key, properties, event.to_string().as_bytes())
+            .await;
+    }
+
+    /// A CloudEvents binary message: the attributes as headers under `prefix`.
+    pub async fn publish_binary(&self, event: &Value, prefix: &str) {
+        let mut headers = FieldTable::default();
+        for (key, value) in event.as_object().into_iter().flatten() {
+            if key == "data" {
+                continue;
+            }
+            let text = value
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| value.to_string());
+            headers.insert(
+                ShortString::from(format!("{prefix}{key}")),
+                AMQPValue::LongString(LongString::from(text.into_bytes())),
+            );
+        }
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(messaging::PERSISTENT)
+            .with_headers(headers);
+        let routing_key = event["type"].as_str().unwrap_or_default().to_string();
+        self.publish(
+            &routing_key,
+            properties,
+            event["data"].to_string().as_bytes(),
+        )
+        .await;
+    }
+
+    /// What Spring's `RabbitTemplate` with Jackson sends: the data, a `__TypeId__` header, no
+    /// message id.
+    pub async fn publish_plain(&self, routing_key: &str, data: &Value) {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "__TypeId__".into(),
+            AMQPValue::LongString(LongString::from(b"com.example.Event".to_vec())),
+        );
+        let properties = BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_content_encoding("UTF-8".into())
+            .with_delivery_mode(messaging::PERSISTENT)
+            .with_headers(headers);
+        self.publish(routing_key, properties, data.to_string().as_bytes())
+            .await;
+    }
+
+    /// Starts collecting every notification.
+    pub async fn notifications(&self) -> NotificationTap {
+        NotificationTap::start(&self.connection, &self.names()).await
+    }
+
+    /// Waits until the event is in the inbox; returns its outcome.
+    pub async fn wait_processed(&self, event_id: &str) -> String {
+        self.wait_processed_within(event_id, Duration::from_secs(20))
+            .await
+    }
+
+    pub async fn wait_processed_within(&self, event_id: &str, timeout: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let outcome: Option<String> =
+                sqlx::query_scalar("select outcome from inbox where event_id = ?")
+                    .bind(event_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .expect("query");
+            if let Some(outcome) = outcome {
+                return outcome;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "event {event_id} was not processed within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until `sql` (a count) reaches `expected`; returns the last count.
+    pub async fn wait_count(&self, sql: &'static str, expected: i64, timeout: Duration) -> i64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let n: i64 = sqlx::query_scalar(sql)
+                .fetch_one(&self.pool)
+                .await
+                .expect("count query");
+            if n >= expected || tokio::time::Instant::now() >= deadline {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count query")
+    }
+
+    pub async fn count_bound(&self, sql: &'static str, value: &str) -> i64 {
+        sqlx::query_scalar(sql)
+            .bind(value)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count query")
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let Some(cleanup) = self.cleanup.take() else {
+            return;
+        };
+        let retry_delays = self.config.worker.retry_delays_ms.clone();
+        let delivery_limit = self.config.worker.delivery_limit;
+        // Drop cannot await, and may run while the test's runtime unwinds: clean up from a
+        // thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(server) = MySqlPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&database_server_url())
+                    .await
+                {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "drop database if exists `{}`",
+                        cleanup.database
+                    )))
+                    .execute(&server)
+                    .await;
+                    server.close().await;
+                }
+                if let Ok(connection) =
+                    messaging::connect(&amqp_url(), "automation-tests-cleanup").await
+                    && let Ok(channel) = connection.create_channel().await
+                {
+                    let settings = TopologySettings {
+                        retry_delays_ms: &retry_delays,
+                        delivery_limit,
+                    };
+                    let _ =
+                        topology::delete(&channel, &Names::new(cleanup.prefix), &settings).await;
+                    let _ = connection.close(200, "cleaned up".into()).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Collects the notifications published under a prefix.
+pub struct NotificationTap {
+    received: Arc<Mutex<Vec<Value>>>,
+    arrived: Arc<Notify>,
+}
+
+impl NotificationTap {
+    async fn start(connection: &Connection, names: &Names) -> NotificationTap {
+        let channel = connection.create_channel().await.expect("channel");
+        let queue = format!("{}.tap.{}", names.prefix(), uuid::Uuid::new_v4().simple());
+        channel
+            .queue_declare(
+                queue.clone().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("tap queue");
+        channel
+            .queue_bind(
+                queue.clone().into(),
+                names.notifications().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind tap");
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "tap".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let arrived = Arc::new(Notify::new());
+        let (sink, signal) = (received.clone(), arrived.clone());
+        tokio::spawn(async move {
+            let _channel = channel;
+            while let Some(Ok(delivery)) = consumer.next().await {
+                if let Ok(value) = serde_json::from_slice::<Value>(&delivery.data) {
+                    sink.lock().expect("lock").push(value);
+                    signal.notify_waiters();
+                }
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+        });
+        NotificationTap { received, arrived }
+    }
+
+    pub fn all(&self) -> Vec<Value> {
+        self.received.lock().expect("lock").clone()
+    }
+
+    /// Notifications caused by `event_id`.
+    pub fn caused_by(&self, event_id: &str) -> Vec<Value> {
+        self.all()
+            .into_iter()
+            .filter(|n| n["causationid"] == event_id)
+            .collect()
+    }
+
+    /// Waits for the first notification caused by `event_id`.
+    pub async fn wait_caused_by(&self, event_id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let notified = self.arrived.notified();
+            if let Some(found) = self.caused_by(event_id).into_iter().next() {
+                return found;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no notification caused by {event_id} within 20 s"
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+        }
+    }
+
+    /// Gives stragglers (a duplicate that should not come) time to arrive.
+    pub async fn settle(&self) {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+}
