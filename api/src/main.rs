@@ -1,1 +1,184 @@
-fn main() {}
+//! `automation-api`: serves HTTP (the default) or bootstraps a user.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use automation_api::app::{self, AppState};
+use automation_api::auth::Role;
+use automation_api::routes::users::{self, NewUser};
+use automation_shared::config::{Component, Config};
+use automation_shared::telemetry;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "automation-api",
+    version,
+    about = "The automation-engine HTTP API."
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HTTP (the default).
+    Run,
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user, e.g. the first admin. The password is read from stdin, or from the
+    /// environment variable named by --password-env; never from the command line.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, value_parser = |s: &str| s.parse::<Role>())]
+        role: Role,
+        /// Read the password from this environment variable instead of stdin.
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let serving = matches!(args.command, None | Some(Command::Run));
+    let config = match Config::load(if serving {
+        Component::Api
+    } else {
+        Component::Cli
+    }) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::from(2);
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let result = match args.command {
+        None | Some(Command::Run) => {
+            telemetry::init_tracing(&config);
+            serve(config).await
+        }
+        Some(Command::User {
+            command:
+                UserCommand::Create {
+                    email,
+                    name,
+                    role,
+                    password_env,
+                    json,
+                },
+        }) => create_user(config, email, name, role, password_env, json).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let address: SocketAddr = format!("{}:{}", config.api.host, config.api.port)
+        .parse()
+        .with_context(|| format!("API_HOST {:?} is not an IP address", config.api.host))?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("could not listen on {address} (API_HOST/API_PORT)"))?;
+    let state = AppState::build(Arc::new(config)).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    app::run(state, listener, shutdown).await
+}
+
+async fn create_user(
+    config: Config,
+    email: String,
+    name: String,
+    role: Role,
+    password_env: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let password = match password_env {
+        Some(var) => std::env::var(&var)
+            .with_context(|| format!("the environment variable {var} is not set"))?,
+        None => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!("password (then Enter and Ctrl-D):");
+            }
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("could not read the password from stdin")?;
+            input.trim_end_matches(['\n', '\r']).to_string()
+        }
+    };
+    let pool = automation_shared::db::connect(&config.database)
+        .await
+        .context("could not connect to MySQL (check DATABASE_URL)")?;
+    let new = NewUser {
+        email,
+        name,
+        role,
+        password,
+    };
+    automation_api::extract::validate(&new).map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
+    let user = users::create(&pool, new)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
+    if json {
+        println!("{}", serde_json::to_string(&user.view())?);
+    } else {
+        println!(
+            "created {} <{}> with role {} (id {})",
+            user.name, user.email, user.role, user.id
+        );
+    }
+    Ok(())
+}
+
+fn describe(error: automation_api::problem::ApiError) -> String {
+    match error {
+        automation_api::problem::ApiError::Validation(errors) => errors
+            .iter()
+            .map(|e| format!("--{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => other.to_string(),
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+    shutdown.cancel();
+}

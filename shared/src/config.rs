@@ -116,7 +116,7 @@ impl Default for DatabaseConfig {
             port: 3306,
             user: "root".into(),
             password: None,
-            name: "test".into(),
+            name: "automation".into(),
             max_connections: 10,
             acquire_timeout_ms: 5_000,
         }

@@ -12,6 +12,7 @@ use serde_json::json;
 use crate::service;
 
 pub async fn migrate(config: &Config, json: bool) -> anyhow::Result<()> {
+    create_database_if_missing(config).await?;
     let pool = db::connect(&config.database)
         .await
         .context("could not connect to MySQL (check DATABASE_URL)")?;
@@ -46,6 +47,41 @@ pub async fn migrate(config: &Config, json: bool) -> anyhow::Result<()> {
             after.len()
         );
     }
+    Ok(())
+}
+
+/// A fresh server has no database yet: create it, so `migrate` is the only set-up step.
+async fn create_database_if_missing(config: &Config) -> anyhow::Result<()> {
+    let options = config.database.connect_options()?;
+    let Some(name) = options.get_database().map(str::to_string) else {
+        anyhow::bail!(
+            "DATABASE_URL names no database (mysql://user:password@host:3306/automation)"
+        );
+    };
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        anyhow::bail!(
+            "the database name {name:?} has characters this command will not quote; create it by hand"
+        );
+    }
+    let server = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.database(""))
+        .await
+        .context("could not connect to MySQL (check DATABASE_URL)")?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "create database if not exists `{name}`"
+    )))
+    .execute(&server)
+    .await
+    .with_context(|| {
+        format!(
+            "database {name} does not exist and could not be created; create it or grant CREATE"
+        )
+    })?;
+    server.close().await;
     Ok(())
 }
 

@@ -1,0 +1,42 @@
+# automation-engine: the commands a newcomer and CI need. `make run` and `make test` do all set-up.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+# Tests build the worker with its test-only fault hooks (a crash after COMMIT, a handler panic).
+TEST_FEATURES := --features automation-worker/fault-injection
+
+.PHONY: help deps build run test chaos fuzz-api check bench schemas
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+deps: ## make sure RabbitMQ and MariaDB answer on 127.0.0.1 (start or install them if needed)
+	@scripts/local-services.sh
+	@command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
+
+build: ## build both binaries
+	cargo build --workspace --bins
+
+run: deps build ## run the API and the worker on the local services (migrations and topology included)
+	@scripts/run-local.sh
+
+test: deps ## run every test against the real RabbitMQ and MariaDB
+	cargo nextest run --workspace $(TEST_FEATURES) --profile ci
+
+chaos: deps ## the fault suite: kills, restarts and outages with private RabbitMQ/MariaDB instances
+	@scripts/chaos.sh
+
+fuzz-api: deps ## schemathesis against the API's OpenAPI document
+	@scripts/fuzz-api.sh
+
+check: ## formatting, clippy, and the rustls-on-ring-only dependency rule
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets $(TEST_FEATURES) -- -D warnings
+	@scripts/check-dependencies.sh
+
+bench: deps ## throughput of the worker: one transaction per event against batches of 100
+	cargo bench -p automation-worker --bench throughput
+
+schemas: ## regenerate schemas/ (JSON Schemas and AsyncAPI) from the Rust types
+	UPDATE_SCHEMAS=1 cargo test -p automation-shared --lib committed_schemas_match_the_rust_types

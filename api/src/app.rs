@@ -1,0 +1,202 @@
+//! The application: shared state, the router with its middleware, and `run`, which serves until
+//! shutdown and then drains.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use automation_shared::config::{Config, JwtAlgorithm};
+use automation_shared::db;
+use axum::Router;
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use sqlx::MySqlPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::jwt::JwtKeys;
+use crate::broker::Broker;
+use crate::problem::ApiError;
+use crate::waiters::Waiters;
+use crate::{auth, openapi};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Arc<Config>,
+    pub pool: MySqlPool,
+    pub broker: Arc<Broker>,
+    pub waiters: Arc<Waiters>,
+    pub jwt: JwtKeys,
+    /// A hash to verify against when the email is unknown, so that costs what a wrong password
+    /// costs.
+    pub dummy_hash: String,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Builds the state. MySQL is connected lazily and the broker in the background, so the API
+    /// starts (and says it is not ready) while either is down.
+    pub async fn build(config: Arc<Config>) -> anyhow::Result<AppState> {
+        automation_shared::telemetry::metrics();
+        if config.jwt.algorithm == JwtAlgorithm::HS256 && config.jwt.secret.is_none() {
+            tracing::warn!(
+                "JWT_SECRET is not set: using the development secret (refused in production)"
+            );
+        }
+        let jwt = JwtKeys::from_config(&config.jwt)?;
+        let pool = db::lazy_pool(&config.database)?;
+        let dummy_hash = auth::password::hash(uuid::Uuid::new_v4().to_string()).await?;
+        Ok(AppState(Arc::new(Inner {
+            broker: Arc::new(Broker::new(config.clone())),
+            config,
+            pool,
+            waiters: Arc::new(Waiters::default()),
+            jwt,
+            dummy_hash,
+        })))
+    }
+}
+
+/// The router with every route, the OpenAPI document, the docs UI and the middleware.
+pub fn router(state: AppState) -> Router {
+    let (routes, api) = openapi::routes().split_for_parts();
+    let api = openapi::finish(api);
+    let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", api);
+    let config = &state.config;
+    Router::new()
+        .merge(routes)
+        .merge(docs)
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state.clone())
+        .layer(axum::extract::DefaultBodyLimit::max(config.api.body_limit_bytes))
+        .layer(cors(config))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(config.api.request_timeout_secs)))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(middleware::from_fn(record_metrics))
+        .layer(
+            // The span holds the path without the query string: the old login put a password
+            // there.
+            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+                let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
+}
+
+/// CORS from configuration. A wildcard never goes with credentials; listed origins do.
+fn cors(config: &Config) -> CorsLayer {
+    let exposed = [
+        header::LOCATION,
+        header::LINK,
+        header::RETRY_AFTER,
+        HeaderName::from_static("x-request-id"),
+        HeaderName::from_static("preference-applied"),
+    ];
+    let allowed_headers = [
+        header::AUTHORIZATION,
+        header::CONTENT_TYPE,
+        HeaderName::from_static("idempotency-key"),
+        HeaderName::from_static("prefer"),
+        HeaderName::from_static("x-request-id"),
+        HeaderName::from_static("traceparent"),
+    ];
+    let methods = [
+        Method::GET,
+        Method::POST,
+        Method::PATCH,
+        Method::PUT,
+        Method::DELETE,
+        Method::OPTIONS,
+    ];
+    let base = CorsLayer::new()
+        .allow_methods(methods)
+        .allow_headers(allowed_headers)
+        .expose_headers(exposed)
+        .max_age(Duration::from_secs(600));
+    if config.api.cors_origins.iter().any(|o| o == "*") {
+        base.allow_origin(AllowOrigin::any())
+    } else {
+        let origins: Vec<HeaderValue> = config
+            .api
+            .cors_origins
+            .iter()
+            .filter_map(|o| HeaderValue::from_str(o).ok())
+            .collect();
+        base.allow_origin(AllowOrigin::list(origins))
+            .allow_credentials(true)
+    }
+}
+
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("automation_api_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("automation_api_request_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Serves until `shutdown`, then stops accepting, lets in-flight requests finish within the
+/// grace period, and closes the broker link.
+pub async fn run(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let broker_stop = CancellationToken::new();
+    let maintain = tokio::spawn(
+        state
+            .broker
+            .clone()
+            .maintain(state.waiters.clone(), broker_stop.clone()),
+    );
+    let grace = Duration::from_secs(state.config.api.shutdown_grace_secs);
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    tracing::info!(address = %listener.local_addr()?, "API listening");
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let serving = tokio::spawn(async move { server.await });
+    shutdown.cancelled().await;
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: finishing in-flight requests"
+    );
+    match tokio::time::timeout(grace, serving).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::error!(%error, "the server stopped with an error"),
+        Ok(Err(error)) => tracing::error!(%error, "the server task failed"),
+        Err(_) => tracing::warn!("in-flight requests did not finish within the grace period"),
+    }
+    broker_stop.cancel();
+    let _ = maintain.await;
+    state.broker.close().await;
+    state.pool.close().await;
+    tracing::info!("API stopped");
+    Ok(())
+}

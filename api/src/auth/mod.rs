@@ -1,0 +1,205 @@
+//! Who is calling and what they may do: roles and permissions (CONTRACT §3), the bearer-token
+//! extractor (signature, claims and revocation checked on every request), login and logout.
+
+pub mod jwt;
+pub mod login;
+pub mod password;
+
+use std::fmt;
+use std::str::FromStr;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::problem::ApiError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Approver,
+    Requester,
+    Viewer,
+    /// A machine caller (another service).
+    Service,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Approver => "approver",
+            Role::Requester => "requester",
+            Role::Viewer => "viewer",
+            Role::Service => "service",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "admin" => Ok(Role::Admin),
+            "approver" => Ok(Role::Approver),
+            "requester" => Ok(Role::Requester),
+            "viewer" => Ok(Role::Viewer),
+            "service" => Ok(Role::Service),
+            other => Err(format!(
+                "{other:?} is not a role (admin, approver, requester, viewer, service)"
+            )),
+        }
+    }
+}
+
+/// What a caller may do. The table of CONTRACT §3, in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Read approvals, workflows, audit logs, insights and rules.
+    Read,
+    RequestApproval,
+    DecideApproval,
+    ManageWorkflows,
+    ManageUsers,
+    WriteAudit,
+    PublishEvents,
+    RunAutomations,
+    ManageRules,
+    ManageDeadLetters,
+}
+
+impl Permission {
+    pub fn allows(self, role: Role) -> bool {
+        use Role::*;
+        match self {
+            Permission::Read => matches!(role, Admin | Approver | Requester | Viewer | Service),
+            Permission::RequestApproval => matches!(role, Admin | Approver | Requester),
+            Permission::DecideApproval => matches!(role, Admin | Approver),
+            Permission::ManageWorkflows
+            | Permission::ManageUsers
+            | Permission::ManageRules
+            | Permission::ManageDeadLetters => role == Admin,
+            Permission::WriteAudit | Permission::PublishEvents | Permission::RunAutomations => {
+                matches!(role, Admin | Service)
+            }
+        }
+    }
+}
+
+/// The authenticated caller.
+#[derive(Debug, Clone)]
+pub struct AuthUser {
+    pub id: String,
+    pub role: Role,
+    pub jti: String,
+    pub expires_at: i64,
+}
+
+impl AuthUser {
+    pub fn require(&self, permission: Permission) -> Result<(), ApiError> {
+        if permission.allows(self.role) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "the {} role may not do this",
+                self.role
+            )))
+        }
+    }
+
+    /// `user` for people, `service` for machines: how the worker and the audit log name the actor.
+    pub fn actor_type(&self) -> &'static str {
+        if self.role == Role::Service {
+            "service"
+        } else {
+            "user"
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(state, &parts.headers).await
+    }
+}
+
+/// Checks the bearer token: signature, claims, and that it was not logged out.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthUser, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::Unauthorized("send a bearer token: Authorization: Bearer <token>".into())
+        })?;
+    let claims = state.jwt.verify(token).map_err(|reason| {
+        tracing::debug!(%reason, "a token was refused");
+        ApiError::Unauthorized("the token is invalid or expired; log in again".into())
+    })?;
+    let revoked: Option<i32> = sqlx::query_scalar("select 1 from revoked_tokens where jti = ?")
+        .bind(&claims.jti)
+        .fetch_optional(&state.pool)
+        .await?;
+    if revoked.is_some() {
+        return Err(ApiError::Unauthorized(
+            "the token was logged out; log in again".into(),
+        ));
+    }
+    Ok(AuthUser {
+        id: claims.sub,
+        role: claims.role,
+        jti: claims.jti,
+        expires_at: claims.exp,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_permission_table_follows_the_contract() {
+        use Permission::*;
+        use Role::*;
+        let cases = [
+            (Read, vec![Admin, Approver, Requester, Viewer, Service]),
+            (RequestApproval, vec![Admin, Approver, Requester]),
+            (DecideApproval, vec![Admin, Approver]),
+            (ManageWorkflows, vec![Admin]),
+            (ManageUsers, vec![Admin]),
+            (WriteAudit, vec![Admin, Service]),
+            (PublishEvents, vec![Admin, Service]),
+            (RunAutomations, vec![Admin, Service]),
+            (ManageRules, vec![Admin]),
+            (ManageDeadLetters, vec![Admin]),
+        ];
+        for (permission, allowed) in cases {
+            for role in [Admin, Approver, Requester, Viewer, Service] {
+                assert_eq!(
+                    permission.allows(role),
+                    allowed.contains(&role),
+                    "{permission:?} for {role}"
+                );
+            }
+        }
+    }
+}

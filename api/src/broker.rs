@@ -1,0 +1,196 @@
+//! The API's link to RabbitMQ: a confirm-mode publisher, and a listener on the notifications
+//! exchange that wakes requests waiting with `Prefer: wait`. The API starts without the broker
+//! and connects in the background; once connected, lapin recovers the connection after a broker
+//! restart. While there is no link, writes answer 503.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use automation_shared::config::Config;
+use automation_shared::messaging::topology::{self, TopologySettings};
+use automation_shared::messaging::{self, Names, Publisher};
+use futures_util::StreamExt;
+use lapin::Connection;
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+
+use crate::waiters::Waiters;
+
+#[derive(Clone)]
+struct Link {
+    connection: Arc<Connection>,
+    publisher: Publisher,
+}
+
+pub struct Broker {
+    link: RwLock<Option<Link>>,
+    config: Arc<Config>,
+    names: Names,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("ready", &self.is_ready())
+            .finish()
+    }
+}
+
+impl Broker {
+    pub fn new(config: Arc<Config>) -> Broker {
+        let names = Names::new(config.amqp.prefix.clone());
+        Broker {
+            link: RwLock::new(None),
+            config,
+            names,
+        }
+    }
+
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    fn current(&self) -> Option<Link> {
+        self.link
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The publisher, when connected.
+    pub fn publisher(&self) -> Option<Publisher> {
+        self.current().map(|l| l.publisher)
+    }
+
+    /// Connected, not blocked by an alarm, channel open.
+    pub fn is_ready(&self) -> bool {
+        self.current().is_some_and(|l| l.publisher.is_ready())
+    }
+
+    /// Keeps the link up until `stop`: connects (and reconnects if recovery ever gives up).
+    pub async fn maintain(self: Arc<Self>, waiters: Arc<Waiters>, stop: CancellationToken) {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let healthy = self.current().is_some_and(|l| {
+                let status = l.connection.status();
+                status.connected() || status.reconnecting() || status.connecting()
+            });
+            if !healthy {
+                match self.connect(&waiters).await {
+                    Ok(link) => {
+                        tracing::info!("connected to RabbitMQ");
+                        *self
+                            .link
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(link);
+                        delay = Duration::from_millis(250);
+                    }
+                    Err(error) => {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            retry.in_ms = delay.as_millis() as u64,
+                            "RabbitMQ is not reachable; writes answer 503 meanwhile"
+                        );
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(if healthy { Duration::from_secs(1) } else { delay }) => {}
+            }
+        }
+    }
+
+    async fn connect(&self, waiters: &Arc<Waiters>) -> anyhow::Result<Link> {
+        let connection =
+            Arc::new(messaging::connect(&self.config.amqp.url, "automation-api").await?);
+        let channel = connection.create_channel().await?;
+        let settings = TopologySettings {
+            retry_delays_ms: &self.config.worker.retry_delays_ms,
+            delivery_limit: self.config.worker.delivery_limit,
+        };
+        topology::declare(&channel, &self.names, &settings).await?;
+        let _ = channel.close(200, "topology declared".into()).await;
+        let publisher = Publisher::new(
+            connection.clone(),
+            Duration::from_millis(self.config.amqp.publish_timeout_ms),
+        )
+        .await?;
+        self.listen(&connection, waiters.clone()).await?;
+        Ok(Link {
+            connection,
+            publisher,
+        })
+    }
+
+    /// A queue of this process's own on the notifications exchange. It is exclusive and goes away
+    /// with the connection; lapin declares it again after a recovery.
+    async fn listen(&self, connection: &Connection, waiters: Arc<Waiters>) -> anyhow::Result<()> {
+        let channel = connection.create_channel().await?;
+        let queue = format!(
+            "{}.api.{}",
+            self.names.prefix(),
+            uuid::Uuid::new_v4().simple()
+        );
+        channel
+            .queue_declare(
+                queue.clone().into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.clone().into(),
+                self.names.notifications().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "api-waiters".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        tokio::spawn(async move {
+            loop {
+                match consumer.next().await {
+                    Some(Ok(delivery)) => {
+                        if let Ok(notification) =
+                            serde_json::from_slice::<serde_json::Value>(&delivery.data)
+                        {
+                            waiters.deliver(notification);
+                        }
+                    }
+                    Some(Err(error)) => {
+                        if channel.wait_for_recovery(error).await.is_err() {
+                            return;
+                        }
+                    }
+                    None => return,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        if let Some(link) = self.current() {
+            link.publisher.close().await;
+            let _ = link.connection.close(200, "api stopped".into()).await;
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Turning a validated request into an event: its id (deterministic with `Idempotency-Key`), the
+//! CloudEvent with the caller as actor, the publish with a confirm and `mandatory`, and the wait
+//! for the worker with `Prefer: wait=N`.
+
+use std::time::Duration;
+
+use automation_shared::db::events as event_rows;
+use automation_shared::events::{CloudEvent, EventType, ID_NAMESPACE, extension};
+use automation_shared::messaging::{self, Outgoing};
+use automation_shared::telemetry::TraceParent;
+use axum::Json;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::auth::AuthUser;
+use crate::problem::{ApiError, ApiResult};
+
+/// The source of every event the API publishes.
+pub const SOURCE: &str = "/automation-engine/api";
+/// The longest `Prefer: wait` honoured.
+pub const MAX_WAIT_SECS: u64 = 30;
+
+/// The answer to an accepted write.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Accepted {
+    pub event_id: String,
+    /// Always `accepted`: the broker confirmed the event.
+    pub status: &'static str,
+    /// Where to follow the event.
+    pub status_url: String,
+}
+
+/// What happened to a submitted event by the time the answer is due.
+#[derive(Debug)]
+pub enum Submitted {
+    /// Published and confirmed; not (known to be) processed yet.
+    Accepted { event_id: String },
+    /// The worker applied it.
+    Applied { event_id: String },
+}
+
+impl Submitted {
+    pub fn event_id(&self) -> &str {
+        match self {
+            Submitted::Accepted { event_id } | Submitted::Applied { event_id } => event_id,
+        }
+    }
+}
+
+/// `Prefer: wait=N`, capped at 30 seconds.
+pub fn requested_wait(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|preference| {
+            let (name, value) = preference.trim().split_once('=')?;
+            if name.trim().eq_ignore_ascii_case("wait") {
+                value
+                    .trim()
+                    .trim_matches('"')
+                    .parse::<u64>()
+                    .ok()
+                    .map(|secs| Duration::from_secs(secs.min(MAX_WAIT_SECS)))
+            } else {
+                None
+            }
+        })
+}
+
+/// The event id: derived from the caller, the endpoint and `Idempotency-Key` when given, so a
+/// retried request is the same event; otherwise new.
+pub fn event_id(user: &AuthUser, endpoint: &str, headers: &HeaderMap) -> ApiResult<String> {
+    match headers.get("idempotency-key") {
+        None => Ok(Uuid::now_v7().to_string()),
+        Some(key) => {
+            let key = key
+                .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| {
+                    ApiError::field(
+                        "Idempotency-Key",
+                        "must be 1 to 255 visible ASCII characters",
+                    )
+                })?;
+            Ok(Uuid::new_v5(
+                &ID_NAMESPACE,
+                format!("idempotency:{}:{endpoint}:{key}", user.id).as_bytes(),
+            )
+            .to_string())
+        }
+    }
+}
+
+/// Publishes one event as the caller and, with `Prefer: wait`, waits for the worker.
+pub async fn submit(
+    state: &AppState,
+    user: &AuthUser,
+    headers: &HeaderMap,
+    event_id: String,
+    event_type: EventType,
+    data: Value,
+) -> ApiResult<Submitted> {
+    let wait = requested_wait(headers);
+    let waiter = wait.map(|_| state.waiters.register(&event_id));
+    publish(state, user, headers, &event_id, event_type.as_str(), data).await?;
+    let Some(wait) = wait else {
+        return Ok(Submitted::Accepted { event_id });
+    };
+    // A retried request may find its event already done.
+    if let Some(done) = settled(state, &event_id).await? {
+        return done;
+    }
+    match waiter {
+        Some(waiter) => match waiter.wait(wait).await {
+            Some(notification) if notification["type"] == "event.rejected" => {
+                Err(refusal(&notification, event_id))
+            }
+            Some(_) => Ok(Submitted::Applied { event_id }),
+            None => Ok(Submitted::Accepted { event_id }),
+        },
+        None => Ok(Submitted::Accepted { event_id }),
+    }
+}
+
+fn refusal(notification: &Value, event_id: String) -> ApiError {
+    let data = &notification["data"];
+    ApiError::refused(
+        data["code"].as_str().unwrap_or("refused"),
+        data["reason"]
+            .as_str()
+            .unwrap_or("the worker refused the event")
+            .to_string(),
+        event_id,
+    )
+}
+
+/// The outcome if the worker already processed the event.
+async fn settled(state: &AppState, event_id: &str) -> ApiResult<Option<ApiResult<Submitted>>> {
+    let mut conn = state.pool.acquire().await?;
+    let status = event_rows::status(&mut conn, event_id).await?;
+    Ok(match status.status {
+        "processed" => Some(Ok(Submitted::Applied {
+            event_id: event_id.to_string(),
+        })),
+        "rejected" => Some(Err(ApiError::refused(
+            status.reason_code.as_deref().unwrap_or("refused"),
+            status.detail.unwrap_or_default(),
+            event_id.to_string(),
+        ))),
+        _ => None,
+    })
+}
+
+/// Publishes with a confirm; anything short of a positive confirm is a 503.
+pub async fn publish(
+    state: &AppState,
+    user: &AuthUser,
+    headers: &HeaderMap,
+    event_id: &str,
+    event_type: &str,
+    data: Value,
+) -> ApiResult<()> {
+    let trace = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+        .map_or_else(TraceParent::new_root, |t| t.child());
+    let event = CloudEvent::new(event_id, SOURCE, event_type, data)
+        .with_extension(extension::ACTOR_ID, user.id.clone())
+        .with_extension(extension::ACTOR_TYPE, user.actor_type())
+        .with_extension(extension::TRACEPARENT, trace.header());
+    let body = serde_json::to_vec(&event).map_err(|e| ApiError::Internal(e.into()))?;
+    let publisher = state
+        .broker
+        .publisher()
+        .ok_or_else(|| ApiError::BrokerUnavailable {
+            reason: "not connected".into(),
+        })?;
+    let properties = messaging::set_header(
+        messaging::cloud_event_properties(event_id, event_type),
+        "traceparent",
+        trace.header(),
+    );
+    let exchange = state.broker.names().events();
+    publisher
+        .publish(Outgoing {
+            exchange: &exchange,
+            routing_key: event_type,
+            body: &body,
+            properties,
+            mandatory: true,
+        })
+        .await
+        .map_err(|e| ApiError::BrokerUnavailable {
+            reason: e.to_string(),
+        })?;
+    metrics::counter!("automation_api_events_published_total", "type" => event_type.to_string())
+        .increment(1);
+    tracing::info!(event.id = %event_id, event.r#type = %event_type, user.id = %user.id, trace_id = %trace.trace_id, "event published");
+    Ok(())
+}
+
+/// The status URL of an event.
+pub fn status_url(event_id: &str) -> String {
+    format!("/api/v1/events/{event_id}")
+}
+
+/// 202 with `{eventId, status, statusUrl}` and a `Location` header.
+pub fn accepted(event_id: &str) -> Response {
+    let body = Accepted {
+        event_id: event_id.to_string(),
+        status: "accepted",
+        status_url: status_url(event_id),
+    };
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&status_url(event_id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// 200 with the resource after the worker applied the event.
+pub fn applied<T: Serialize>(resource: T, location: &str) -> Response {
+    let mut response = (StatusCode::OK, Json(resource)).into_response();
+    if let Ok(location) = HeaderValue::from_str(location) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LOCATION, location);
+    }
+    response
+        .headers_mut()
+        .insert("preference-applied", HeaderValue::from_static("wait"));
+    response
+}

@@ -1,0 +1,65 @@
+//! The OpenAPI 3.1 document, gathered from the handlers' annotations, served at `/openapi.json`
+//! with the docs UI at `/docs`.
+
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::auth::login;
+use crate::routes::{approvals, audit_logs, events, health, users, workflows};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "automation-engine API",
+        description = "Authenticates callers, validates commands and publishes them as events; reads come from MySQL. \
+                       Writes answer 202 once the broker confirmed the event (or 200 with `Prefer: wait=N` once the \
+                       worker applied it). Errors are RFC 9457 problem+json.",
+    ),
+    tags(
+        (name = "auth", description = "Login and logout"),
+        (name = "approvals"), (name = "workflows"), (name = "audit"), (name = "events"), (name = "users"),
+        (name = "health", description = "Probes, build information, metrics"),
+    )
+)]
+struct ApiDoc;
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health::live))
+        .routes(routes!(health::live_alias))
+        .routes(routes!(health::live_v1))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::ready_alias))
+        .routes(routes!(health::info))
+        .routes(routes!(health::metrics))
+        .routes(routes!(login::login))
+        .routes(routes!(login::logout))
+        .routes(routes!(users::list, users::create_user))
+        .routes(routes!(approvals::list, approvals::create))
+        .routes(routes!(approvals::get, approvals::decide))
+        .routes(routes!(workflows::list, workflows::create))
+        .routes(routes!(workflows::get, workflows::change))
+        .routes(routes!(audit_logs::list, audit_logs::create))
+        .routes(routes!(events::publish))
+        .routes(routes!(events::status))
+}
+
+/// Adds what the annotations cannot: the bearer scheme and the version.
+pub fn finish(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    api.info.version = env!("CARGO_PKG_VERSION").to_string();
+    api.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    api
+}

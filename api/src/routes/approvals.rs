@@ -1,0 +1,275 @@
+//! Approvals: list, read, request (`approval.requested`) and decide (`approval.decided`).
+
+use automation_shared::db::approvals::{self, Approval};
+use automation_shared::db::workflows;
+use automation_shared::events::{EventType, derived_id};
+use automation_shared::lifecycle::{ApprovalStatus, Decision};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use garde::Validate;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sqlx::{MySql, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::parse_id;
+use crate::app::AppState;
+use crate::auth::{AuthUser, Permission};
+use crate::commands::{self, Submitted};
+use crate::extract::{ValidJson, ValidQuery};
+use crate::pagination::{self, Page};
+use crate::problem::{ApiError, ApiResult, Problem};
+
+#[derive(Debug, Deserialize, Validate, IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListApprovals {
+    #[garde(skip)]
+    #[param(value_type = Option<String>, example = "PENDING")]
+    pub status: Option<ApprovalStatus>,
+    #[garde(skip)]
+    pub workflow_id: Option<Uuid>,
+    #[garde(skip)]
+    pub requester_id: Option<Uuid>,
+    /// 1 to 500 (default 50).
+    #[garde(range(min = 1, max = 500))]
+    pub limit: Option<u32>,
+    /// From the `Link: rel="next"` header of the previous page.
+    #[garde(skip)]
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(
+    get, path = "/approvals", tag = "approvals",
+    security(("bearer" = [])),
+    params(ListApprovals),
+    responses(
+        (status = 200, description = "Newest first; the next page is in the Link header", body = Vec<Approval>),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A filter is malformed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ValidQuery(query): ValidQuery<ListApprovals>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    user.require(Permission::Read)?;
+    let limit = query.limit.unwrap_or(pagination::DEFAULT_LIMIT);
+    let mut sql: QueryBuilder<MySql> = QueryBuilder::new(approvals::SELECT);
+    sql.push(" where seq < ")
+        .push_bind(pagination::decode_cursor(query.cursor.as_deref())?.unwrap_or(u64::MAX));
+    if let Some(status) = query.status {
+        sql.push(" and status = ").push_bind(status.as_str());
+    }
+    if let Some(workflow) = query.workflow_id {
+        sql.push(" and workflow_id = ")
+            .push_bind(workflow.to_string());
+    }
+    if let Some(requester) = query.requester_id {
+        sql.push(" and requester_id = ")
+            .push_bind(requester.to_string());
+    }
+    sql.push(" order by seq desc limit ").push_bind(limit);
+    let rows: Vec<Approval> = sql.build_query_as().fetch_all(&state.pool).await?;
+    let last = rows.last().map(|a| a.seq);
+    Ok(Page::new(
+        rows,
+        last,
+        limit as usize,
+        "/approvals",
+        raw.as_deref().unwrap_or_default(),
+    )
+    .into_response())
+}
+
+#[utoipa::path(
+    get, path = "/approvals/{id}", tag = "approvals",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "Approval id (UUID)")),
+    responses(
+        (status = 200, body = Approval),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<Approval>> {
+    user.require(Permission::Read)?;
+    Ok(axum::Json(find(&state, &id).await?))
+}
+
+async fn find(state: &AppState, id: &str) -> ApiResult<Approval> {
+    let uuid = parse_id(id, "approval")?;
+    approvals::find(&state.pool, uuid)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no approval with id {uuid}")))
+}
+
+/// What a requester sends. The requester is the caller; status, id and version are the
+/// system's to set.
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NewApproval {
+    #[garde(skip)]
+    pub workflow_id: Uuid,
+    #[garde(length(chars, min = 1, max = 300))]
+    pub title: String,
+    #[garde(range(min = 0.0, max = 1e15))]
+    pub amount: Option<f64>,
+    /// ISO 4217, e.g. `EUR`.
+    #[garde(pattern(r"^[A-Z]{3}$"))]
+    pub currency: Option<String>,
+    #[garde(skip)]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<Map<String, Value>>,
+}
+
+#[utoipa::path(
+    post, path = "/approvals", tag = "approvals",
+    security(("bearer" = [])),
+    request_body = NewApproval,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key from the same user gives the same event: a retry is applied once"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): answer when the worker is done"),
+    ),
+    responses(
+        (status = 200, description = "Applied (with Prefer: wait)", body = Approval),
+        (status = 202, description = "Accepted: the broker confirmed the event", body = commands::Accepted),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Refused by the worker (e.g. the workflow is not ACTIVE)", body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The broker did not confirm; nothing was accepted", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    ValidJson(body): ValidJson<NewApproval>,
+) -> ApiResult<Response> {
+    user.require(Permission::RequestApproval)?;
+    let requester = Uuid::parse_str(&user.id).map_err(|_| {
+        ApiError::Forbidden("only users with a UUID id can request approvals".into())
+    })?;
+    if workflows::find(&state.pool, body.workflow_id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::field(
+            "workflowId",
+            format!("no workflow with id {}", body.workflow_id),
+        ));
+    }
+    let event_id = commands::event_id(&user, "POST /approvals", &headers)?;
+    let approval_id = derived_id("approval", &event_id);
+    let data = json!({
+        "approvalId": approval_id, "workflowId": body.workflow_id, "title": body.title, "amount": body.amount,
+        "currency": body.currency, "requesterId": requester, "details": body.details,
+    });
+    let submitted = commands::submit(
+        &state,
+        &user,
+        &headers,
+        event_id,
+        EventType::ApprovalRequested,
+        strip_nulls(data),
+    )
+    .await?;
+    respond(&state, submitted, approval_id).await
+}
+
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DecideApproval {
+    /// `APPROVED` or `REJECTED`.
+    #[garde(skip)]
+    #[schema(value_type = String, example = "APPROVED")]
+    pub status: Decision,
+    #[garde(length(chars, max = 4000))]
+    pub reason: Option<String>,
+    /// Refuse the decision unless the approval is still at this version.
+    #[garde(range(min = 1))]
+    pub expected_version: Option<u32>,
+}
+
+#[utoipa::path(
+    patch, path = "/approvals/{id}", tag = "approvals",
+    security(("bearer" = [])),
+    request_body = DecideApproval,
+    params(
+        ("id" = String, Path, description = "Approval id (UUID)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key from the same user gives the same event"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): answer when the worker is done"),
+    ),
+    responses(
+        (status = 200, description = "Decided (with Prefer: wait)", body = Approval),
+        (status = 202, description = "Accepted: the broker confirmed the event", body = commands::Accepted),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Refused: already decided, or a stale expectedVersion", body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn decide(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ValidJson(body): ValidJson<DecideApproval>,
+) -> ApiResult<Response> {
+    user.require(Permission::DecideApproval)?;
+    let approval = find(&state, &id).await?;
+    let event_id = commands::event_id(
+        &user,
+        &format!("PATCH /approvals/{}", approval.id),
+        &headers,
+    )?;
+    let data = json!({"approvalId": approval.id, "status": body.status, "reason": body.reason, "expectedVersion": body.expected_version});
+    let submitted = commands::submit(
+        &state,
+        &user,
+        &headers,
+        event_id,
+        EventType::ApprovalDecided,
+        strip_nulls(data),
+    )
+    .await?;
+    respond(&state, submitted, approval.id).await
+}
+
+async fn respond(state: &AppState, submitted: Submitted, approval: Uuid) -> ApiResult<Response> {
+    match submitted {
+        Submitted::Accepted { event_id } => Ok(commands::accepted(&event_id)),
+        Submitted::Applied { event_id } => match approvals::find(&state.pool, approval).await? {
+            Some(approval) => Ok(commands::applied(
+                &approval,
+                &format!("/approvals/{}", approval.id),
+            )),
+            None => Ok(commands::accepted(&event_id)),
+        },
+    }
+}
+
+/// Optional fields the client left out are left out of the event too.
+pub fn strip_nulls(mut value: Value) -> Value {
+    if let Some(object) = value.as_object_mut() {
+        object.retain(|_, v| !v.is_null());
+    }
+    value
+}

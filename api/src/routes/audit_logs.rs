@@ -1,0 +1,167 @@
+//! The audit log: list with filters, and `POST /auditLogs` (`audit.recorded`) for services.
+
+use automation_shared::db::audit::{self, AuditRecord};
+use automation_shared::events::EventType;
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use garde::Validate;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::{MySql, QueryBuilder};
+use utoipa::{IntoParams, ToSchema};
+
+use super::approvals::strip_nulls;
+use crate::app::AppState;
+use crate::auth::{AuthUser, Permission};
+use crate::commands::{self, Submitted};
+use crate::extract::{ValidJson, ValidQuery};
+use crate::pagination::{self, Page};
+use crate::problem::{ApiResult, Problem};
+
+#[derive(Debug, Deserialize, Validate, IntoParams)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListAudit {
+    /// e.g. `approval`, `workflow`, `rule`, `event`.
+    #[garde(length(max = 64))]
+    pub entity: Option<String>,
+    #[garde(length(max = 64))]
+    pub entity_id: Option<String>,
+    #[garde(length(max = 64))]
+    pub actor_id: Option<String>,
+    /// Records at or after this time (RFC 3339).
+    #[garde(skip)]
+    pub since: Option<DateTime<Utc>>,
+    /// Records before this time (RFC 3339).
+    #[garde(skip)]
+    pub until: Option<DateTime<Utc>>,
+    #[garde(range(min = 1, max = 500))]
+    pub limit: Option<u32>,
+    #[garde(skip)]
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(
+    get, path = "/auditLogs", tag = "audit",
+    security(("bearer" = [])),
+    params(ListAudit),
+    responses(
+        (status = 200, description = "Newest first; the next page is in the Link header", body = Vec<AuditRecord>),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ValidQuery(query): ValidQuery<ListAudit>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    user.require(Permission::Read)?;
+    let limit = query.limit.unwrap_or(pagination::DEFAULT_LIMIT);
+    let mut sql: QueryBuilder<MySql> = QueryBuilder::new(audit::SELECT);
+    sql.push(" where seq < ")
+        .push_bind(pagination::decode_cursor(query.cursor.as_deref())?.unwrap_or(u64::MAX));
+    if let Some(entity) = query.entity {
+        sql.push(" and entity = ").push_bind(entity);
+    }
+    if let Some(entity_id) = query.entity_id {
+        sql.push(" and entity_id = ").push_bind(entity_id);
+    }
+    if let Some(actor) = query.actor_id {
+        sql.push(" and actor_id = ").push_bind(actor);
+    }
+    if let Some(since) = query.since {
+        sql.push(" and created_at >= ").push_bind(since);
+    }
+    if let Some(until) = query.until {
+        sql.push(" and created_at < ").push_bind(until);
+    }
+    sql.push(" order by seq desc limit ").push_bind(limit);
+    let rows: Vec<AuditRecord> = sql.build_query_as().fetch_all(&state.pool).await?;
+    let last = rows.last().map(|r| r.seq);
+    Ok(Page::new(
+        rows,
+        last,
+        limit as usize,
+        "/auditLogs",
+        raw.as_deref().unwrap_or_default(),
+    )
+    .into_response())
+}
+
+#[derive(Debug, Deserialize, Validate, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NewAuditRecord {
+    #[garde(
+        length(chars, min = 1, max = 64),
+        pattern(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+    )]
+    pub entity: String,
+    #[garde(length(chars, min = 1, max = 64))]
+    pub entity_id: String,
+    #[garde(length(chars, min = 1, max = 64))]
+    pub action: String,
+    #[garde(skip)]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<Value>,
+}
+
+#[utoipa::path(
+    post, path = "/auditLogs", tag = "audit",
+    security(("bearer" = [])),
+    request_body = NewAuditRecord,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key from the same caller gives the same event"),
+        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): answer when the worker is done"),
+    ),
+    responses(
+        (status = 200, description = "Recorded (with Prefer: wait)", body = AuditRecord),
+        (status = 202, description = "Accepted: the broker confirmed the event", body = commands::Accepted),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    ValidJson(body): ValidJson<NewAuditRecord>,
+) -> ApiResult<Response> {
+    user.require(Permission::WriteAudit)?;
+    let event_id = commands::event_id(&user, "POST /auditLogs", &headers)?;
+    let data = json!({"entity": body.entity, "entityId": body.entity_id, "action": body.action, "details": body.details});
+    match commands::submit(
+        &state,
+        &user,
+        &headers,
+        event_id,
+        EventType::AuditRecorded,
+        strip_nulls(data),
+    )
+    .await?
+    {
+        Submitted::Accepted { event_id } => Ok(commands::accepted(&event_id)),
+        Submitted::Applied { event_id } => match audit::for_event(&state.pool, &event_id)
+            .await?
+            .into_iter()
+            .next()
+        {
+            Some(record) => {
+                let location = format!(
+                    "/auditLogs?entity={}&entityId={}",
+                    record.entity, record.entity_id
+                );
+                Ok(commands::applied(record, &location))
+            }
+            None => Ok(commands::accepted(&event_id)),
+        },
+    }
+}

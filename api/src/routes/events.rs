@@ -1,0 +1,215 @@
+//! `POST /api/v1/events` for HTTP clients that cannot speak AMQP, and `GET /api/v1/events/{id}`:
+//! where an event stands.
+
+use automation_shared::db::events::{self as event_rows, EventStatus};
+use automation_shared::events::{EventData, EventType, envelope::MAX_EVENT_ID_CHARS};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+use crate::auth::{AuthUser, Permission, Role};
+use crate::commands::{self, Accepted};
+use crate::extract::parse_json;
+use crate::problem::{ApiError, ApiResult, FieldError, Problem};
+
+/// The most events one request may carry.
+pub const MAX_BATCH: usize = 100;
+
+/// A CloudEvents 1.0 event in structured JSON. The actor is always the caller: an `actorid` in
+/// the event is replaced.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CloudEventInput {
+    /// `1.0`
+    pub specversion: String,
+    /// Unique per event; the same id twice is applied once.
+    pub id: String,
+    pub source: String,
+    /// One of the v1 event types.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub time: Option<String>,
+    pub subject: Option<String>,
+    pub datacontenttype: Option<String>,
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+/// One event, or an array of up to 100. (The handler reads the body item by item, so a problem
+/// can name the field of the item at fault; this type documents the shape.)
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum EventsRequest {
+    One(CloudEventInput),
+    Many(Vec<CloudEventInput>),
+}
+
+fn check(prefix: &str, value: &Value) -> Result<(String, EventType, Value), Vec<FieldError>> {
+    let at = |field: &str| {
+        if prefix.is_empty() {
+            field.to_string()
+        } else {
+            format!("{prefix}.{field}")
+        }
+    };
+    let event: CloudEventInput = serde_json::from_value(value.clone()).map_err(|e| {
+        vec![FieldError {
+            field: prefix.trim_end_matches('.').to_string(),
+            message: e.to_string(),
+        }]
+    })?;
+    let mut errors = Vec::new();
+    if event.specversion != "1.0" {
+        errors.push(FieldError {
+            field: at("specversion"),
+            message: "must be \"1.0\"".into(),
+        });
+    }
+    if event.id.is_empty()
+        || event.id.chars().count() > MAX_EVENT_ID_CHARS
+        || event.id.chars().any(char::is_control)
+    {
+        errors.push(FieldError {
+            field: at("id"),
+            message: format!("must be 1 to {MAX_EVENT_ID_CHARS} printable characters"),
+        });
+    }
+    if event.source.is_empty() {
+        errors.push(FieldError {
+            field: at("source"),
+            message: "must not be empty".into(),
+        });
+    }
+    let Some(event_type) = EventType::parse(&event.event_type) else {
+        errors.push(FieldError {
+            field: at("type"),
+            message: format!("{:?} is not a v1 event type", event.event_type),
+        });
+        return Err(errors);
+    };
+    if let Err(message) = EventData::decode(event_type, &event.data) {
+        let (field, message) = message
+            .split_once(": ")
+            .map_or((at("data"), message.clone()), |(f, m)| {
+                (at(f), m.to_string())
+            });
+        errors.push(FieldError { field, message });
+    }
+    if errors.is_empty() {
+        Ok((event.id, event_type, event.data))
+    } else {
+        Err(errors)
+    }
+}
+
+#[utoipa::path(
+    post, path = "/api/v1/events", tag = "events",
+    security(("bearer" = [])),
+    request_body(content = EventsRequest, description = "One CloudEvent, or an array of up to 100"),
+    responses(
+        (status = 202, description = "Every event was confirmed by the broker (an array answers an array)", body = Vec<Accepted>),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An event is malformed; nothing was published", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The broker did not confirm; for an array, the events before the failing one were accepted", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn publish(
+    State(state): State<AppState>,
+    user: AuthUser,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    user.require(Permission::PublishEvents)?;
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    if !json {
+        return Err(ApiError::UnsupportedMediaType(
+            "send application/json or application/cloudevents+json".into(),
+        ));
+    }
+    let value: Value = parse_json(&body)?;
+    let (items, many) = match value {
+        Value::Array(items) => (items, true),
+        one @ Value::Object(_) => (vec![one], false),
+        _ => {
+            return Err(ApiError::field(
+                "",
+                "send a CloudEvent object or an array of them",
+            ));
+        }
+    };
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(ApiError::field("", format!("send 1 to {MAX_BATCH} events")));
+    }
+    // Check everything first: a malformed batch publishes nothing.
+    let mut checked = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match check(
+            &if many {
+                format!("[{i}]")
+            } else {
+                String::new()
+            },
+            item,
+        ) {
+            Ok(event) => checked.push(event),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let mut accepted = Vec::with_capacity(checked.len());
+    for (id, event_type, data) in checked {
+        commands::publish(&state, &user, &headers, &id, event_type.as_str(), data).await?;
+        accepted.push(Accepted {
+            status_url: commands::status_url(&id),
+            event_id: id,
+            status: "accepted",
+        });
+    }
+    if many {
+        Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+    } else {
+        Ok(commands::accepted(&accepted[0].event_id))
+    }
+}
+
+#[utoipa::path(
+    get, path = "/api/v1/events/{id}", tag = "events",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The event id")),
+    responses(
+        (status = 200, description = "pending, processed, rejected, retrying or dead_lettered", body = EventStatus),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Another user's event", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn status(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EventStatus>> {
+    let mut conn = state.pool.acquire().await?;
+    let status = event_rows::status(&mut conn, &id).await?;
+    // Only the event's actor and admins see it; to anyone else it does not exist.
+    if let Some(actor) = &status.actor_id
+        && *actor != user.id
+        && user.role != Role::Admin
+    {
+        return Err(ApiError::NotFound(format!("no event {id} of yours")));
+    }
+    Ok(Json(status))
+}

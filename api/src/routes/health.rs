@@ -1,0 +1,142 @@
+//! Health, readiness, build information and metrics.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use utoipa::ToSchema;
+
+use crate::app::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Live {
+    /// Always `ok` while the process runs.
+    pub status: &'static str,
+}
+
+#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, body = Live)))]
+pub async fn live() -> Json<Live> {
+    Json(Live { status: "ok" })
+}
+
+#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, body = Live)))]
+pub async fn live_alias() -> Json<Live> {
+    live().await
+}
+
+#[utoipa::path(get, path = "/api/v1/health", tag = "health", responses((status = 200, body = Live)))]
+pub async fn live_v1() -> Json<Live> {
+    live().await
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DependencyStatus {
+    /// `ok` or `unavailable`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Dependencies {
+    pub mysql: DependencyStatus,
+    pub rabbitmq: DependencyStatus,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ok` or `unavailable`.
+    pub status: &'static str,
+    pub dependencies: Dependencies,
+}
+
+#[utoipa::path(
+    get, path = "/readiness", tag = "health",
+    responses((status = 200, body = Readiness), (status = 503, description = "A dependency failed; `dependencies` names it", body = Readiness))
+)]
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let mysql = match tokio::time::timeout(
+        Duration::from_secs(2),
+        automation_shared::db::ping(&state.pool),
+    )
+    .await
+    {
+        Ok(Ok(())) => DependencyStatus {
+            status: "ok",
+            error: None,
+        },
+        Ok(Err(e)) => DependencyStatus {
+            status: "unavailable",
+            error: Some(e.to_string()),
+        },
+        Err(_) => DependencyStatus {
+            status: "unavailable",
+            error: Some("no answer within 2 s".into()),
+        },
+    };
+    let rabbitmq = if state.broker.is_ready() {
+        DependencyStatus {
+            status: "ok",
+            error: None,
+        }
+    } else {
+        DependencyStatus {
+            status: "unavailable",
+            error: Some("not connected, or blocked by a resource alarm".into()),
+        }
+    };
+    let ok = mysql.status == "ok" && rabbitmq.status == "ok";
+    let body = Readiness {
+        status: if ok { "ok" } else { "unavailable" },
+        dependencies: Dependencies { mysql, rabbitmq },
+    };
+    (
+        if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
+        .into_response()
+}
+
+#[utoipa::path(
+    get, path = "/health/ready", tag = "health",
+    responses((status = 200, body = Readiness), (status = 503, description = "A dependency failed; `dependencies` names it", body = Readiness))
+)]
+pub async fn ready_alias(state: State<AppState>) -> Response {
+    ready(state).await
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Info {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub git_sha: &'static str,
+    pub environment: &'static str,
+    pub region: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/info", tag = "health", responses((status = 200, body = Info)))]
+pub async fn info(State(state): State<AppState>) -> Json<Info> {
+    Json(Info {
+        name: "automation-engine",
+        version: env!("CARGO_PKG_VERSION"),
+        // Set at build time by the Dockerfile or CI (`AUTOMATION_GIT_SHA=$(git rev-parse HEAD)`).
+        git_sha: option_env!("AUTOMATION_GIT_SHA").unwrap_or("unknown"),
+        environment: state.config.environment.as_str(),
+        region: state.config.region.clone(),
+    })
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics() -> Response {
+    let body = automation_shared::telemetry::metrics().render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}

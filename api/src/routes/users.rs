@@ -1,0 +1,199 @@
+//! Users: `GET /users` and `POST /users` for admins, the old `GET /users?email=&password=`
+//! login (410 Gone, never logged), and the queries `automation-api user create` shares.
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use garde::Validate;
+use serde::{Deserialize, Serialize};
+use sqlx::{FromRow, MySqlExecutor, MySqlPool};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::auth::{AuthUser, Permission, Role, password};
+use crate::extract::ValidJson;
+use crate::pagination::{self, Page};
+use crate::problem::{ApiError, ApiResult, Problem};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct UserRow {
+    pub seq: u64,
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub role: String,
+    pub password_hash: String,
+    pub active: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user as clients see it (never with the password hash).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    pub role: String,
+    pub active: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl UserRow {
+    pub fn view(&self) -> UserView {
+        UserView {
+            id: self.id.clone(),
+            email: self.email.clone(),
+            name: self.name.clone(),
+            role: self.role.clone(),
+            active: self.active,
+            created_at: self.created_at,
+        }
+    }
+}
+
+pub async fn find_by_email<'e>(
+    executor: impl MySqlExecutor<'e>,
+    email: &str,
+) -> sqlx::Result<Option<UserRow>> {
+    sqlx::query_as("select seq, id, email, name, role, password_hash, active, created_at from users where email = ?")
+        .bind(email)
+        .fetch_optional(executor)
+        .await
+}
+
+#[derive(Debug, Clone, Deserialize, Validate, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    #[garde(email, length(max = 254))]
+    pub email: String,
+    #[garde(length(chars, min = 1, max = 200))]
+    pub name: String,
+    #[garde(skip)]
+    pub role: Role,
+    /// At least 12 characters.
+    #[garde(length(chars, min = password::MIN_PASSWORD_CHARS, max = 1024))]
+    pub password: String,
+}
+
+/// Creates a user; a taken email is a 409.
+pub async fn create(pool: &MySqlPool, user: NewUser) -> ApiResult<UserRow> {
+    let email = user.email.trim().to_lowercase();
+    if find_by_email(pool, &email).await?.is_some() {
+        return Err(ApiError::Conflict(format!(
+            "a user with email {email} already exists"
+        )));
+    }
+    let hash = password::hash(user.password).await?;
+    let id = Uuid::new_v4().to_string();
+    let result = sqlx::query(
+        "insert into users (id, email, name, role, password_hash) values (?, ?, ?, ?, ?)",
+    )
+    .bind(&id)
+    .bind(&email)
+    .bind(user.name.trim())
+    .bind(user.role.as_str())
+    .bind(&hash)
+    .execute(pool)
+    .await;
+    if let Err(error) = &result
+        && automation_shared::db::classify(error) == automation_shared::db::Failure::Duplicate
+    {
+        return Err(ApiError::Conflict(format!(
+            "a user with email {email} already exists"
+        )));
+    }
+    result?;
+    Ok(find_by_email(pool, &email)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the new user vanished")))?)
+}
+
+#[derive(Debug, Deserialize, Validate, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListUsers {
+    /// 1 to 500 (default 50).
+    #[garde(range(min = 1, max = 500))]
+    pub limit: Option<u32>,
+    /// From the `Link: rel="next"` header of the previous page.
+    #[garde(skip)]
+    pub cursor: Option<String>,
+}
+
+#[utoipa::path(
+    get, path = "/users", tag = "users",
+    security(("bearer" = [])),
+    params(ListUsers),
+    responses(
+        (status = 200, description = "Users, newest first; the next page is in the Link header", body = Vec<UserView>),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The old login (`?email=&password=`): use POST /auth/login", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    // The old frontend logged in with GET /users?email=&password=. Answer it before anything
+    // else, and never echo or log the query: it holds a password.
+    let query = query.unwrap_or_default();
+    if form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "password" || k == "email") {
+        return Err(ApiError::Gone(
+            "logging in with GET /users is gone; use POST /auth/login with {email, password}"
+                .into(),
+        ));
+    }
+    let user = crate::auth::authenticate(&state, &headers).await?;
+    user.require(Permission::ManageUsers)?;
+    let params: ListUsers = crate::extract::parse_query(&query)?;
+    let limit = params.limit.unwrap_or(pagination::DEFAULT_LIMIT);
+    let before = pagination::decode_cursor(params.cursor.as_deref())?;
+    let rows: Vec<UserRow> = sqlx::query_as(
+        "select seq, id, email, name, role, password_hash, active, created_at from users where seq < ? order by seq desc limit ?",
+    )
+    .bind(before.unwrap_or(u64::MAX))
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    let views: Vec<UserView> = rows.iter().map(UserRow::view).collect();
+    Ok(Page::new(
+        views,
+        rows.last().map(|r| r.seq),
+        limit as usize,
+        "/users",
+        &query,
+    )
+    .into_response())
+}
+
+#[utoipa::path(
+    post, path = "/users", tag = "users",
+    security(("bearer" = [])),
+    request_body = NewUser,
+    responses(
+        (status = 201, description = "Created", body = UserView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The email is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_user(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ValidJson(new): ValidJson<NewUser>,
+) -> ApiResult<Response> {
+    user.require(Permission::ManageUsers)?;
+    let created = create(&state.pool, new).await?;
+    tracing::info!(user.id = %created.id, by = %user.id, "user created");
+    Ok((StatusCode::CREATED, Json(created.view())).into_response())
+}
