@@ -100,8 +100,8 @@ create table audit_log (
     chain_seq bigint unsigned not null,
     prev_hash char(64) character set ascii not null,
     hash char(64) character set ascii not null,
+    -- No index on `id`: nothing looks a record up by it, and each index is paid on every insert.
     primary key (seq),
-    unique key audit_log_id (id),
     unique key audit_log_chain (chain_id, chain_seq),
     key audit_log_entity (entity, entity_id, seq),
     key audit_log_actor (actor_id, seq),
@@ -154,9 +154,10 @@ create table event_attempts (
     primary key (event_id)
 ) engine = InnoDB default charset = utf8mb4 collate = utf8mb4_unicode_ci;
 
--- Messages to publish after the transaction that wrote them commits. A relay leases rows in a
--- short transaction, publishes with no lock held, then deletes its own leased rows; a lease left
--- by a crashed relay expires and another relay publishes the rows.
+-- Messages to publish after the transaction that wrote them commits. The worker that wrote them
+-- publishes them right after its commit and deletes them by message id. Rows left behind by a
+-- crash are swept: a relay leases them in a short transaction, publishes with no lock held, and
+-- deletes its own leased rows; a lease left by a crashed relay expires.
 create table outbox (
     id bigint unsigned not null auto_increment,
     message_id char(36) character set ascii not null,
@@ -166,7 +167,8 @@ create table outbox (
     created_at datetime(6) not null default current_timestamp(6),
     lease_owner char(36) character set ascii null,
     lease_until datetime(6) null,
-    primary key (id)
+    primary key (id),
+    unique key outbox_message (message_id)
 ) engine = InnoDB default charset = utf8mb4 collate = utf8mb4_unicode_ci;
 
 create table dead_letters (

@@ -56,9 +56,7 @@ impl AppState {
     pub async fn build(config: Arc<Config>) -> anyhow::Result<AppState> {
         automation_shared::telemetry::metrics();
         if config.jwt.algorithm == JwtAlgorithm::HS256 && config.jwt.secret.is_none() {
-            tracing::warn!(
-                "JWT_SECRET is not set: using the development secret (refused in production)"
-            );
+            tracing::warn!("JWT_SECRET is not set: using the development secret (refused in production)");
         }
         let jwt = JwtKeys::from_config(&config.jwt)?;
         let pool = db::lazy_pool(&config.database)?;
@@ -120,14 +118,7 @@ fn cors(config: &Config) -> CorsLayer {
         HeaderName::from_static("x-request-id"),
         HeaderName::from_static("traceparent"),
     ];
-    let methods = [
-        Method::GET,
-        Method::POST,
-        Method::PATCH,
-        Method::PUT,
-        Method::DELETE,
-        Method::OPTIONS,
-    ];
+    let methods = [Method::GET, Method::POST, Method::PATCH, Method::PUT, Method::DELETE, Method::OPTIONS];
     let base = CorsLayer::new()
         .allow_methods(methods)
         .allow_headers(allowed_headers)
@@ -136,24 +127,17 @@ fn cors(config: &Config) -> CorsLayer {
     if config.api.cors_origins.iter().any(|o| o == "*") {
         base.allow_origin(AllowOrigin::any())
     } else {
-        let origins: Vec<HeaderValue> = config
-            .api
-            .cors_origins
-            .iter()
-            .filter_map(|o| HeaderValue::from_str(o).ok())
-            .collect();
-        base.allow_origin(AllowOrigin::list(origins))
-            .allow_credentials(true)
+        let origins: Vec<HeaderValue> =
+            config.api.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+        base.allow_origin(AllowOrigin::list(origins)).allow_credentials(true)
     }
 }
 
 async fn record_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("automation_api_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
@@ -164,29 +148,16 @@ async fn record_metrics(request: Request, next: Next) -> Response {
 
 /// Serves until `shutdown`, then stops accepting, lets in-flight requests finish within the
 /// grace period, and closes the broker link.
-pub async fn run(
-    state: AppState,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(state: AppState, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let broker_stop = CancellationToken::new();
-    let maintain = tokio::spawn(
-        state
-            .broker
-            .clone()
-            .maintain(state.waiters.clone(), broker_stop.clone()),
-    );
+    let maintain = tokio::spawn(state.broker.clone().maintain(state.waiters.clone(), broker_stop.clone()));
     let grace = Duration::from_secs(state.config.api.shutdown_grace_secs);
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(address = %listener.local_addr()?, "API listening");
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let serving = tokio::spawn(async move { server.await });
     shutdown.cancelled().await;
-    tracing::info!(
-        grace_secs = grace.as_secs(),
-        "shutting down: finishing in-flight requests"
-    );
+    tracing::info!(grace_secs = grace.as_secs(), "shutting down: finishing in-flight requests");
     match tokio::time::timeout(grace, serving).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(error))) => tracing::error!(%error, "the server stopped with an error"),

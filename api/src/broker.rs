@@ -31,20 +31,14 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker")
-            .field("ready", &self.is_ready())
-            .finish()
+        f.debug_struct("Broker").field("ready", &self.is_ready()).finish()
     }
 }
 
 impl Broker {
     pub fn new(config: Arc<Config>) -> Broker {
         let names = Names::new(config.amqp.prefix.clone());
-        Broker {
-            link: RwLock::new(None),
-            config,
-            names,
-        }
+        Broker { link: RwLock::new(None), config, names }
     }
 
     pub fn names(&self) -> &Names {
@@ -52,10 +46,7 @@ impl Broker {
     }
 
     fn current(&self) -> Option<Link> {
-        self.link
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        self.link.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// The publisher, when connected.
@@ -80,10 +71,7 @@ impl Broker {
                 match self.connect(&waiters).await {
                     Ok(link) => {
                         tracing::info!("connected to RabbitMQ");
-                        *self
-                            .link
-                            .write()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(link);
+                        *self.link.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(link);
                         delay = Duration::from_millis(250);
                     }
                     Err(error) => {
@@ -104,8 +92,7 @@ impl Broker {
     }
 
     async fn connect(&self, waiters: &Arc<Waiters>) -> anyhow::Result<Link> {
-        let connection =
-            Arc::new(messaging::connect(&self.config.amqp.url, "automation-api").await?);
+        let connection = Arc::new(messaging::connect(&self.config.amqp.url, "automation-api").await?);
         let channel = connection.create_channel().await?;
         let settings = TopologySettings {
             retry_delays_ms: &self.config.worker.retry_delays_ms,
@@ -113,35 +100,21 @@ impl Broker {
         };
         topology::declare(&channel, &self.names, &settings).await?;
         let _ = channel.close(200, "topology declared".into()).await;
-        let publisher = Publisher::new(
-            connection.clone(),
-            Duration::from_millis(self.config.amqp.publish_timeout_ms),
-        )
-        .await?;
+        let publisher =
+            Publisher::new(connection.clone(), Duration::from_millis(self.config.amqp.publish_timeout_ms)).await?;
         self.listen(&connection, waiters.clone()).await?;
-        Ok(Link {
-            connection,
-            publisher,
-        })
+        Ok(Link { connection, publisher })
     }
 
     /// A queue of this process's own on the notifications exchange. It is exclusive and goes away
     /// with the connection; lapin declares it again after a recovery.
     async fn listen(&self, connection: &Connection, waiters: Arc<Waiters>) -> anyhow::Result<()> {
         let channel = connection.create_channel().await?;
-        let queue = format!(
-            "{}.api.{}",
-            self.names.prefix(),
-            uuid::Uuid::new_v4().simple()
-        );
+        let queue = format!("{}.api.{}", self.names.prefix(), uuid::Uuid::new_v4().simple());
         channel
             .queue_declare(
                 queue.clone().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
                 FieldTable::default(),
             )
             .await?;
@@ -158,10 +131,7 @@ impl Broker {
             .basic_consume(
                 queue.into(),
                 "api-waiters".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
+                BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
                 FieldTable::default(),
             )
             .await?;
@@ -169,9 +139,7 @@ impl Broker {
             loop {
                 match consumer.next().await {
                     Some(Ok(delivery)) => {
-                        if let Ok(notification) =
-                            serde_json::from_slice::<serde_json::Value>(&delivery.data)
-                        {
+                        if let Ok(notification) = serde_json::from_slice::<serde_json::Value>(&delivery.data) {
                             waiters.deliver(notification);
                         }
                     }

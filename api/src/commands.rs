@@ -55,24 +55,14 @@ impl Submitted {
 
 /// `Prefer: wait=N`, capped at 30 seconds.
 pub fn requested_wait(headers: &HeaderMap) -> Option<Duration> {
-    headers
-        .get_all("prefer")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .find_map(|preference| {
-            let (name, value) = preference.trim().split_once('=')?;
-            if name.trim().eq_ignore_ascii_case("wait") {
-                value
-                    .trim()
-                    .trim_matches('"')
-                    .parse::<u64>()
-                    .ok()
-                    .map(|secs| Duration::from_secs(secs.min(MAX_WAIT_SECS)))
-            } else {
-                None
-            }
-        })
+    headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).find_map(|preference| {
+        let (name, value) = preference.trim().split_once('=')?;
+        if name.trim().eq_ignore_ascii_case("wait") {
+            value.trim().trim_matches('"').parse::<u64>().ok().map(|secs| Duration::from_secs(secs.min(MAX_WAIT_SECS)))
+        } else {
+            None
+        }
+    })
 }
 
 /// The event id: derived from the caller, the endpoint and `Idempotency-Key` when given, so a
@@ -85,17 +75,8 @@ pub fn event_id(user: &AuthUser, endpoint: &str, headers: &HeaderMap) -> ApiResu
                 .to_str()
                 .ok()
                 .filter(|k| !k.is_empty() && k.len() <= 255)
-                .ok_or_else(|| {
-                    ApiError::field(
-                        "Idempotency-Key",
-                        "must be 1 to 255 visible ASCII characters",
-                    )
-                })?;
-            Ok(Uuid::new_v5(
-                &ID_NAMESPACE,
-                format!("idempotency:{}:{endpoint}:{key}", user.id).as_bytes(),
-            )
-            .to_string())
+                .ok_or_else(|| ApiError::field("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))?;
+            Ok(Uuid::new_v5(&ID_NAMESPACE, format!("idempotency:{}:{endpoint}:{key}", user.id).as_bytes()).to_string())
         }
     }
 }
@@ -121,9 +102,7 @@ pub async fn submit(
     }
     match waiter {
         Some(waiter) => match waiter.wait(wait).await {
-            Some(notification) if notification["type"] == "event.rejected" => {
-                Err(refusal(&notification, event_id))
-            }
+            Some(notification) if notification["type"] == "event.rejected" => Err(refusal(&notification, event_id)),
             Some(_) => Ok(Submitted::Applied { event_id }),
             None => Ok(Submitted::Accepted { event_id }),
         },
@@ -135,10 +114,7 @@ fn refusal(notification: &Value, event_id: String) -> ApiError {
     let data = &notification["data"];
     ApiError::refused(
         data["code"].as_str().unwrap_or("refused"),
-        data["reason"]
-            .as_str()
-            .unwrap_or("the worker refused the event")
-            .to_string(),
+        data["reason"].as_str().unwrap_or("the worker refused the event").to_string(),
         event_id,
     )
 }
@@ -148,9 +124,7 @@ async fn settled(state: &AppState, event_id: &str) -> ApiResult<Option<ApiResult
     let mut conn = state.pool.acquire().await?;
     let status = event_rows::status(&mut conn, event_id).await?;
     Ok(match status.status {
-        "processed" => Some(Ok(Submitted::Applied {
-            event_id: event_id.to_string(),
-        })),
+        "processed" => Some(Ok(Submitted::Applied { event_id: event_id.to_string() })),
         "rejected" => Some(Err(ApiError::refused(
             status.reason_code.as_deref().unwrap_or("refused"),
             status.detail.unwrap_or_default(),
@@ -179,32 +153,16 @@ pub async fn publish(
         .with_extension(extension::ACTOR_TYPE, user.actor_type())
         .with_extension(extension::TRACEPARENT, trace.header());
     let body = serde_json::to_vec(&event).map_err(|e| ApiError::Internal(e.into()))?;
-    let publisher = state
-        .broker
-        .publisher()
-        .ok_or_else(|| ApiError::BrokerUnavailable {
-            reason: "not connected".into(),
-        })?;
-    let properties = messaging::set_header(
-        messaging::cloud_event_properties(event_id, event_type),
-        "traceparent",
-        trace.header(),
-    );
+    let publisher =
+        state.broker.publisher().ok_or_else(|| ApiError::BrokerUnavailable { reason: "not connected".into() })?;
+    let properties =
+        messaging::set_header(messaging::cloud_event_properties(event_id, event_type), "traceparent", trace.header());
     let exchange = state.broker.names().events();
     publisher
-        .publish(Outgoing {
-            exchange: &exchange,
-            routing_key: event_type,
-            body: &body,
-            properties,
-            mandatory: true,
-        })
+        .publish(Outgoing { exchange: &exchange, routing_key: event_type, body: &body, properties, mandatory: true })
         .await
-        .map_err(|e| ApiError::BrokerUnavailable {
-            reason: e.to_string(),
-        })?;
-    metrics::counter!("automation_api_events_published_total", "type" => event_type.to_string())
-        .increment(1);
+        .map_err(|e| ApiError::BrokerUnavailable { reason: e.to_string() })?;
+    metrics::counter!("automation_api_events_published_total", "type" => event_type.to_string()).increment(1);
     tracing::info!(event.id = %event_id, event.r#type = %event_type, user.id = %user.id, trace_id = %trace.trace_id, "event published");
     Ok(())
 }
@@ -216,11 +174,7 @@ pub fn status_url(event_id: &str) -> String {
 
 /// 202 with `{eventId, status, statusUrl}` and a `Location` header.
 pub fn accepted(event_id: &str) -> Response {
-    let body = Accepted {
-        event_id: event_id.to_string(),
-        status: "accepted",
-        status_url: status_url(event_id),
-    };
+    let body = Accepted { event_id: event_id.to_string(), status: "accepted", status_url: status_url(event_id) };
     let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
     if let Ok(location) = HeaderValue::from_str(&status_url(event_id)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -232,12 +186,8 @@ pub fn accepted(event_id: &str) -> Response {
 pub fn applied<T: Serialize>(resource: T, location: &str) -> Response {
     let mut response = (StatusCode::OK, Json(resource)).into_response();
     if let Ok(location) = HeaderValue::from_str(location) {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_LOCATION, location);
+        response.headers_mut().insert(header::CONTENT_LOCATION, location);
     }
-    response
-        .headers_mut()
-        .insert("preference-applied", HeaderValue::from_static("wait"));
+    response.headers_mut().insert("preference-applied", HeaderValue::from_static("wait"));
     response
 }

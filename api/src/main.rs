@@ -15,11 +15,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "automation-api",
-    version,
-    about = "The automation-engine HTTP API."
-)]
+#[command(name = "automation-api", version, about = "The automation-engine HTTP API.")]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -59,11 +55,7 @@ enum UserCommand {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let serving = matches!(args.command, None | Some(Command::Run));
-    let config = match Config::load(if serving {
-        Component::Api
-    } else {
-        Component::Cli
-    }) {
+    let config = match Config::load(if serving { Component::Api } else { Component::Cli }) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{error}");
@@ -76,16 +68,9 @@ async fn main() -> ExitCode {
             telemetry::init_tracing(&config);
             serve(config).await
         }
-        Some(Command::User {
-            command:
-                UserCommand::Create {
-                    email,
-                    name,
-                    role,
-                    password_env,
-                    json,
-                },
-        }) => create_user(config, email, name, role, password_env, json).await,
+        Some(Command::User { command: UserCommand::Create { email, name, role, password_env, json } }) => {
+            create_user(config, email, name, role, password_env, json).await
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -118,50 +103,35 @@ async fn create_user(
     json: bool,
 ) -> anyhow::Result<()> {
     let password = match password_env {
-        Some(var) => std::env::var(&var)
-            .with_context(|| format!("the environment variable {var} is not set"))?,
+        Some(var) => std::env::var(&var).with_context(|| format!("the environment variable {var} is not set"))?,
         None => {
             if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
                 eprintln!("password (then Enter and Ctrl-D):");
             }
             let mut input = String::new();
-            std::io::stdin()
-                .read_to_string(&mut input)
-                .context("could not read the password from stdin")?;
+            std::io::stdin().read_to_string(&mut input).context("could not read the password from stdin")?;
             input.trim_end_matches(['\n', '\r']).to_string()
         }
     };
     let pool = automation_shared::db::connect(&config.database)
         .await
         .context("could not connect to MySQL (check DATABASE_URL)")?;
-    let new = NewUser {
-        email,
-        name,
-        role,
-        password,
-    };
+    let new = NewUser { email, name, role, password };
     automation_api::extract::validate(&new).map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
-    let user = users::create(&pool, new)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
+    let user = users::create(&pool, new).await.map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
     if json {
         println!("{}", serde_json::to_string(&user.view())?);
     } else {
-        println!(
-            "created {} <{}> with role {} (id {})",
-            user.name, user.email, user.role, user.id
-        );
+        println!("created {} <{}> with role {} (id {})", user.name, user.email, user.role, user.id);
     }
     Ok(())
 }
 
 fn describe(error: automation_api::problem::ApiError) -> String {
     match error {
-        automation_api::problem::ApiError::Validation(errors) => errors
-            .iter()
-            .map(|e| format!("--{}: {}", e.field, e.message))
-            .collect::<Vec<_>>()
-            .join("; "),
+        automation_api::problem::ApiError::Validation(errors) => {
+            errors.iter().map(|e| format!("--{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
+        }
         other => other.to_string(),
     }
 }

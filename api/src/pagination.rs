@@ -19,12 +19,7 @@ pub fn decode_cursor(cursor: Option<&str>) -> Result<Option<u64>, ApiError> {
             .strip_prefix('c')
             .and_then(|n| n.parse::<u64>().ok())
             .map(Some)
-            .ok_or_else(|| {
-                ApiError::field(
-                    "cursor",
-                    "not a cursor this API issued; take it from the Link header",
-                )
-            }),
+            .ok_or_else(|| ApiError::field("cursor", "not a cursor this API issued; take it from the Link header")),
     }
 }
 
@@ -49,9 +44,7 @@ impl<T: Serialize> Page<T> {
                     .map(|(k, v)| (k.into_owned(), v.into_owned()))
                     .collect();
                 params.push(("cursor".into(), encode_cursor(last)));
-                let query = form_urlencoded::Serializer::new(String::new())
-                    .extend_pairs(params)
-                    .finish();
+                let query = form_urlencoded::Serializer::new(String::new()).extend_pairs(params).finish();
                 Some(format!("{path}?{query}"))
             }
             _ => None,

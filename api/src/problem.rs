@@ -66,12 +66,7 @@ pub enum ApiError {
     BrokerUnavailable { reason: String },
     /// The worker refused the event (for `Prefer: wait`).
     #[error("{reason}")]
-    Refused {
-        status: StatusCode,
-        code: String,
-        reason: String,
-        event_id: String,
-    },
+    Refused { status: StatusCode, code: String, reason: String, event_id: String },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -80,63 +75,34 @@ pub enum ApiError {
 
 impl ApiError {
     pub fn field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
-        ApiError::Validation(vec![FieldError {
-            field: field.into(),
-            message: message.into(),
-        }])
+        ApiError::Validation(vec![FieldError { field: field.into(), message: message.into() }])
     }
 
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
-            ApiError::Validation(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation",
-                "Validation failed",
-            ),
+            ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation", "Validation failed"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             ApiError::Gone(_) => (StatusCode::GONE, "gone", "Gone"),
-            ApiError::NotImplemented(_) => (
-                StatusCode::NOT_IMPLEMENTED,
-                "not-implemented",
-                "Not implemented",
-            ),
-            ApiError::MethodNotAllowed => (
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-            ),
-            ApiError::PayloadTooLarge(_) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload-too-large",
-                "Payload too large",
-            ),
-            ApiError::UnsupportedMediaType(_) => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "Unsupported media type",
-            ),
-            ApiError::TooManyRequests { .. } => (
-                StatusCode::TOO_MANY_REQUESTS,
-                "too-many-requests",
-                "Too many requests",
-            ),
-            ApiError::BrokerUnavailable { .. } => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "broker-unavailable",
-                "The message broker is unavailable",
-            ),
-            ApiError::Refused { status, .. } => {
-                (*status, "refused", "The worker refused the event")
+            ApiError::NotImplemented(_) => (StatusCode::NOT_IMPLEMENTED, "not-implemented", "Not implemented"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "Payload too large"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type")
             }
-            ApiError::Database(_) | ApiError::Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-            ),
+            ApiError::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too-many-requests", "Too many requests")
+            }
+            ApiError::BrokerUnavailable { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "broker-unavailable", "The message broker is unavailable")
+            }
+            ApiError::Refused { status, .. } => (*status, "refused", "The worker refused the event"),
+            ApiError::Database(_) | ApiError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
+            }
         }
     }
 
@@ -145,17 +111,10 @@ impl ApiError {
         let status = match code {
             "not_found" => StatusCode::NOT_FOUND,
             "forbidden" => StatusCode::FORBIDDEN,
-            "invalid_rule" | "unknown_automation" | "chain_too_deep" => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            "invalid_rule" | "unknown_automation" | "chain_too_deep" => StatusCode::UNPROCESSABLE_ENTITY,
             _ => StatusCode::CONFLICT,
         };
-        ApiError::Refused {
-            status,
-            code: code.to_string(),
-            reason,
-            event_id,
-        }
+        ApiError::Refused { status, code: code.to_string(), reason, event_id }
     }
 }
 
@@ -181,13 +140,13 @@ impl IntoResponse for ApiError {
                 problem.errors = errors;
             }
             ApiError::TooManyRequests { retry_after_secs } => {
-                problem.detail =
-                    format!("too many failed attempts; try again in {retry_after_secs} seconds");
+                problem.detail = format!("too many failed attempts; try again in {retry_after_secs} seconds");
                 retry_after = Some(retry_after_secs);
             }
             ApiError::BrokerUnavailable { ref reason } => {
                 tracing::warn!(reason = %reason, "answering 503: the broker did not take the message");
-                problem.detail = "the message broker did not confirm the message; nothing was accepted, retry later".into();
+                problem.detail =
+                    "the message broker did not confirm the message; nothing was accepted, retry later".into();
                 retry_after = Some(5);
             }
             ApiError::Refused { code, event_id, .. } => {
@@ -197,9 +156,7 @@ impl IntoResponse for ApiError {
             ApiError::Database(ref error) => {
                 tracing::error!(error = %error, "database error while answering a request");
                 problem.detail = "an internal error occurred; it was logged".into();
-                if automation_shared::db::classify(error)
-                    == automation_shared::db::Failure::Unavailable
-                {
+                if automation_shared::db::classify(error) == automation_shared::db::Failure::Unavailable {
                     problem.status = StatusCode::SERVICE_UNAVAILABLE.as_u16();
                     problem.kind = format!("{PROBLEM_BASE}/database-unavailable");
                     problem.title = "The database is unavailable".into();
@@ -208,30 +165,19 @@ impl IntoResponse for ApiError {
                 }
             }
             ApiError::Internal(ref error) => {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "internal error while answering a request"
-                );
+                tracing::error!(error = format!("{error:#}"), "internal error while answering a request");
                 problem.detail = "an internal error occurred; it was logged".into();
             }
             _ => {}
         }
-        let status =
-            StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut response = (status, axum::Json(problem)).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if let Some(secs) = retry_after {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

@@ -27,16 +27,8 @@ impl Waiters {
     pub fn register(&self, event_id: &str) -> Waiter<'_> {
         let (sender, receiver) = oneshot::channel();
         let token = self.next.fetch_add(1, Ordering::Relaxed);
-        self.lock()
-            .entry(event_id.to_string())
-            .or_default()
-            .push((token, sender));
-        Waiter {
-            waiters: self,
-            event_id: event_id.to_string(),
-            token,
-            receiver,
-        }
+        self.lock().entry(event_id.to_string()).or_default().push((token, sender));
+        Waiter { waiters: self, event_id: event_id.to_string(), token, receiver }
     }
 
     /// Hands a notification to whoever waits for its cause.
@@ -52,12 +44,8 @@ impl Waiters {
         }
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(u64, oneshot::Sender<Value>)>>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(u64, oneshot::Sender<Value>)>>> {
+        self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     #[cfg(test)]
@@ -69,10 +57,7 @@ impl Waiters {
 impl Waiter<'_> {
     /// The notification, or `None` when `timeout` passes first.
     pub async fn wait(mut self, timeout: std::time::Duration) -> Option<Value> {
-        tokio::time::timeout(timeout, &mut self.receiver)
-            .await
-            .ok()
-            .and_then(Result::ok)
+        tokio::time::timeout(timeout, &mut self.receiver).await.ok().and_then(Result::ok)
     }
 }
 
@@ -102,10 +87,7 @@ mod tests {
         let other = waiters.register("e2");
         waiters.deliver(json!({"causationid": "e1", "type": "approval.approved"}));
         assert_eq!(
-            first
-                .wait(Duration::from_millis(50))
-                .await
-                .map(|n| n["type"].clone()),
+            first.wait(Duration::from_millis(50)).await.map(|n| n["type"].clone()),
             Some(json!("approval.approved"))
         );
         assert!(second.wait(Duration::from_millis(50)).await.is_some());

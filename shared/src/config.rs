@@ -184,10 +184,7 @@ impl Default for ApiConfig {
         Self {
             host: "0.0.0.0".into(),
             port: 8000,
-            cors_origins: vec![
-                "http://localhost:3000".into(),
-                "http://localhost:5173".into(),
-            ],
+            cors_origins: vec!["http://localhost:3000".into(), "http://localhost:5173".into()],
             body_limit_bytes: 256 * 1024,
             request_timeout_secs: 35,
             login_max_failures_per_account: 5,
@@ -230,10 +227,7 @@ impl fmt::Debug for JwtConfig {
             .field("algorithm", &self.algorithm)
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("public_key", &self.public_key.is_some())
-            .field(
-                "private_key",
-                &self.private_key.as_ref().map(|_| "<redacted>"),
-            )
+            .field("private_key", &self.private_key.as_ref().map(|_| "<redacted>"))
             .field("expiration_secs", &self.expiration_secs)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
@@ -274,6 +268,9 @@ pub struct WorkerConfig {
     pub batch_size: usize,
     /// How long a partial batch waits for more deliveries (T).
     pub batch_timeout_ms: u64,
+    /// Consumers of the `commands` queue in this process, each with its own channel and
+    /// transaction: like that many workers, so MySQL works on several batches at once.
+    pub consumers: u16,
     /// Prefetch of the `tasks` queue: each delivery runs one automation.
     pub task_concurrency: u16,
     /// Larger messages are dead-lettered unread.
@@ -301,6 +298,7 @@ impl Default for WorkerConfig {
             prefetch: 200,
             batch_size: 100,
             batch_timeout_ms: 20,
+            consumers: 2,
             task_concurrency: 8,
             max_message_bytes: 256 * 1024,
             retry_delays_ms: vec![1_000, 10_000, 60_000, 600_000],
@@ -333,9 +331,7 @@ pub struct AuditConfig {
 
 impl fmt::Debug for AuditConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuditConfig")
-            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
-            .finish()
+        f.debug_struct("AuditConfig").field("key", &self.key.as_ref().map(|_| "<redacted>")).finish()
     }
 }
 
@@ -400,10 +396,7 @@ impl Config {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("automation.toml"));
         if std::env::var_os("AUTOMATION_CONFIG").is_some() && !file.exists() {
-            return Err(ConfigError::key(
-                "AUTOMATION_CONFIG",
-                format!("the file {} does not exist", file.display()),
-            ));
+            return Err(ConfigError::key("AUTOMATION_CONFIG", format!("the file {} does not exist", file.display())));
         }
         Self::from_figment(Self::figment(file), component)
     }
@@ -420,10 +413,7 @@ impl Config {
             .split(".");
         // `AUTOMATION_CONFIG` names the file; it is not a key.
         let prefixed = Env::prefixed("AUTOMATION_").ignore(&["CONFIG"]).split("__");
-        Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::file(file))
-            .merge(legacy)
-            .merge(prefixed)
+        Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(file)).merge(legacy).merge(prefixed)
     }
 
     pub fn from_figment(figment: Figment, component: Component) -> Result<Config, ConfigError> {
@@ -441,10 +431,7 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return Err(ConfigError::key(
                 "LOG_LEVEL",
-                format!(
-                    "{:?} is not a log filter (try `info` or `debug`)",
-                    self.log_level
-                ),
+                format!("{:?} is not a log filter (try `info` or `debug`)", self.log_level),
             ));
         }
         self.database.connect_options()?;
@@ -455,28 +442,15 @@ impl Config {
             ));
         }
         if self.amqp.prefix.is_empty()
-            || !self
-                .amqp
-                .prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || !self.amqp.prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            return Err(ConfigError::key(
-                "AUTOMATION_AMQP__PREFIX",
-                "use letters, digits, '-', '_' or '.'",
-            ));
+            return Err(ConfigError::key("AUTOMATION_AMQP__PREFIX", "use letters, digits, '-', '_' or '.'"));
         }
         if self.amqp.publish_timeout_ms == 0 {
-            return Err(ConfigError::key(
-                "AUTOMATION_AMQP__PUBLISH_TIMEOUT_MS",
-                "must be above 0",
-            ));
+            return Err(ConfigError::key("AUTOMATION_AMQP__PUBLISH_TIMEOUT_MS", "must be above 0"));
         }
         if self.database.max_connections == 0 {
-            return Err(ConfigError::key(
-                "AUTOMATION_DATABASE__MAX_CONNECTIONS",
-                "must be above 0",
-            ));
+            return Err(ConfigError::key("AUTOMATION_DATABASE__MAX_CONNECTIONS", "must be above 0"));
         }
         match component {
             Component::Api => self.validate_api()?,
@@ -509,10 +483,7 @@ impl Config {
             }
         }
         if self.jwt.expiration_secs == 0 || self.jwt.expiration_secs > 7 * 24 * 3600 {
-            return Err(ConfigError::key(
-                "JWT_EXPIRATION",
-                "must be 1 to 604800 seconds",
-            ));
+            return Err(ConfigError::key("JWT_EXPIRATION", "must be 1 to 604800 seconds"));
         }
         for origin in &self.api.cors_origins {
             if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
@@ -523,10 +494,7 @@ impl Config {
             }
         }
         if self.api.body_limit_bytes < 1024 {
-            return Err(ConfigError::key(
-                "AUTOMATION_API__BODY_LIMIT_BYTES",
-                "must be ≥ 1024",
-            ));
+            return Err(ConfigError::key("AUTOMATION_API__BODY_LIMIT_BYTES", "must be ≥ 1024"));
         }
         Ok(())
     }
@@ -534,31 +502,22 @@ impl Config {
     fn validate_worker(&self) -> Result<(), ConfigError> {
         let w = &self.worker;
         if w.batch_size == 0 || w.batch_size > 1000 {
-            return Err(ConfigError::key(
-                "AUTOMATION_WORKER__BATCH_SIZE",
-                "must be 1 to 1000",
-            ));
+            return Err(ConfigError::key("AUTOMATION_WORKER__BATCH_SIZE", "must be 1 to 1000"));
         }
         if (w.prefetch as usize) < w.batch_size {
             return Err(ConfigError::key(
                 "AUTOMATION_WORKER__PREFETCH",
-                format!(
-                    "must be ≥ batch_size ({}), or batches never fill",
-                    w.batch_size
-                ),
+                format!("must be ≥ batch_size ({}), or batches never fill", w.batch_size),
             ));
+        }
+        if w.consumers == 0 || w.consumers > 32 {
+            return Err(ConfigError::key("AUTOMATION_WORKER__CONSUMERS", "must be 1 to 32"));
         }
         if w.task_concurrency == 0 {
-            return Err(ConfigError::key(
-                "AUTOMATION_WORKER__TASK_CONCURRENCY",
-                "must be ≥ 1",
-            ));
+            return Err(ConfigError::key("AUTOMATION_WORKER__TASK_CONCURRENCY", "must be ≥ 1"));
         }
         if w.max_attempts == 0 {
-            return Err(ConfigError::key(
-                "AUTOMATION_WORKER__MAX_ATTEMPTS",
-                "must be ≥ 1",
-            ));
+            return Err(ConfigError::key("AUTOMATION_WORKER__MAX_ATTEMPTS", "must be ≥ 1"));
         }
         if w.retry_delays_ms.is_empty() || w.retry_delays_ms.contains(&0) {
             return Err(ConfigError::key(
@@ -567,10 +526,7 @@ impl Config {
             ));
         }
         if w.max_message_bytes < 1024 {
-            return Err(ConfigError::key(
-                "AUTOMATION_WORKER__MAX_MESSAGE_BYTES",
-                "must be ≥ 1024",
-            ));
+            return Err(ConfigError::key("AUTOMATION_WORKER__MAX_MESSAGE_BYTES", "must be ≥ 1024"));
         }
         Ok(())
     }
@@ -618,10 +574,7 @@ impl DatabaseConfig {
         use sqlx::mysql::MySqlConnectOptions;
         match self.url.as_deref().filter(|u| !u.is_empty()) {
             Some(url) => url.parse::<MySqlConnectOptions>().map_err(|_| {
-                ConfigError::key(
-                    "DATABASE_URL",
-                    "not a MySQL URL (mysql://user:password@host:3306/database)",
-                )
+                ConfigError::key("DATABASE_URL", "not a MySQL URL (mysql://user:password@host:3306/database)")
             }),
             None => {
                 if self.host.is_empty() {
@@ -647,19 +600,10 @@ impl DatabaseConfig {
 /// Turns a figment error into "KEY: problem", naming the variable the value came from.
 fn describe_figment(error: figment::Error) -> String {
     let path = error.path.join(".");
-    let origin = error
-        .metadata
-        .as_ref()
-        .and_then(|m| m.source.as_ref())
-        .map(ToString::to_string)
-        .unwrap_or_default();
+    let origin = error.metadata.as_ref().and_then(|m| m.source.as_ref()).map(ToString::to_string).unwrap_or_default();
     let key = env_name_for(&path).unwrap_or_else(|| path.clone());
     let kind = error.kind.to_string();
-    if origin.is_empty() {
-        format!("{key}: {kind}")
-    } else {
-        format!("{key}: {kind} (from {origin})")
-    }
+    if origin.is_empty() { format!("{key}: {kind}") } else { format!("{key}: {kind} (from {origin})") }
 }
 
 /// The variable a user would set for a dotted key, preferring the legacy name.
@@ -670,10 +614,7 @@ fn env_name_for(path: &str) -> Option<String> {
     if let Some((name, _)) = LEGACY_ENV.iter().find(|(_, p)| *p == path) {
         return Some((*name).to_string());
     }
-    Some(format!(
-        "AUTOMATION_{}",
-        path.replace('.', "__").to_ascii_uppercase()
-    ))
+    Some(format!("AUTOMATION_{}", path.replace('.', "__").to_ascii_uppercase()))
 }
 
 /// Accepts a list or a comma-separated string (the legacy `CORS_ORIGINS` form).
@@ -686,12 +627,7 @@ fn comma_separated<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Str
     }
     Ok(match ListOrString::deserialize(deserializer)? {
         ListOrString::List(list) => list,
-        ListOrString::String(s) => s
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect(),
+        ListOrString::String(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect(),
     })
 }
 
@@ -701,10 +637,7 @@ mod tests {
     use figment::Jail;
 
     fn load(jail: &Jail, component: Component) -> Result<Config, ConfigError> {
-        Config::from_figment(
-            Config::figment(jail.directory().join("automation.toml")),
-            component,
-        )
+        Config::from_figment(Config::figment(jail.directory().join("automation.toml")), component)
     }
 
     #[test]
@@ -729,16 +662,10 @@ mod tests {
             jail.set_env("JWT_EXPIRATION", "120");
             jail.set_env("LOG_LEVEL", "debug");
             let config = load(jail, Component::Api).map_err(|e| e.to_string())?;
-            assert_eq!(
-                config.database.url.as_deref(),
-                Some("mysql://u:p@db:3307/app")
-            );
+            assert_eq!(config.database.url.as_deref(), Some("mysql://u:p@db:3307/app"));
             assert_eq!(config.amqp.url, "amqp://a:b@mq:5673/%2f");
             assert_eq!(config.api.port, 9000);
-            assert_eq!(
-                config.api.cors_origins,
-                vec!["https://a.example", "https://b.example"]
-            );
+            assert_eq!(config.api.cors_origins, vec!["https://a.example", "https://b.example"]);
             assert_eq!(config.jwt.expiration_secs, 120);
             assert_eq!(config.log_level, "debug");
             Ok(())
@@ -783,10 +710,7 @@ mod tests {
             jail.set_env("DATABASE_PASSWORD", "p@ss:/word");
             jail.set_env("DATABASE_NAME", "automation");
             let config = load(jail, Component::Worker).map_err(|e| e.to_string())?;
-            let options = config
-                .database
-                .connect_options()
-                .map_err(|e| e.to_string())?;
+            let options = config.database.connect_options().map_err(|e| e.to_string())?;
             assert_eq!(options.get_host(), "db.internal");
             assert_eq!(options.get_port(), 3310);
             assert_eq!(options.get_database(), Some("automation"));
@@ -806,9 +730,7 @@ mod tests {
 
             jail.clear_env();
             jail.set_env("AMQP_URL", "http://nope");
-            let line = load(jail, Component::Worker)
-                .expect_err("bad url")
-                .to_string();
+            let line = load(jail, Component::Worker).expect_err("bad url").to_string();
             assert!(line.starts_with("configuration error: AMQP_URL:"), "{line}");
             Ok(())
         });
@@ -819,9 +741,7 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.clear_env();
             jail.create_file("automation.toml", "[worker]\nbatch_size = 0\n")?;
-            let line = load(jail, Component::Worker)
-                .expect_err("batch 0")
-                .to_string();
+            let line = load(jail, Component::Worker).expect_err("batch 0").to_string();
             assert!(line.contains("AUTOMATION_WORKER__BATCH_SIZE"), "{line}");
             Ok(())
         });
@@ -836,10 +756,7 @@ mod tests {
                 (&[("JWT_SECRET", DEV_JWT_SECRET)], "JWT_SECRET"),
                 (&[("JWT_SECRET", "short")], "JWT_SECRET"),
                 (&[("JWT_SECRET", &strong), ("DEBUG", "true")], "DEBUG"),
-                (
-                    &[("JWT_SECRET", &strong), ("CORS_ORIGINS", "*")],
-                    "CORS_ORIGINS",
-                ),
+                (&[("JWT_SECRET", &strong), ("CORS_ORIGINS", "*")], "CORS_ORIGINS"),
             ];
             for (vars, key) in cases {
                 jail.clear_env();
@@ -847,9 +764,7 @@ mod tests {
                 for (name, value) in *vars {
                     jail.set_env(name, value);
                 }
-                let line = load(jail, Component::Api)
-                    .expect_err("must refuse")
-                    .to_string();
+                let line = load(jail, Component::Api).expect_err("must refuse").to_string();
                 assert!(line.contains(key), "{line} should name {key}");
             }
             jail.clear_env();

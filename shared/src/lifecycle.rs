@@ -30,9 +30,7 @@ impl WorkflowStatus {
         use WorkflowStatus::*;
         matches!(
             (self, to),
-            (Draft, Active | Cancelled)
-                | (Active, Paused | Completed | Cancelled)
-                | (Paused, Active | Cancelled)
+            (Draft, Active | Cancelled) | (Active, Paused | Completed | Cancelled) | (Paused, Active | Cancelled)
         )
     }
 
@@ -67,20 +65,13 @@ pub enum ApprovalStatus {
 }
 
 impl ApprovalStatus {
-    pub const ALL: [ApprovalStatus; 4] = [
-        ApprovalStatus::Pending,
-        ApprovalStatus::Approved,
-        ApprovalStatus::Rejected,
-        ApprovalStatus::Escalated,
-    ];
+    pub const ALL: [ApprovalStatus; 4] =
+        [ApprovalStatus::Pending, ApprovalStatus::Approved, ApprovalStatus::Rejected, ApprovalStatus::Escalated];
 
     /// `PENDING → APPROVED | REJECTED | ESCALATED`, `ESCALATED → APPROVED | REJECTED`.
     pub fn can_move_to(self, to: ApprovalStatus) -> bool {
         use ApprovalStatus::*;
-        matches!(
-            (self, to),
-            (Pending, Approved | Rejected | Escalated) | (Escalated, Approved | Rejected)
-        )
+        matches!((self, to), (Pending, Approved | Rejected | Escalated) | (Escalated, Approved | Rejected))
     }
 
     pub fn as_str(self) -> &'static str {
@@ -179,11 +170,7 @@ mod tests {
         ];
         for from in WorkflowStatus::ALL {
             for to in WorkflowStatus::ALL {
-                assert_eq!(
-                    from.can_move_to(to),
-                    legal.contains(&(from, to)),
-                    "{from} → {to}"
-                );
+                assert_eq!(from.can_move_to(to), legal.contains(&(from, to)), "{from} → {to}");
             }
         }
     }
@@ -200,11 +187,7 @@ mod tests {
         ];
         for from in ApprovalStatus::ALL {
             for to in ApprovalStatus::ALL {
-                assert_eq!(
-                    from.can_move_to(to),
-                    legal.contains(&(from, to)),
-                    "{from} → {to}"
-                );
+                assert_eq!(from.can_move_to(to), legal.contains(&(from, to)), "{from} → {to}");
             }
         }
     }

@@ -17,17 +17,10 @@ pub fn init_tracing(config: &Config) {
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
     // Another subscriber (a test harness) may already be installed: keep it.
     let _ = if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init()
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
     } else {
         builder.try_init()
     };
@@ -39,9 +32,7 @@ pub fn metrics() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
         let recorder = PrometheusBuilder::new()
-            .set_buckets(&[
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ])
+            .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
             .map(|b| b.build_recorder())
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();
@@ -63,19 +54,10 @@ impl TraceParent {
     /// Parses a `traceparent` header; anything malformed is ignored, as the spec asks.
     pub fn parse(header: &str) -> Option<TraceParent> {
         let mut parts = header.trim().split('-');
-        let (version, trace_id, span_id, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let hex = |s: &str, len: usize| {
-            s.len() == len
-                && s.bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        };
-        if version != "00"
-            || parts.next().is_some()
-            || !hex(trace_id, 32)
-            || !hex(span_id, 16)
-            || !hex(flags, 2)
-        {
+        let (version, trace_id, span_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex =
+            |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        if version != "00" || parts.next().is_some() || !hex(trace_id, 32) || !hex(span_id, 16) || !hex(flags, 2) {
             return None;
         }
         if trace_id.bytes().all(|b| b == b'0') || span_id.bytes().all(|b| b == b'0') {
@@ -91,29 +73,16 @@ impl TraceParent {
     /// A new trace, for a request that arrived without one.
     pub fn new_root() -> TraceParent {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        TraceParent {
-            trace_id: id,
-            span_id: new_span_id(),
-            sampled: true,
-        }
+        TraceParent { trace_id: id, span_id: new_span_id(), sampled: true }
     }
 
     /// The context to hand on: same trace, a new span of ours.
     pub fn child(&self) -> TraceParent {
-        TraceParent {
-            trace_id: self.trace_id.clone(),
-            span_id: new_span_id(),
-            sampled: self.sampled,
-        }
+        TraceParent { trace_id: self.trace_id.clone(), span_id: new_span_id(), sampled: self.sampled }
     }
 
     pub fn header(&self) -> String {
-        format!(
-            "00-{}-{}-{}",
-            self.trace_id,
-            self.span_id,
-            if self.sampled { "01" } else { "00" }
-        )
+        format!("00-{}-{}-{}", self.trace_id, self.span_id, if self.sampled { "01" } else { "00" })
     }
 }
 

@@ -26,8 +26,7 @@ pub fn database_server_url() -> String {
 }
 
 pub fn amqp_url() -> String {
-    std::env::var("TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// Short retry delays, so retry paths run in seconds.
@@ -53,11 +52,8 @@ impl TestEnv {
         let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let database = format!("t_{suffix}");
         let prefix = format!("t{suffix}");
-        let server = MySqlPoolOptions::new()
-            .max_connections(1)
-            .connect(&database_server_url())
-            .await
-            .expect("MariaDB answers");
+        let server =
+            MySqlPoolOptions::new().max_connections(1).connect(&database_server_url()).await.expect("MariaDB answers");
         sqlx::query(sqlx::AssertSqlSafe(format!("create database `{database}`")))
             .execute(&server)
             .await
@@ -76,27 +72,18 @@ impl TestEnv {
         config.worker.port = 0;
         config.api.port = 0;
 
-        let pool = crate::db::connect(&config.database)
-            .await
-            .expect("connect to the test database");
+        let pool = crate::db::connect(&config.database).await.expect("connect to the test database");
         MIGRATOR.run(&pool).await.expect("migrations apply");
-        let connection = Arc::new(
-            messaging::connect(&config.amqp.url, "automation-tests")
-                .await
-                .expect("RabbitMQ answers"),
-        );
+        let connection =
+            Arc::new(messaging::connect(&config.amqp.url, "automation-tests").await.expect("RabbitMQ answers"));
         let channel = connection.create_channel().await.expect("channel");
         let settings = TopologySettings {
             retry_delays_ms: &config.worker.retry_delays_ms,
             delivery_limit: config.worker.delivery_limit,
         };
-        topology::declare(&channel, &Names::new(prefix.clone()), &settings)
-            .await
-            .expect("topology");
+        topology::declare(&channel, &Names::new(prefix.clone()), &settings).await.expect("topology");
         let _ = channel.close(200, "ok".into()).await;
-        let publisher = Publisher::new(connection.clone(), Duration::from_secs(5))
-            .await
-            .expect("publisher");
+        let publisher = Publisher::new(connection.clone(), Duration::from_secs(5)).await.expect("publisher");
         TestEnv {
             config,
             pool,
@@ -115,13 +102,7 @@ impl TestEnv {
     pub async fn publish(&self, routing_key: &str, properties: BasicProperties, body: &[u8]) {
         let exchange = self.names().events();
         self.publisher
-            .publish(Outgoing {
-                exchange: &exchange,
-                routing_key,
-                body,
-                properties,
-                mandatory: false,
-            })
+            .publish(Outgoing { exchange: &exchange, routing_key, body, properties, mandatory: false })
             .await
             .expect("the broker confirms");
     }
@@ -132,8 +113,7 @@ impl TestEnv {
         let properties = BasicProperties::default()
             .with_content_type("application/cloudevents+json".into())
             .with_delivery_mode(messaging::PERSISTENT);
-        self.publish(&routing_key, properties, event.to_string().as_bytes())
-            .await;
+        self.publish(&routing_key, properties, event.to_string().as_bytes()).await;
     }
 
     /// A CloudEvents binary message: the attributes as headers under `prefix`.
@@ -143,10 +123,7 @@ impl TestEnv {
             if key == "data" {
                 continue;
             }
-            let text = value
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| value.to_string());
+            let text = value.as_str().map(str::to_string).unwrap_or_else(|| value.to_string());
             headers.insert(
                 ShortString::from(format!("{prefix}{key}")),
                 AMQPValue::LongString(LongString::from(text.into_bytes())),
@@ -157,29 +134,20 @@ impl TestEnv {
             .with_delivery_mode(messaging::PERSISTENT)
             .with_headers(headers);
         let routing_key = event["type"].as_str().unwrap_or_default().to_string();
-        self.publish(
-            &routing_key,
-            properties,
-            event["data"].to_string().as_bytes(),
-        )
-        .await;
+        self.publish(&routing_key, properties, event["data"].to_string().as_bytes()).await;
     }
 
     /// What Spring's `RabbitTemplate` with Jackson sends: the data, a `__TypeId__` header, no
     /// message id.
     pub async fn publish_plain(&self, routing_key: &str, data: &Value) {
         let mut headers = FieldTable::default();
-        headers.insert(
-            "__TypeId__".into(),
-            AMQPValue::LongString(LongString::from(b"com.example.Event".to_vec())),
-        );
+        headers.insert("__TypeId__".into(), AMQPValue::LongString(LongString::from(b"com.example.Event".to_vec())));
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_content_encoding("UTF-8".into())
             .with_delivery_mode(messaging::PERSISTENT)
             .with_headers(headers);
-        self.publish(routing_key, properties, data.to_string().as_bytes())
-            .await;
+        self.publish(routing_key, properties, data.to_string().as_bytes()).await;
     }
 
     /// Starts collecting every notification.
@@ -189,26 +157,21 @@ impl TestEnv {
 
     /// Waits until the event is in the inbox; returns its outcome.
     pub async fn wait_processed(&self, event_id: &str) -> String {
-        self.wait_processed_within(event_id, Duration::from_secs(20))
-            .await
+        self.wait_processed_within(event_id, Duration::from_secs(20)).await
     }
 
     pub async fn wait_processed_within(&self, event_id: &str, timeout: Duration) -> String {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let outcome: Option<String> =
-                sqlx::query_scalar("select outcome from inbox where event_id = ?")
-                    .bind(event_id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .expect("query");
+            let outcome: Option<String> = sqlx::query_scalar("select outcome from inbox where event_id = ?")
+                .bind(event_id)
+                .fetch_optional(&self.pool)
+                .await
+                .expect("query");
             if let Some(outcome) = outcome {
                 return outcome;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "event {event_id} was not processed within {timeout:?}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "event {event_id} was not processed within {timeout:?}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -217,10 +180,7 @@ impl TestEnv {
     pub async fn wait_count(&self, sql: &'static str, expected: i64, timeout: Duration) -> i64 {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let n: i64 = sqlx::query_scalar(sql)
-                .fetch_one(&self.pool)
-                .await
-                .expect("count query");
+            let n: i64 = sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect("count query");
             if n >= expected || tokio::time::Instant::now() >= deadline {
                 return n;
             }
@@ -229,18 +189,11 @@ impl TestEnv {
     }
 
     pub async fn count(&self, sql: &'static str) -> i64 {
-        sqlx::query_scalar(sql)
-            .fetch_one(&self.pool)
-            .await
-            .expect("count query")
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect("count query")
     }
 
     pub async fn count_bound(&self, sql: &'static str, value: &str) -> i64 {
-        sqlx::query_scalar(sql)
-            .bind(value)
-            .fetch_one(&self.pool)
-            .await
-            .expect("count query")
+        sqlx::query_scalar(sql).bind(value).fetch_one(&self.pool).await.expect("count query")
     }
 }
 
@@ -254,36 +207,21 @@ impl Drop for TestEnv {
         // Drop cannot await, and may run while the test's runtime unwinds: clean up from a
         // thread with a runtime of its own.
         let _ = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             runtime.block_on(async move {
-                if let Ok(server) = MySqlPoolOptions::new()
-                    .max_connections(1)
-                    .connect(&database_server_url())
-                    .await
-                {
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "drop database if exists `{}`",
-                        cleanup.database
-                    )))
-                    .execute(&server)
-                    .await;
+                if let Ok(server) = MySqlPoolOptions::new().max_connections(1).connect(&database_server_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("drop database if exists `{}`", cleanup.database)))
+                        .execute(&server)
+                        .await;
                     server.close().await;
                 }
-                if let Ok(connection) =
-                    messaging::connect(&amqp_url(), "automation-tests-cleanup").await
+                if let Ok(connection) = messaging::connect(&amqp_url(), "automation-tests-cleanup").await
                     && let Ok(channel) = connection.create_channel().await
                 {
-                    let settings = TopologySettings {
-                        retry_delays_ms: &retry_delays,
-                        delivery_limit,
-                    };
-                    let _ =
-                        topology::delete(&channel, &Names::new(cleanup.prefix), &settings).await;
+                    let settings = TopologySettings { retry_delays_ms: &retry_delays, delivery_limit };
+                    let _ = topology::delete(&channel, &Names::new(cleanup.prefix), &settings).await;
                     let _ = connection.close(200, "cleaned up".into()).await;
                 }
             });
@@ -305,11 +243,7 @@ impl NotificationTap {
         channel
             .queue_declare(
                 queue.clone().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
                 FieldTable::default(),
             )
             .await
@@ -325,12 +259,7 @@ impl NotificationTap {
             .await
             .expect("bind tap");
         let mut consumer = channel
-            .basic_consume(
-                queue.into(),
-                "tap".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
+            .basic_consume(queue.into(), "tap".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
             .expect("consume");
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -355,10 +284,7 @@ impl NotificationTap {
 
     /// Notifications caused by `event_id`.
     pub fn caused_by(&self, event_id: &str) -> Vec<Value> {
-        self.all()
-            .into_iter()
-            .filter(|n| n["causationid"] == event_id)
-            .collect()
+        self.all().into_iter().filter(|n| n["causationid"] == event_id).collect()
     }
 
     /// Waits for the first notification caused by `event_id`.
@@ -369,10 +295,7 @@ impl NotificationTap {
             if let Some(found) = self.caused_by(event_id).into_iter().next() {
                 return found;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no notification caused by {event_id} within 20 s"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "no notification caused by {event_id} within 20 s");
             let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
         }
     }

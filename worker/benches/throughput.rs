@@ -26,14 +26,15 @@ async fn run(batch: usize, events: usize) -> Run {
     env.config.worker.batch_size = batch;
     env.config.worker.prefetch = (batch * 2).max(200) as u16;
     env.config.database.max_connections = 10;
+    if let Some(consumers) = std::env::var("BENCH_CONSUMERS").ok().and_then(|v| v.parse().ok()) {
+        env.config.worker.consumers = consumers;
+    }
     let workflow = Uuid::new_v4();
-    sqlx::query(
-        "insert into workflows (id, name, status, version) values (?, 'bench', 'ACTIVE', 1)",
-    )
-    .bind(workflow.to_string())
-    .execute(&env.pool)
-    .await
-    .expect("seed workflow");
+    sqlx::query("insert into workflows (id, name, status, version) values (?, 'bench', 'ACTIVE', 1)")
+        .bind(workflow.to_string())
+        .execute(&env.pool)
+        .await
+        .expect("seed workflow");
 
     let exchange = env.names().events();
     let bodies: Vec<(String, Vec<u8>)> = (0..events)
@@ -58,69 +59,61 @@ async fn run(batch: usize, events: usize) -> Run {
                 mandatory: false,
             })
             .collect();
-        env.publisher
-            .publish_all(messages)
-            .await
-            .expect("queue filled");
+        env.publisher.publish_all(messages).await.expect("queue filled");
     }
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let worker = Worker::connect(Arc::new(env.config.clone()))
-        .await
-        .expect("worker");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let worker = Worker::connect(Arc::new(env.config.clone())).await.expect("worker");
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let handle = tokio::spawn(service::run(worker, listener, shutdown.clone()));
     loop {
-        let processed: i64 = sqlx::query_scalar("select count(*) from inbox")
-            .fetch_one(&env.pool)
-            .await
-            .expect("count");
-        let unsent: i64 = sqlx::query_scalar("select count(*) from outbox")
-            .fetch_one(&env.pool)
-            .await
-            .expect("count");
+        let processed: i64 =
+            sqlx::query_scalar("select count(*) from inbox").fetch_one(&env.pool).await.expect("count");
+        let unsent: i64 = sqlx::query_scalar("select count(*) from outbox").fetch_one(&env.pool).await.expect("count");
         if processed as usize >= events && unsent == 0 {
             break;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(600),
-            "the run did not finish in 10 minutes"
-        );
+        assert!(started.elapsed() < Duration::from_secs(600), "the run did not finish in 10 minutes");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
     shutdown.cancel();
     let _ = handle.await;
-    let applied: i64 = sqlx::query_scalar("select count(*) from approvals")
-        .fetch_one(&env.pool)
-        .await
-        .expect("count");
-    assert_eq!(applied as usize, events, "every event applied once");
-    Run {
-        batch,
-        events,
-        seconds,
+    // Where the time went, from the worker's own histograms (this process's recorder).
+    let rendered = automation_shared::telemetry::metrics().render();
+    for name in ["automation_worker_batch_seconds", "automation_worker_apply_seconds"] {
+        let value = |suffix: &str| {
+            rendered
+                .lines()
+                .find(|l| l.starts_with(&format!("{name}_{suffix}")))
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        eprintln!("  {name}: {} observations, {:.2} s in total (cumulative over runs)", value("count"), value("sum"));
     }
+    let applied: i64 = sqlx::query_scalar("select count(*) from approvals").fetch_one(&env.pool).await.expect("count");
+    assert_eq!(applied as usize, events, "every event applied once");
+    Run { batch, events, seconds }
 }
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let events: usize = std::env::var("BENCH_EVENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    // `RUST_LOG=sqlx::query=debug` shows every statement with its time.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+    let events: usize = std::env::var("BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let batches: Vec<usize> = std::env::var("BENCH_BATCHES")
         .unwrap_or_else(|_| "1,100".into())
         .split(',')
         .filter_map(|b| b.trim().parse().ok())
         .collect();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let runs: Vec<Run> = runtime.block_on(async {
         let mut runs = Vec::new();
         for batch in &batches {
@@ -129,25 +122,12 @@ fn main() {
         }
         runs
     });
-    let baseline = runs
-        .first()
-        .map(|r| r.events as f64 / r.seconds)
-        .unwrap_or(1.0);
+    let baseline = runs.first().map(|r| r.events as f64 / r.seconds).unwrap_or(1.0);
     println!("\nworker throughput (approval.requested: applied, audited, announced)");
-    println!(
-        "{:>8} {:>10} {:>10} {:>12} {:>10}",
-        "batch N", "events", "seconds", "events/s", "vs N=first"
-    );
+    println!("{:>8} {:>10} {:>10} {:>12} {:>10}", "batch N", "events", "seconds", "events/s", "vs N=first");
     for r in &runs {
         let rate = r.events as f64 / r.seconds;
-        println!(
-            "{:>8} {:>10} {:>10.2} {:>12.0} {:>9.1}x",
-            r.batch,
-            r.events,
-            r.seconds,
-            rate,
-            rate / baseline
-        );
+        println!("{:>8} {:>10} {:>10.2} {:>12.0} {:>9.1}x", r.batch, r.events, r.seconds, rate, rate / baseline);
     }
     let summary: Vec<_> = runs
         .iter()

@@ -1,14 +1,15 @@
-//! Applying a batch of events in one transaction. The inbox decides what is a duplicate; each
-//! handler applies its event; then the audit records, notifications and inbox rows are written
-//! with multi-row statements and the transaction commits once. A failure of any statement
-//! rolls the whole batch back, and the consumer decides what to do from the error.
+//! Applying a batch of events in one transaction: the inbox decides what is a duplicate, the
+//! entities the events name are loaded and locked (one query per table), each handler decides
+//! in memory, and then the entity changes, audit records, notifications and inbox rows are
+//! written with multi-row statements before one commit. A failure of any statement rolls the
+//! whole batch back, and the consumer decides what to do from the error.
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use automation_shared::db::audit::{ActorType, AuditChain, NewRecord, Staged};
-use automation_shared::db::events::{self as event_rows, InboxEntry, Outcome as RowOutcome};
+use automation_shared::db::events::{self as event_rows, InboxEntry, OutboxMessage, Outcome as RowOutcome};
 use automation_shared::db::{self, Failure};
 use automation_shared::events::Envelope;
 use automation_shared::events::envelope::MAX_CHAIN_DEPTH;
@@ -18,7 +19,8 @@ use serde_json::json;
 use sqlx::MySqlPool;
 
 use crate::announce;
-use crate::handlers::{self, Context, HandlerError, RejectCode, reject};
+use crate::entities::{Entities, Needs};
+use crate::handlers::{self, Context, RejectCode, Rejection, reject};
 use crate::tasks::Registry;
 
 /// One event of a batch.
@@ -28,6 +30,16 @@ pub struct Item<'a> {
     pub received_at: DateTime<Utc>,
     /// It failed before: its retry bookkeeping is cleared when it commits.
     pub retried: bool,
+    /// It may have been seen before (redelivered, or retried): looked up in the inbox first.
+    pub suspect: bool,
+}
+
+/// What a committed batch did: each event's outcome, and the outbox messages it wrote (to be
+/// published at once by the relay).
+#[derive(Debug)]
+pub struct Committed {
+    pub outcomes: Vec<Outcome>,
+    pub outbox: Vec<OutboxMessage>,
 }
 
 /// What became of an event whose batch committed.
@@ -81,37 +93,31 @@ impl BatchError {
 
 impl From<sqlx::Error> for BatchError {
     fn from(source: sqlx::Error) -> Self {
-        BatchError::Database {
-            failure: db::classify(&source),
-            source,
-        }
+        BatchError::Database { failure: db::classify(&source), source }
     }
 }
 
 /// Applies `items` in one transaction. On success the audit chain advances; on failure nothing
 /// was committed (or, if the commit itself failed, the chain is abandoned because whether it
 /// committed is unknown).
+///
+/// Only suspect items are looked up in the inbox first, unless `check_all`: a duplicate nobody
+/// suspected fails the inbox insert, and the caller runs the batch again with `check_all`.
 pub async fn apply(
     pool: &MySqlPool,
     registry: &Registry,
     chain: &mut AuditChain,
     items: &[Item<'_>],
-) -> Result<Vec<Outcome>, BatchError> {
+    check_all: bool,
+) -> Result<Committed, BatchError> {
     let current = AtomicUsize::new(0);
     let committing = std::sync::atomic::AtomicBool::new(false);
-    let work = AssertUnwindSafe(apply_inner(
-        pool,
-        registry,
-        chain,
-        items,
-        &current,
-        &committing,
-    ))
-    .catch_unwind();
+    let work =
+        AssertUnwindSafe(apply_inner(pool, registry, chain, items, check_all, &current, &committing)).catch_unwind();
     match work.await {
-        Ok(Ok((outcomes, staged))) => {
+        Ok(Ok((committed, staged))) => {
             chain.advance(&staged);
-            Ok(outcomes)
+            Ok(committed)
         }
         Ok(Err(error)) => {
             if committing.load(Ordering::Relaxed) {
@@ -141,11 +147,12 @@ async fn apply_inner(
     registry: &Registry,
     chain: &AuditChain,
     items: &[Item<'_>],
+    check_all: bool,
     current: &AtomicUsize,
     committing: &std::sync::atomic::AtomicBool,
-) -> Result<(Vec<Outcome>, Staged), BatchError> {
+) -> Result<(Committed, Staged), BatchError> {
     let mut tx = pool.begin().await?;
-    let ids: Vec<&str> = items.iter().map(|i| i.envelope.id.as_str()).collect();
+    let ids: Vec<&str> = items.iter().filter(|i| check_all || i.suspect).map(|i| i.envelope.id.as_str()).collect();
     let seen = event_rows::already_processed(&mut tx, &ids).await?;
     let now = Utc::now();
     let mut staged = chain.stage();
@@ -154,6 +161,11 @@ async fn apply_inner(
     let mut outcomes = Vec::with_capacity(items.len());
     let mut in_batch = HashSet::with_capacity(items.len());
     let mut retried = Vec::new();
+    let mut needs = Needs::default();
+    for item in items.iter().filter(|i| !seen.contains(&i.envelope.id)) {
+        needs.add(item.envelope);
+    }
+    let mut entities = Entities::load(&mut tx, &needs).await?;
 
     for (index, item) in items.iter().enumerate() {
         current.store(index, Ordering::Relaxed);
@@ -174,14 +186,8 @@ async fn apply_inner(
                 ),
             ))
         } else {
-            let mut ctx = Context {
-                conn: &mut tx,
-                envelope,
-                now,
-                registry,
-                outbox: &mut outbox,
-            };
-            handlers::dispatch(&mut ctx).await
+            let mut ctx = Context { entities: &mut entities, envelope, now, registry, outbox: &mut outbox };
+            handlers::dispatch(&mut ctx)
         };
         let mut entry = InboxEntry {
             event_id: envelope.id.clone(),
@@ -213,16 +219,12 @@ async fn apply_inner(
                     correlation_id: Some(envelope.correlation_id.clone()),
                     details: applied.audit_details,
                 });
-                outbox.push(announce::notification(
-                    envelope,
-                    applied.notification,
-                    applied.state,
-                ));
+                outbox.push(announce::notification(envelope, applied.notification, applied.state));
                 entry.entity = Some(applied.entity);
                 entry.entity_id = Some(applied.entity_id);
                 outcomes.push(Outcome::Applied);
             }
-            Err(HandlerError::Rejected { code, reason }) => {
+            Err(Rejection { code, reason }) => {
                 staged.push(NewRecord {
                     entity: "event".into(),
                     entity_id: truncate(&envelope.id, 64),
@@ -231,7 +233,9 @@ async fn apply_inner(
                     actor_type: ActorType::parse(&envelope.actor_type),
                     event_id: Some(envelope.id.clone()),
                     correlation_id: Some(envelope.correlation_id.clone()),
-                    details: Some(json!({"type": envelope.event_type.as_str(), "code": code.as_str(), "reason": reason})),
+                    details: Some(
+                        json!({"type": envelope.event_type.as_str(), "code": code.as_str(), "reason": reason}),
+                    ),
                 });
                 outbox.push(announce::rejection(envelope, code.as_str(), &reason));
                 entry.outcome = RowOutcome::Rejected;
@@ -239,11 +243,11 @@ async fn apply_inner(
                 entry.reason = Some(reason);
                 outcomes.push(Outcome::Rejected);
             }
-            Err(HandlerError::Database(error)) => return Err(error.into()),
         }
         inbox.push(entry);
     }
 
+    entities.write(&mut tx).await?;
     staged.write(&mut tx).await?;
     event_rows::insert_outbox(&mut tx, &outbox).await?;
     event_rows::insert_inbox(&mut tx, &inbox).await?;
@@ -252,7 +256,7 @@ async fn apply_inner(
     tx.commit().await?;
     #[cfg(feature = "fault-injection")]
     crate::faults::after_commit();
-    Ok((outcomes, staged))
+    Ok((Committed { outcomes, outbox }, staged))
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {

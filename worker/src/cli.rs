@@ -13,14 +13,9 @@ use crate::service;
 
 pub async fn migrate(config: &Config, json: bool) -> anyhow::Result<()> {
     create_database_if_missing(config).await?;
-    let pool = db::connect(&config.database)
-        .await
-        .context("could not connect to MySQL (check DATABASE_URL)")?;
+    let pool = db::connect(&config.database).await.context("could not connect to MySQL (check DATABASE_URL)")?;
     let before: Vec<i64> = applied_versions(&pool).await;
-    MIGRATOR
-        .run(&pool)
-        .await
-        .context("a migration failed; the database is left as the failing migration found it")?;
+    MIGRATOR.run(&pool).await.context("a migration failed; the database is left as the failing migration found it")?;
     let after: Vec<i64> = applied_versions(&pool).await;
     let new: Vec<_> = MIGRATOR
         .iter()
@@ -30,22 +25,12 @@ pub async fn migrate(config: &Config, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", json!({"applied": new, "total": after.len()}));
     } else if new.is_empty() {
-        println!(
-            "database is up to date ({} migrations applied)",
-            after.len()
-        );
+        println!("database is up to date ({} migrations applied)", after.len());
     } else {
         for m in &new {
-            println!(
-                "applied {} {}",
-                m["version"],
-                m["description"].as_str().unwrap_or_default()
-            );
+            println!("applied {} {}", m["version"], m["description"].as_str().unwrap_or_default());
         }
-        println!(
-            "database is up to date ({} migrations applied)",
-            after.len()
-        );
+        println!("database is up to date ({} migrations applied)", after.len());
     }
     Ok(())
 }
@@ -54,33 +39,22 @@ pub async fn migrate(config: &Config, json: bool) -> anyhow::Result<()> {
 async fn create_database_if_missing(config: &Config) -> anyhow::Result<()> {
     let options = config.database.connect_options()?;
     let Some(name) = options.get_database().map(str::to_string) else {
-        anyhow::bail!(
-            "DATABASE_URL names no database (mysql://user:password@host:3306/automation)"
-        );
+        anyhow::bail!("DATABASE_URL names no database (mysql://user:password@host:3306/automation)");
     };
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        anyhow::bail!(
-            "the database name {name:?} has characters this command will not quote; create it by hand"
-        );
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        anyhow::bail!("the database name {name:?} has characters this command will not quote; create it by hand");
     }
     let server = sqlx::mysql::MySqlPoolOptions::new()
         .max_connections(1)
         .connect_with(options.database(""))
         .await
         .context("could not connect to MySQL (check DATABASE_URL)")?;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "create database if not exists `{name}`"
-    )))
-    .execute(&server)
-    .await
-    .with_context(|| {
-        format!(
-            "database {name} does not exist and could not be created; create it or grant CREATE"
-        )
-    })?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("create database if not exists `{name}`")))
+        .execute(&server)
+        .await
+        .with_context(|| {
+            format!("database {name} does not exist and could not be created; create it or grant CREATE")
+        })?;
     server.close().await;
     Ok(())
 }
@@ -93,13 +67,10 @@ async fn applied_versions(pool: &sqlx::MySqlPool) -> Vec<i64> {
 }
 
 pub async fn topology(config: &Config, json: bool) -> anyhow::Result<()> {
-    let connection = messaging::connect_with_patience(
-        &config.amqp.url,
-        "automation-worker topology",
-        Duration::from_secs(15),
-    )
-    .await
-    .context("could not connect to RabbitMQ (check AMQP_URL)")?;
+    let connection =
+        messaging::connect_with_patience(&config.amqp.url, "automation-worker topology", Duration::from_secs(15))
+            .await
+            .context("could not connect to RabbitMQ (check AMQP_URL)")?;
     let names = Names::new(config.amqp.prefix.clone());
     service::declare_topology(&connection, &names, config).await?;
     let _ = connection.close(200, "done".into()).await;
@@ -108,21 +79,10 @@ pub async fn topology(config: &Config, json: bool) -> anyhow::Result<()> {
         names.work_queue(automation_shared::events::WorkQueue::Tasks),
     ];
     for queue in automation_shared::events::WorkQueue::ALL {
-        queues.extend(
-            config
-                .worker
-                .retry_delays_ms
-                .iter()
-                .map(|d| names.retry_queue(queue, *d)),
-        );
+        queues.extend(config.worker.retry_delays_ms.iter().map(|d| names.retry_queue(queue, *d)));
     }
     queues.push(names.dead_letter_queue());
-    let exchanges = [
-        names.events(),
-        names.notifications(),
-        names.dead(),
-        names.unrouted(),
-    ];
+    let exchanges = [names.events(), names.notifications(), names.dead(), names.unrouted()];
     if json {
         println!("{}", json!({"exchanges": exchanges, "queues": queues}));
     } else {
@@ -134,9 +94,7 @@ pub async fn topology(config: &Config, json: bool) -> anyhow::Result<()> {
 
 /// `audit verify`: exit status 0 when intact, 1 when something was changed or removed.
 pub async fn audit_verify(config: &Config, json: bool) -> anyhow::Result<bool> {
-    let pool = db::connect(&config.database)
-        .await
-        .context("could not connect to MySQL (check DATABASE_URL)")?;
+    let pool = db::connect(&config.database).await.context("could not connect to MySQL (check DATABASE_URL)")?;
     let report = db::audit::verify(&pool, config.audit.key.as_deref(), |n| {
         if !json {
             eprintln!("checked {n} records…");
@@ -146,17 +104,11 @@ pub async fn audit_verify(config: &Config, json: bool) -> anyhow::Result<bool> {
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
-            "{} records in {} chains, {} seals",
-            report.records, report.chains, report.seals
-        );
+        println!("{} records in {} chains, {} seals", report.records, report.chains, report.seals);
         if report.is_intact() {
             println!("the audit log is intact");
         } else {
-            println!(
-                "the audit log was tampered with ({} problems):",
-                report.problems.len()
-            );
+            println!("the audit log was tampered with ({} problems):", report.problems.len());
             for problem in &report.problems {
                 println!("  - {problem}");
             }

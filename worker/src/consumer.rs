@@ -20,9 +20,7 @@ use automation_shared::events::{Envelope, WorkQueue};
 use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -36,29 +34,16 @@ const CONFLICT_RETRIES: u32 = 3;
 
 /// Consumes `queue` until `shutdown`, then drains: cancels the consumer, applies and settles
 /// every delivery already received, and returns.
-pub async fn run(
-    worker: Arc<Worker>,
-    queue: WorkQueue,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(worker: Arc<Worker>, queue: WorkQueue, shutdown: CancellationToken) -> anyhow::Result<()> {
     let settings = &worker.config.worker;
     let (prefetch, batch_size) = match queue {
         WorkQueue::Commands => (settings.prefetch, settings.batch_size),
         // Each execute message runs a task; event batches stay small so tasks are not held up.
-        WorkQueue::Tasks => (
-            settings.task_concurrency,
-            settings.batch_size.min(settings.task_concurrency as usize),
-        ),
+        WorkQueue::Tasks => (settings.task_concurrency, settings.batch_size.min(settings.task_concurrency as usize)),
     };
     let channel = worker.connection.create_channel().await?;
-    channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
-    let tag = format!(
-        "automation-worker.{}.{}",
-        queue.suffix(),
-        uuid::Uuid::new_v4().simple()
-    );
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+    let tag = format!("automation-worker.{}.{}", queue.suffix(), uuid::Uuid::new_v4().simple());
     let mut consumer = channel
         .basic_consume(
             worker.names.work_queue(queue).into(),
@@ -68,11 +53,8 @@ pub async fn run(
         )
         .await?;
     tracing::info!(queue = %worker.names.work_queue(queue), prefetch, batch.size = batch_size, "consuming");
-    let mut state = QueueConsumer {
-        chain: AuditChain::new(worker.config.audit.key.as_deref()),
-        worker: worker.clone(),
-        queue,
-    };
+    let mut state =
+        QueueConsumer { chain: AuditChain::new(worker.config.audit.key.as_deref()), worker: worker.clone(), queue };
     let mut cancelled = false;
     loop {
         let next = tokio::select! {
@@ -152,17 +134,11 @@ impl QueueConsumer {
         };
         let mut parsed = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
-            let routing_key =
-                failures::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
+            let routing_key = failures::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
             match Envelope::parse(&routing_key, &delivery.properties, &delivery.data, limits) {
                 Ok(envelope) => {
                     let attempt = failures::attempt_of(&delivery.properties);
-                    parsed.push(Parsed {
-                        delivery,
-                        envelope,
-                        routing_key,
-                        attempt,
-                    });
+                    parsed.push(Parsed { delivery, envelope, routing_key, attempt });
                 }
                 Err(poison) => {
                     let message = Unapplied {
@@ -174,14 +150,9 @@ impl QueueConsumer {
                         event_type: poison.event_type.as_deref(),
                     };
                     tracing::warn!(event.id = poison.event_id, reason = %poison, "dead-lettering a message that cannot be taken");
-                    let result = failures::dead_letter(
-                        &self.worker,
-                        &message,
-                        DeathKind::Poison,
-                        &poison.to_string(),
-                        None,
-                    )
-                    .await;
+                    let result =
+                        failures::dead_letter(&self.worker, &message, DeathKind::Poison, &poison.to_string(), None)
+                            .await;
                     metrics::counter!("automation_worker_dead_lettered_total", "kind" => "poison", "reason" => poison.code.as_str())
                         .increment(1);
                     settle_after_publish(&delivery, result.map(|_| ())).await;
@@ -192,8 +163,7 @@ impl QueueConsumer {
             self.apply_and_settle(parsed, received_at, shutdown).await;
         }
         self.worker.health.release(held);
-        metrics::histogram!("automation_worker_batch_seconds")
-            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("automation_worker_batch_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("automation_worker_batch_size").record(held as f64);
     }
 
@@ -209,6 +179,7 @@ impl QueueConsumer {
                 envelope: &p.envelope,
                 received_at,
                 retried: p.attempt > 1,
+                suspect: p.attempt > 1 || p.delivery.redelivered,
             })
             .collect();
         let Some(results) = self.apply_with_recovery(&items, shutdown).await else {
@@ -246,9 +217,7 @@ impl QueueConsumer {
         tracing::warn!(%error, batch.size = items.len(), "the batch failed; applying its events one at a time");
         let mut results = Vec::with_capacity(items.len());
         for item in items {
-            let result = self
-                .apply_one_batch(std::slice::from_ref(item), shutdown)
-                .await?;
+            let result = self.apply_one_batch(std::slice::from_ref(item), shutdown).await?;
             results.push(result.map(|mut outcomes| outcomes.remove(0)));
         }
         Some(results)
@@ -261,18 +230,19 @@ impl QueueConsumer {
         shutdown: &CancellationToken,
     ) -> Option<Result<Vec<Outcome>, BatchError>> {
         let mut conflicts = 0;
+        let mut check_all = false;
         loop {
-            match apply::apply(
-                &self.worker.pool,
-                &self.worker.registry,
-                &mut self.chain,
-                items,
-            )
-            .await
-            {
-                Ok(outcomes) => {
-                    self.worker.outbox_wake.notify_one();
-                    return Some(Ok(outcomes));
+            let started = Instant::now();
+            let result =
+                apply::apply(&self.worker.pool, &self.worker.registry, &mut self.chain, items, check_all).await;
+            metrics::histogram!("automation_worker_apply_seconds").record(started.elapsed().as_secs_f64());
+            match result {
+                Ok(committed) => {
+                    // Published at once by the relay; if that fails the rows wait for its sweep.
+                    if !committed.outbox.is_empty() && self.worker.outbox.send(committed.outbox).await.is_err() {
+                        tracing::debug!("the relay is gone; the outbox rows wait for a sweep");
+                    }
+                    return Some(Ok(committed.outcomes));
                 }
                 Err(error) if error.failure() == Failure::Unavailable => {
                     tracing::warn!(%error, "MySQL is unavailable; holding the batch until it answers");
@@ -280,11 +250,16 @@ impl QueueConsumer {
                         return None;
                     }
                 }
+                Err(error) if error.failure() == Failure::Duplicate && !check_all => {
+                    // An event nobody suspected is in the inbox already: look every id up.
+                    check_all = true;
+                }
                 Err(error)
                     if matches!(error.failure(), Failure::Conflict | Failure::Duplicate)
                         && conflicts < CONFLICT_RETRIES =>
                 {
                     conflicts += 1;
+                    check_all = true;
                     tracing::debug!(%error, attempt = conflicts, "lock conflict or inbox race; running the batch again");
                     let jitter = 5 + (uuid::Uuid::new_v4().as_u128() % 45) as u64;
                     tokio::time::sleep(Duration::from_millis(jitter * u64::from(conflicts))).await;
@@ -309,23 +284,17 @@ impl QueueConsumer {
         let max = self.worker.config.worker.max_attempts;
         let result = if p.attempt >= max {
             tracing::error!(event.id = %p.envelope.id, event.r#type = %p.envelope.event_type, attempts = p.attempt, error = %text, "giving up on an event");
-            metrics::counter!("automation_worker_dead_lettered_total", "kind" => "exhausted", "reason" => kind).increment(1);
+            metrics::counter!("automation_worker_dead_lettered_total", "kind" => "exhausted", "reason" => kind)
+                .increment(1);
             let reason = format!("gave up after {} attempts: {text}", p.attempt);
-            failures::dead_letter(
-                &self.worker,
-                &message,
-                DeathKind::Exhausted,
-                &reason,
-                Some((kind, &text)),
-            )
-            .await
-            .map(|_| ())
+            failures::dead_letter(&self.worker, &message, DeathKind::Exhausted, &reason, Some((kind, &text)))
+                .await
+                .map(|_| ())
         } else {
             match failures::retry_later(&self.worker, &message, kind, &text).await {
                 Ok(delay) => {
                     tracing::warn!(event.id = %p.envelope.id, attempt = p.attempt, retry.in_ms = delay, error = %text, "event failed; it will be retried");
-                    metrics::counter!("automation_worker_retries_total", "kind" => kind)
-                        .increment(1);
+                    metrics::counter!("automation_worker_retries_total", "kind" => kind).increment(1);
                     let next = Utc::now() + chrono::Duration::milliseconds(delay as i64);
                     let noted = automation_shared::db::events::record_attempt(
                         &self.worker.pool,
@@ -350,31 +319,24 @@ impl QueueConsumer {
 }
 
 /// Acks a delivery whose copy the broker confirmed; otherwise hands it back to the queue.
-async fn settle_after_publish(
-    delivery: &Delivery,
-    published: Result<(), automation_shared::messaging::PublishError>,
-) {
+async fn settle_after_publish(delivery: &Delivery, published: Result<(), automation_shared::messaging::PublishError>) {
     match published {
         Ok(()) => ack_all(&[delivery]).await,
         Err(error) => {
             tracing::warn!(%error, "could not move the message; returning it to the queue");
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
         }
     }
 }
 
-/// Acks deliveries after their effects committed. An ack that fails (the channel went away
+/// Acks deliveries after their effects committed: one `multiple` ack on the highest tag, which
+/// is safe because every earlier delivery on this channel is settled by then (poison and
+/// retried messages are settled one by one before). An ack that fails (the channel went away
 /// after the commit) is harmless: the message comes back and the inbox recognises it.
 async fn ack_all(deliveries: &[&Delivery]) {
-    for delivery in deliveries {
-        if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-            tracing::info!(%error, "an ack was lost; the message will be redelivered and skipped as a duplicate");
-        }
+    let Some(last) = deliveries.iter().max_by_key(|d| d.delivery_tag) else { return };
+    let options = BasicAckOptions { multiple: deliveries.len() > 1 };
+    if let Err(error) = last.acker.ack(options).await {
+        tracing::info!(%error, "an ack was lost; the messages will be redelivered and skipped as duplicates");
     }
 }

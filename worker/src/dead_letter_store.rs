@@ -103,74 +103,45 @@ pub fn describe(delivery: &Delivery) -> NewDeadLetter {
     let routing_key = header(properties, headers::ORIGINAL_ROUTING_KEY)
         .or_else(|| death.as_ref().and_then(|d| d.routing_key.clone()))
         .unwrap_or_else(|| delivery.routing_key.to_string());
-    let origin_queue = header(properties, headers::ORIGIN_QUEUE)
-        .or_else(|| death.as_ref().and_then(|d| d.queue.clone()));
-    let (error_kind, reason) = match (
-        header(properties, headers::ERROR_KIND),
-        header(properties, headers::DEAD_REASON),
-    ) {
+    let origin_queue =
+        header(properties, headers::ORIGIN_QUEUE).or_else(|| death.as_ref().and_then(|d| d.queue.clone()));
+    let (error_kind, reason) = match (header(properties, headers::ERROR_KIND), header(properties, headers::DEAD_REASON))
+    {
         (Some(kind), Some(reason)) => (kind, reason),
         _ => match &death {
             Some(d) if d.reason == "delivery_limit" => (
                 "delivery_limit".to_string(),
                 format!(
                     "delivery_limit: delivered {} times without being settled; it may crash or stall the worker",
-                    d.count
-                        .map_or_else(|| "too many".to_string(), |c| c.to_string())
+                    d.count.map_or_else(|| "too many".to_string(), |c| c.to_string())
                 ),
             ),
-            Some(d) => (
-                d.reason.clone(),
-                format!("{}: dead-lettered by the broker", d.reason),
-            ),
-            None => (
-                "unknown".to_string(),
-                "arrived on the dead-letter exchange without a reason".to_string(),
-            ),
+            Some(d) => (d.reason.clone(), format!("{}: dead-lettered by the broker", d.reason)),
+            None => ("unknown".to_string(), "arrived on the dead-letter exchange without a reason".to_string()),
         },
     };
     // Best effort: what the message says about itself, for filtering.
-    static NO_PUBLISHERS: std::collections::BTreeMap<String, Vec<String>> =
-        std::collections::BTreeMap::new();
+    static NO_PUBLISHERS: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
     let parsed = Envelope::parse(
         &routing_key,
         properties,
         &delivery.data,
-        Limits {
-            max_bytes: usize::MAX,
-            publishers: &NO_PUBLISHERS,
-        },
+        Limits { max_bytes: usize::MAX, publishers: &NO_PUBLISHERS },
     );
-    let event_id = header(properties, headers::EVENT_ID)
-        .or_else(|| parsed.as_ref().ok().map(|e| e.id.clone()));
-    let event_type = header(properties, headers::EVENT_TYPE).or_else(|| {
-        parsed
-            .as_ref()
-            .ok()
-            .map(|e| e.event_type.as_str().to_string())
+    let event_id = header(properties, headers::EVENT_ID).or_else(|| parsed.as_ref().ok().map(|e| e.id.clone()));
+    let event_type = header(properties, headers::EVENT_TYPE)
+        .or_else(|| parsed.as_ref().ok().map(|e| e.event_type.as_str().to_string()));
+    let id = header(properties, headers::DEAD_LETTER_ID).and_then(|i| Uuid::parse_str(&i).ok()).unwrap_or_else(|| {
+        // The broker dead-lettered it: derive an id from the message and its first death, so a
+        // redelivered copy is stored once.
+        let identity = Uuid::new_v5(&ID_NAMESPACE, &[routing_key.as_bytes(), b"\n", &delivery.data].concat());
+        derived_id(
+            &format!("broker-dead:{}:{}", reason, death.as_ref().and_then(|d| d.time).unwrap_or(0)),
+            &identity.to_string(),
+        )
     });
-    let id = header(properties, headers::DEAD_LETTER_ID)
-        .and_then(|i| Uuid::parse_str(&i).ok())
-        .unwrap_or_else(|| {
-            // The broker dead-lettered it: derive an id from the message and its first death, so a
-            // redelivered copy is stored once.
-            let identity = Uuid::new_v5(
-                &ID_NAMESPACE,
-                &[routing_key.as_bytes(), b"\n", &delivery.data].concat(),
-            );
-            derived_id(
-                &format!(
-                    "broker-dead:{}:{}",
-                    reason,
-                    death.as_ref().and_then(|d| d.time).unwrap_or(0)
-                ),
-                &identity.to_string(),
-            )
-        });
     let time = |name: &str| {
-        header(properties, name)
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&Utc))
+        header(properties, name).and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc))
     };
     NewDeadLetter {
         id,
@@ -235,30 +206,12 @@ pub fn properties_json(properties: &BasicProperties) -> Value {
             out.insert(name.to_string(), Value::String(value));
         }
     };
-    put(
-        "contentType",
-        properties.content_type().as_ref().map(|v| v.to_string()),
-    );
-    put(
-        "contentEncoding",
-        properties
-            .content_encoding()
-            .as_ref()
-            .map(|v| v.to_string()),
-    );
-    put(
-        "messageId",
-        properties.message_id().as_ref().map(|v| v.to_string()),
-    );
-    put(
-        "correlationId",
-        properties.correlation_id().as_ref().map(|v| v.to_string()),
-    );
+    put("contentType", properties.content_type().as_ref().map(|v| v.to_string()));
+    put("contentEncoding", properties.content_encoding().as_ref().map(|v| v.to_string()));
+    put("messageId", properties.message_id().as_ref().map(|v| v.to_string()));
+    put("correlationId", properties.correlation_id().as_ref().map(|v| v.to_string()));
     put("type", properties.kind().as_ref().map(|v| v.to_string()));
-    put(
-        "userId",
-        properties.user_id().as_ref().map(|v| v.to_string()),
-    );
+    put("userId", properties.user_id().as_ref().map(|v| v.to_string()));
     put("appId", properties.app_id().as_ref().map(|v| v.to_string()));
     if let Some(timestamp) = properties.timestamp() {
         out.insert("timestamp".into(), json!(timestamp));

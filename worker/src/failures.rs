@@ -64,9 +64,7 @@ impl Unapplied<'_> {
     }
 
     fn history(&self) -> Vec<Failure> {
-        header(self.properties, headers::HISTORY)
-            .and_then(|h| serde_json::from_str(&h).ok())
-            .unwrap_or_default()
+        header(self.properties, headers::HISTORY).and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default()
     }
 
     fn first_failed_at(&self) -> DateTime<Utc> {
@@ -88,10 +86,7 @@ impl Unapplied<'_> {
 }
 
 pub fn attempt_of(properties: &BasicProperties) -> u32 {
-    int_header(properties, headers::ATTEMPT)
-        .and_then(|a| u32::try_from(a).ok())
-        .filter(|a| *a >= 1)
-        .unwrap_or(1)
+    int_header(properties, headers::ATTEMPT).and_then(|a| u32::try_from(a).ok()).filter(|a| *a >= 1).unwrap_or(1)
 }
 
 /// The routing key the message was published with, surviving trips through retry queues.
@@ -126,32 +121,15 @@ pub async fn retry_later(
     with_failure(&mut history, attempt, kind, error);
     let mut properties = message.properties.clone();
     properties = messaging::set_int_header(properties, headers::ATTEMPT, i64::from(attempt) + 1);
-    properties = messaging::set_header(
-        properties,
-        headers::ORIGINAL_ROUTING_KEY,
-        message.routing_key,
-    );
-    properties = messaging::set_header(
-        properties,
-        headers::FIRST_FAILED_AT,
-        message.first_failed_at().to_rfc3339(),
-    );
-    properties = messaging::set_header(
-        properties,
-        headers::HISTORY,
-        serde_json::to_string(&history).unwrap_or_default(),
-    );
+    properties = messaging::set_header(properties, headers::ORIGINAL_ROUTING_KEY, message.routing_key);
+    properties = messaging::set_header(properties, headers::FIRST_FAILED_AT, message.first_failed_at().to_rfc3339());
+    properties =
+        messaging::set_header(properties, headers::HISTORY, serde_json::to_string(&history).unwrap_or_default());
     properties = properties.with_delivery_mode(messaging::PERSISTENT);
     let queue = worker.names.retry_queue(message.queue, delay);
     worker
         .publisher
-        .publish(Outgoing {
-            exchange: "",
-            routing_key: &queue,
-            body: message.body,
-            properties,
-            mandatory: true,
-        })
+        .publish(Outgoing { exchange: "", routing_key: &queue, body: message.body, properties, mandatory: true })
         .await?;
     Ok(delay)
 }
@@ -189,11 +167,7 @@ pub async fn dead_letter(
     }
     // Derived, so dead-lettering the same delivery again (a crash before the ack) stores it once.
     let id = derived_id(
-        &format!(
-            "dead:{}:{}:{attempt}",
-            worker.names.work_queue(message.queue),
-            kind.as_str()
-        ),
+        &format!("dead:{}:{}:{attempt}", worker.names.work_queue(message.queue), kind.as_str()),
         &message.identity(),
     );
     let mut properties = message.properties.clone();
@@ -203,23 +177,11 @@ pub async fn dead_letter(
     set(headers::DEAD_LETTER_ID, id.to_string());
     set(headers::DEAD_REASON, reason.chars().take(2000).collect());
     set(headers::ERROR_KIND, kind.as_str().to_string());
-    set(
-        headers::ORIGIN_QUEUE,
-        worker.names.work_queue(message.queue),
-    );
-    set(
-        headers::ORIGINAL_ROUTING_KEY,
-        message.routing_key.to_string(),
-    );
-    set(
-        headers::FIRST_FAILED_AT,
-        message.first_failed_at().to_rfc3339(),
-    );
+    set(headers::ORIGIN_QUEUE, worker.names.work_queue(message.queue));
+    set(headers::ORIGINAL_ROUTING_KEY, message.routing_key.to_string());
+    set(headers::FIRST_FAILED_AT, message.first_failed_at().to_rfc3339());
     set(headers::DEAD_AT, Utc::now().to_rfc3339());
-    set(
-        headers::HISTORY,
-        serde_json::to_string(&history).unwrap_or_default(),
-    );
+    set(headers::HISTORY, serde_json::to_string(&history).unwrap_or_default());
     if let Some(event_id) = message.event_id {
         set(headers::EVENT_ID, event_id.to_string());
     }

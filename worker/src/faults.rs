@@ -10,10 +10,7 @@ pub const PANIC_ACTION: &str = "fault.panic";
 
 pub fn after_commit() {
     static COMMITS: AtomicU64 = AtomicU64::new(0);
-    let Some(limit) = std::env::var(CRASH_AFTER_COMMIT)
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    else {
+    let Some(limit) = std::env::var(CRASH_AFTER_COMMIT).ok().and_then(|v| v.parse::<u64>().ok()) else {
         return;
     };
     if COMMITS.fetch_add(1, Ordering::SeqCst) + 1 == limit {

@@ -67,23 +67,14 @@ async fn ready(State(worker): State<Arc<Worker>>) -> Response {
     let database = if worker.health.database_down.load(Ordering::Relaxed) {
         Err("unreachable; consumers are paused until it answers".to_string())
     } else {
-        match tokio::time::timeout(
-            Duration::from_secs(2),
-            automation_shared::db::ping(&worker.pool),
-        )
-        .await
-        {
+        match tokio::time::timeout(Duration::from_secs(2), automation_shared::db::ping(&worker.pool)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err("no answer within 2 s".to_string()),
         }
     };
     let broker = if worker.connection.status().connected() {
-        if worker.connection.status().blocked() {
-            Err("blocked by a resource alarm".to_string())
-        } else {
-            Ok(())
-        }
+        if worker.connection.status().blocked() { Err("blocked by a resource alarm".to_string()) } else { Ok(()) }
     } else {
         Err("disconnected; reconnecting".to_string())
     };
@@ -98,11 +89,7 @@ async fn ready(State(worker): State<Arc<Worker>>) -> Response {
         "dependencies": {"mysql": describe(&database), "rabbitmq": describe(&broker)},
         "inFlight": worker.health.in_flight(),
     });
-    let status = if ok {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }
 

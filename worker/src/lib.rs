@@ -12,6 +12,7 @@ pub mod apply;
 pub mod cli;
 pub mod consumer;
 pub mod dead_letter_store;
+pub mod entities;
 pub mod failures;
 #[cfg(feature = "fault-injection")]
 pub mod faults;

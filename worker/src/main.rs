@@ -56,11 +56,7 @@ enum AuditCommand {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let serving = matches!(args.command, None | Some(Command::Run));
-    let config = match Config::load(if serving {
-        Component::Worker
-    } else {
-        Component::Cli
-    }) {
+    let config = match Config::load(if serving { Component::Worker } else { Component::Cli }) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{error}");
@@ -75,9 +71,7 @@ async fn main() -> ExitCode {
         }
         Some(Command::Migrate { json }) => cli::migrate(&config, json).await.map(|()| true),
         Some(Command::Topology { json }) => cli::topology(&config, json).await.map(|()| true),
-        Some(Command::Audit {
-            command: AuditCommand::Verify { json },
-        }) => cli::audit_verify(&config, json).await,
+        Some(Command::Audit { command: AuditCommand::Verify { json } }) => cli::audit_verify(&config, json).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

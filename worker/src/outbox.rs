@@ -1,62 +1,60 @@
-//! The outbox relay: publishes what committed transactions wrote to the outbox, with confirms,
-//! then deletes the rows. Woken after every commit, and sweeps on a timer for rows a crashed
-//! worker left behind.
+//! The outbox relay: publishes what committed transactions wrote to the outbox, with the broker's
+//! confirms, then deletes the rows.
 //!
-//! No lock is held while publishing. A relay leases a set of rows in a short transaction,
-//! publishes them, and deletes the rows still leased to it, retrying the delete through lock
-//! conflicts. Any number of workers relay side by side; a row is published twice only when a
-//! relay dies between the broker's confirm and the delete and its lease runs out, and then the
-//! copy carries the same CloudEvent id.
+//! Fresh rows come from this worker's consumers right after their commit, through a bounded
+//! channel (a stalled broker holds the consumers back instead of piling up memory): the relay
+//! publishes them at once and deletes them by message id. Rows a crashed worker left behind, or
+//! whose publish failed, are swept once they are older than [`SWEEP_AFTER_SECS`]: a relay
+//! leases them in a short transaction, publishes with no lock held, and deletes its own leased
+//! rows. A row goes out twice only if a worker dies between the broker's confirm and the delete,
+//! and then the copy carries the same CloudEvent id.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use automation_shared::db::events::{self as event_rows, Destination};
+use automation_shared::db::events::{self as event_rows, Destination, OutboxMessage};
 use automation_shared::db::{self, Failure};
 use automation_shared::messaging::{self, Outgoing};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::service::Worker;
 
-/// Rows leased and published at a time.
-const LEASE_ROWS: u32 = 500;
-/// Long enough to publish a full lease through a slow broker; short enough that a crashed relay's
-/// rows go out soon.
+/// Batches of fresh rows the channel holds before consumers wait.
+pub const CHANNEL_BATCHES: usize = 64;
+/// Rows published per broker round.
+const ROUND_ROWS: usize = 500;
+/// A row this old with no lease is a leftover: its writer did not publish it.
+const SWEEP_AFTER_SECS: u32 = 10;
+/// Long enough to publish a lease's rows through a slow broker; short enough that a crashed
+/// relay's rows go out soon.
 const LEASE_SECS: u32 = 30;
-/// Attempts to lease or delete through lock conflicts before the cycle gives up.
+/// Attempts of a short statement through lock conflicts.
 const CONFLICT_ATTEMPTS: u32 = 20;
 
-pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
+pub async fn run(worker: Arc<Worker>, mut fresh: mpsc::Receiver<Vec<OutboxMessage>>, stop: CancellationToken) {
     let relay = Uuid::new_v4();
-    let sweep = Duration::from_millis(worker.config.worker.outbox_sweep_ms);
-    let mut failures = 0u32;
+    let sweep_every = Duration::from_millis(worker.config.worker.outbox_sweep_ms);
+    let mut sweep = tokio::time::interval(sweep_every);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        match drain(&worker, relay).await {
-            Ok(_) => failures = 0,
-            Err(error) => {
-                failures += 1;
-                // Quiet after the first: readiness reports an outage of either side already.
-                if failures == 1 || failures.is_multiple_of(30) {
-                    tracing::warn!(
-                        error = format!("{error:#}"),
-                        failures,
-                        "the outbox could not be relayed; it stays until it can"
-                    );
+        tokio::select! {
+            biased;
+            batch = fresh.recv() => match batch {
+                Some(batch) => publish_fresh(&worker, gather(batch, &mut fresh)).await,
+                None => return,
+            },
+            _ = sweep.tick() => {
+                if let Err(error) = sweep_leftovers(&worker, relay).await {
+                    tracing::debug!(error = format!("{error:#}"), "the outbox sweep failed; it runs again shortly");
                 }
             }
-        }
-        let wait = if failures == 0 {
-            sweep
-        } else {
-            Duration::from_millis(200 * u64::from(failures.min(25)))
-        };
-        tokio::select! {
-            _ = worker.outbox_wake.notified(), if failures == 0 => {}
-            _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => {
-                if let Err(error) = drain(&worker, relay).await {
-                    tracing::warn!(error = format!("{error:#}"), "the outbox could not be flushed before exit; another worker will publish it");
+                // The consumers are done: publish what they handed over.
+                fresh.close();
+                while let Some(batch) = fresh.recv().await {
+                    publish_fresh(&worker, gather(batch, &mut fresh)).await;
                 }
                 return;
             }
@@ -64,57 +62,82 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
     }
 }
 
-/// Publishes until the outbox holds nothing this relay may lease. Returns how many went out.
-pub async fn drain(worker: &Worker, relay: Uuid) -> anyhow::Result<usize> {
+/// Takes whatever else is already waiting, up to a round's worth.
+fn gather(mut batch: Vec<OutboxMessage>, fresh: &mut mpsc::Receiver<Vec<OutboxMessage>>) -> Vec<OutboxMessage> {
+    while batch.len() < ROUND_ROWS {
+        match fresh.try_recv() {
+            Ok(more) => batch.extend(more),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+async fn publish_fresh(worker: &Worker, messages: Vec<OutboxMessage>) {
+    let rows: Vec<(String, &OutboxMessage)> = messages.iter().map(|m| (m.message_id.to_string(), m)).collect();
+    let outgoing = rows.iter().map(|(id, m)| outgoing(worker, id, m.destination, &m.routing_key, &m.body)).collect();
+    if let Err(error) = worker.publisher.publish_all(outgoing).await {
+        tracing::warn!(%error, rows = messages.len(), "could not publish the outbox now; it is swept when the broker is back");
+        return;
+    }
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.message_id).collect();
+    if let Err(error) = through_conflicts(|| event_rows::delete_published(&worker.pool, &ids)).await {
+        // Published but not deleted: the sweep publishes these again, with the same ids.
+        tracing::warn!(%error, rows = ids.len(), "published outbox rows could not be deleted");
+    }
+    metrics::counter!("automation_worker_outbox_published_total").increment(messages.len() as u64);
+}
+
+/// Publishes leftovers until none is left. Returns how many went out.
+pub async fn sweep_leftovers(worker: &Worker, relay: Uuid) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
-        let published = relay_once(worker, relay).await?;
-        total += published;
-        if published < LEASE_ROWS as usize {
+        let rows = through_conflicts(|| {
+            event_rows::lease_outbox(&worker.pool, relay, ROUND_ROWS as u32, SWEEP_AFTER_SECS, LEASE_SECS)
+        })
+        .await?;
+        if rows.is_empty() {
             return Ok(total);
         }
+        let outgoing = rows
+            .iter()
+            .filter_map(|r| {
+                let destination = Destination::parse(&r.destination).or_else(|| {
+                    tracing::error!(outbox.id = r.id, destination = %r.destination, "an outbox row has an unknown destination; leaving it for a newer worker");
+                    None
+                })?;
+                Some(outgoing(worker, &r.message_id, destination, &r.routing_key, &r.body))
+            })
+            .collect();
+        worker.publisher.publish_all(outgoing).await?;
+        let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
+        through_conflicts(|| event_rows::delete_leased(&worker.pool, relay, &ids)).await?;
+        metrics::counter!("automation_worker_outbox_swept_total").increment(ids.len() as u64);
+        tracing::info!(rows = ids.len(), "published outbox rows left behind");
+        total += ids.len();
     }
 }
 
-async fn relay_once(worker: &Worker, relay: Uuid) -> anyhow::Result<usize> {
-    let rows =
-        through_conflicts(|| event_rows::lease_outbox(&worker.pool, relay, LEASE_ROWS, LEASE_SECS))
-            .await?;
-    if rows.is_empty() {
-        return Ok(0);
+fn outgoing<'a>(
+    worker: &'a Worker,
+    message_id: &str,
+    destination: Destination,
+    routing_key: &'a str,
+    body: &'a [u8],
+) -> Outgoing<'a> {
+    let (exchange, routing_key, mandatory) = match destination {
+        Destination::Notifications => (worker.exchanges.notifications.as_str(), routing_key, false),
+        Destination::Events => (worker.exchanges.events.as_str(), routing_key, false),
+        // Straight into the tasks queue through the default exchange; it must exist.
+        Destination::Tasks => ("", worker.exchanges.tasks_queue.as_str(), true),
+    };
+    Outgoing {
+        exchange,
+        routing_key,
+        body,
+        properties: messaging::cloud_event_properties(message_id, routing_key),
+        mandatory,
     }
-    let notifications = worker.names.notifications();
-    let events = worker.names.events();
-    let tasks = worker
-        .names
-        .work_queue(automation_shared::events::WorkQueue::Tasks);
-    let mut messages = Vec::with_capacity(rows.len());
-    let mut ids = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let (exchange, routing_key, mandatory) = match Destination::parse(&row.destination) {
-            Some(Destination::Notifications) => {
-                (notifications.as_str(), row.routing_key.as_str(), false)
-            }
-            Some(Destination::Events) => (events.as_str(), row.routing_key.as_str(), false),
-            Some(Destination::Tasks) => ("", tasks.as_str(), true),
-            None => {
-                tracing::error!(outbox.id = row.id, destination = %row.destination, "an outbox row has an unknown destination; leaving it for a newer worker");
-                continue;
-            }
-        };
-        ids.push(row.id);
-        messages.push(Outgoing {
-            exchange,
-            routing_key,
-            body: &row.body,
-            properties: messaging::cloud_event_properties(&row.message_id, &row.routing_key),
-            mandatory,
-        });
-    }
-    worker.publisher.publish_all(messages).await?;
-    through_conflicts(|| event_rows::delete_leased(&worker.pool, relay, &ids)).await?;
-    metrics::counter!("automation_worker_outbox_published_total").increment(ids.len() as u64);
-    Ok(ids.len())
 }
 
 /// Runs a short statement again while it loses lock conflicts.
@@ -126,9 +149,7 @@ where
     let mut attempt = 0;
     loop {
         match operation().await {
-            Err(error)
-                if db::classify(&error) == Failure::Conflict && attempt < CONFLICT_ATTEMPTS =>
-            {
+            Err(error) if db::classify(&error) == Failure::Conflict && attempt < CONFLICT_ATTEMPTS => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(2 + u64::from(attempt) * 3)).await;
             }

@@ -8,13 +8,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use automation_shared::config::Config;
 use automation_shared::db;
+use automation_shared::db::events::OutboxMessage;
 use automation_shared::events::WorkQueue;
 use automation_shared::messaging::topology::{self, TopologySettings};
 use automation_shared::messaging::{self, Names, Publisher};
 use lapin::Connection;
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,8 +37,19 @@ pub struct Worker {
     pub names: Names,
     pub health: Health,
     pub registry: Registry,
-    /// Rung after each commit so the relay publishes at once.
-    pub outbox_wake: Notify,
+    /// Where consumers hand the outbox rows they committed, for the relay to publish at once.
+    pub outbox: mpsc::Sender<Vec<OutboxMessage>>,
+    outbox_receiver: std::sync::Mutex<Option<mpsc::Receiver<Vec<OutboxMessage>>>>,
+    /// Exchange and queue names the relay publishes to, computed once.
+    pub exchanges: Exchanges,
+}
+
+/// Where outbox messages go.
+#[derive(Debug, Clone)]
+pub struct Exchanges {
+    pub events: String,
+    pub notifications: String,
+    pub tasks_queue: String,
 }
 
 impl Worker {
@@ -46,21 +58,20 @@ impl Worker {
         // Installed before the first counter is touched; `/metrics` renders it.
         automation_shared::telemetry::metrics();
         let pool = db::lazy_pool(&config.database)?;
-        let connection = messaging::connect_with_patience(
-            &config.amqp.url,
-            "automation-worker",
-            BROKER_PATIENCE,
-        )
-        .await
-        .context("could not connect to RabbitMQ (check AMQP_URL)")?;
+        let connection = messaging::connect_with_patience(&config.amqp.url, "automation-worker", BROKER_PATIENCE)
+            .await
+            .context("could not connect to RabbitMQ (check AMQP_URL)")?;
         let connection = Arc::new(connection);
         let names = Names::new(config.amqp.prefix.clone());
         declare_topology(&connection, &names, &config).await?;
-        let publisher = Publisher::new(
-            connection.clone(),
-            Duration::from_millis(config.amqp.publish_timeout_ms),
-        )
-        .await?;
+        let publisher =
+            Publisher::new(connection.clone(), Duration::from_millis(config.amqp.publish_timeout_ms)).await?;
+        let (outbox, receiver) = mpsc::channel(outbox::CHANNEL_BATCHES);
+        let exchanges = Exchanges {
+            events: names.events(),
+            notifications: names.notifications(),
+            tasks_queue: names.work_queue(WorkQueue::Tasks),
+        };
         Ok(Arc::new(Worker {
             config,
             pool,
@@ -69,7 +80,9 @@ impl Worker {
             names,
             health: Health::default(),
             registry: Registry::default(),
-            outbox_wake: Notify::new(),
+            outbox,
+            outbox_receiver: std::sync::Mutex::new(Some(receiver)),
+            exchanges,
         }))
     }
 
@@ -93,11 +106,7 @@ impl Worker {
     }
 }
 
-pub async fn declare_topology(
-    connection: &Connection,
-    names: &Names,
-    config: &Config,
-) -> anyhow::Result<()> {
+pub async fn declare_topology(connection: &Connection, names: &Names, config: &Config) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
     let settings = TopologySettings {
         retry_delays_ms: &config.worker.retry_delays_ms,
@@ -112,18 +121,14 @@ pub async fn declare_topology(
 
 /// Runs until `shutdown`, then drains within the grace period and returns. An error means a
 /// part failed for good (the process should exit non-zero and be restarted).
-pub async fn run(
-    worker: Arc<Worker>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+pub async fn run(worker: Arc<Worker>, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
     let background = CancellationToken::new();
     let probes = CancellationToken::new();
     let failed = CancellationToken::new();
 
-    let http = axum::serve(listener, health::router(worker.clone()))
-        .with_graceful_shutdown(probes.clone().cancelled_owned());
+    let http =
+        axum::serve(listener, health::router(worker.clone())).with_graceful_shutdown(probes.clone().cancelled_owned());
     tracker.spawn(async move {
         if let Err(error) = http.await {
             tracing::error!(%error, "the probe server stopped");
@@ -131,7 +136,8 @@ pub async fn run(
     });
 
     let mut consumers = Vec::new();
-    for queue in WorkQueue::ALL {
+    let commands = std::iter::repeat_n(WorkQueue::Commands, worker.config.worker.consumers as usize);
+    for queue in commands.chain([WorkQueue::Tasks]) {
         let (worker, shutdown, failed) = (worker.clone(), shutdown.clone(), failed.clone());
         consumers.push(tracker.spawn(async move {
             if let Err(error) = consumer::run(worker, queue, shutdown.clone()).await {
@@ -145,15 +151,18 @@ pub async fn run(
             }
         }));
     }
-    tracker.spawn(outbox::run(worker.clone(), background.clone()));
+    let fresh = worker
+        .outbox_receiver
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("this worker is already running"))?;
+    tracker.spawn(outbox::run(worker.clone(), fresh, background.clone()));
     {
         let (worker, background) = (worker.clone(), background.clone());
         tracker.spawn(async move {
             if let Err(error) = dead_letter_store::run(worker, background).await {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    "the dead-letter store consumer stopped"
-                );
+                tracing::error!(error = format!("{error:#}"), "the dead-letter store consumer stopped");
             }
         });
     }
@@ -164,14 +173,8 @@ pub async fn run(
     shutdown.cancelled().await;
     worker.health.set_draining();
     let grace = worker.config.worker.shutdown_grace();
-    tracing::info!(
-        grace_secs = grace.as_secs(),
-        in_flight = worker.health.in_flight(),
-        "draining"
-    );
-    let drained = tokio::time::timeout(grace, futures_util::future::join_all(consumers))
-        .await
-        .is_ok();
+    tracing::info!(grace_secs = grace.as_secs(), in_flight = worker.health.in_flight(), "draining");
+    let drained = tokio::time::timeout(grace, futures_util::future::join_all(consumers)).await.is_ok();
     if !drained {
         tracing::warn!(
             in_flight = worker.health.in_flight(),
@@ -180,10 +183,7 @@ pub async fn run(
     }
     background.cancel();
     probes.cancel();
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
         tracing::warn!("background tasks did not stop in time");
     }
     worker.publisher.close().await;

@@ -4,9 +4,7 @@
 
 use anyhow::Context as _;
 use automation_shared::config::{JwtAlgorithm, JwtConfig};
-use jsonwebtoken::{
-    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
-};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -66,10 +64,7 @@ impl JwtKeys {
                 )
             }
             JwtAlgorithm::RS256 => {
-                let public = config
-                    .public_key
-                    .as_deref()
-                    .context("JWT_PUBLIC_KEY is required for RS256")?;
+                let public = config.public_key.as_deref().context("JWT_PUBLIC_KEY is required for RS256")?;
                 let decoding = DecodingKey::from_rsa_pem(public.as_bytes())
                     .context("JWT_PUBLIC_KEY is not an RSA public key in PEM")?;
                 let encoding = match config.private_key.as_deref() {
@@ -79,12 +74,7 @@ impl JwtKeys {
                     ),
                     None => None,
                 };
-                (
-                    Algorithm::RS256,
-                    encoding,
-                    decoding,
-                    format!("rs256-{}", fingerprint(public.trim().as_bytes())),
-                )
+                (Algorithm::RS256, encoding, decoding, format!("rs256-{}", fingerprint(public.trim().as_bytes())))
             }
         };
         let mut validation = Validation::new(algorithm);
@@ -113,11 +103,7 @@ impl JwtKeys {
     }
 
     /// Issues a token for a user. `None` when this API only verifies (RS256 without a private key).
-    pub fn issue(
-        &self,
-        user_id: &str,
-        role: Role,
-    ) -> Option<Result<(String, Claims), jsonwebtoken::errors::Error>> {
+    pub fn issue(&self, user_id: &str, role: Role) -> Option<Result<(String, Claims), jsonwebtoken::errors::Error>> {
         let encoding = self.encoding.as_ref()?;
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
@@ -139,10 +125,7 @@ impl JwtKeys {
     pub fn verify(&self, token: &str) -> Result<Claims, String> {
         let header = decode_header(token).map_err(|e| format!("unreadable header: {e}"))?;
         if header.alg != self.algorithm {
-            return Err(format!(
-                "algorithm {:?} is not the pinned {:?}",
-                header.alg, self.algorithm
-            ));
+            return Err(format!("algorithm {:?} is not the pinned {:?}", header.alg, self.algorithm));
         }
         if let Some(kid) = &header.kid
             && *kid != self.key_id
@@ -152,8 +135,6 @@ impl JwtKeys {
         if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() {
             return Err("tokens may not point at their own keys (jku, x5u, jwk)".into());
         }
-        decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|data| data.claims)
-            .map_err(|e| e.to_string())
+        decode::<Claims>(token, &self.decoding, &self.validation).map(|data| data.claims).map_err(|e| e.to_string())
     }
 }

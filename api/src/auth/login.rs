@@ -75,10 +75,7 @@ pub async fn login(
     let email = request.email.trim().to_lowercase();
     let address = client_address(&state, &headers, peer.map(|Extension(ConnectInfo(p))| p));
     let scopes = [format!("account:{email}"), format!("address:{address}")];
-    let limits = [
-        state.config.api.login_max_failures_per_account,
-        state.config.api.login_max_failures_per_address,
-    ];
+    let limits = [state.config.api.login_max_failures_per_account, state.config.api.login_max_failures_per_address];
     let window = state.config.api.login_window_secs;
     for (scope, limit) in scopes.iter().zip(limits) {
         let blocked: Option<i64> = sqlx::query_scalar(
@@ -92,17 +89,13 @@ pub async fn login(
         .fetch_optional(&state.pool)
         .await?;
         if let Some(remaining) = blocked {
-            return Err(ApiError::TooManyRequests {
-                retry_after_secs: remaining.max(1) as u64,
-            });
+            return Err(ApiError::TooManyRequests { retry_after_secs: remaining.max(1) as u64 });
         }
     }
 
     let user = users::find_by_email(&state.pool, &email).await?;
     // The same Argon2 work whether or not the account exists.
-    let stored = user
-        .as_ref()
-        .map_or_else(|| state.dummy_hash.clone(), |u| u.password_hash.clone());
+    let stored = user.as_ref().map_or_else(|| state.dummy_hash.clone(), |u| u.password_hash.clone());
     let matches = password::verify(request.password, stored).await;
     let user = match user {
         Some(user) if matches && user.active => user,
@@ -120,19 +113,11 @@ pub async fn login(
                 .execute(&state.pool)
                 .await?;
             }
-            return Err(ApiError::Unauthorized(
-                "the email or the password is wrong".into(),
-            ));
+            return Err(ApiError::Unauthorized("the email or the password is wrong".into()));
         }
     };
-    sqlx::query("delete from login_failures where scope = ?")
-        .bind(&scopes[0])
-        .execute(&state.pool)
-        .await?;
-    let role: Role = user
-        .role
-        .parse()
-        .map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?;
+    sqlx::query("delete from login_failures where scope = ?").bind(&scopes[0]).execute(&state.pool).await?;
+    let role: Role = user.role.parse().map_err(|e: String| ApiError::Internal(anyhow::anyhow!(e)))?;
     let Some(issued) = state.jwt.issue(&user.id, role) else {
         return Err(ApiError::NotImplemented(
             "this API verifies RS256 tokens but has no JWT_PRIVATE_KEY to issue them".into(),
@@ -157,14 +142,15 @@ pub async fn login(
     )
 )]
 pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
-    let expires_at =
-        chrono::DateTime::from_timestamp(user.expires_at, 0).unwrap_or_else(chrono::Utc::now);
-    sqlx::query("insert into revoked_tokens (jti, user_id, expires_at) values (?, ?, ?) on duplicate key update jti = jti")
-        .bind(&user.jti)
-        .bind(&user.id)
-        .bind(expires_at)
-        .execute(&state.pool)
-        .await?;
+    let expires_at = chrono::DateTime::from_timestamp(user.expires_at, 0).unwrap_or_else(chrono::Utc::now);
+    sqlx::query(
+        "insert into revoked_tokens (jti, user_id, expires_at) values (?, ?, ?) on duplicate key update jti = jti",
+    )
+    .bind(&user.jti)
+    .bind(&user.id)
+    .bind(expires_at)
+    .execute(&state.pool)
+    .await?;
     // Revocations of tokens that expired anyway are of no use; trim a few each time.
     sqlx::query("delete from revoked_tokens where expires_at < now(6) - interval 1 hour limit 100")
         .execute(&state.pool)

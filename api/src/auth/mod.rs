@@ -55,9 +55,7 @@ impl FromStr for Role {
             "requester" => Ok(Role::Requester),
             "viewer" => Ok(Role::Viewer),
             "service" => Ok(Role::Service),
-            other => Err(format!(
-                "{other:?} is not a role (admin, approver, requester, viewer, service)"
-            )),
+            other => Err(format!("{other:?} is not a role (admin, approver, requester, viewer, service)")),
         }
     }
 }
@@ -110,30 +108,20 @@ impl AuthUser {
         if permission.allows(self.role) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!(
-                "the {} role may not do this",
-                self.role
-            )))
+            Err(ApiError::Forbidden(format!("the {} role may not do this", self.role)))
         }
     }
 
     /// `user` for people, `service` for machines: how the worker and the audit log name the actor.
     pub fn actor_type(&self) -> &'static str {
-        if self.role == Role::Service {
-            "service"
-        } else {
-            "user"
-        }
+        if self.role == Role::Service { "service" } else { "user" }
     }
 }
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         authenticate(state, &parts.headers).await
     }
 }
@@ -143,14 +131,9 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthU
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
-        .ok_or_else(|| {
-            ApiError::Unauthorized("send a bearer token: Authorization: Bearer <token>".into())
-        })?;
+        .ok_or_else(|| ApiError::Unauthorized("send a bearer token: Authorization: Bearer <token>".into()))?;
     let claims = state.jwt.verify(token).map_err(|reason| {
         tracing::debug!(%reason, "a token was refused");
         ApiError::Unauthorized("the token is invalid or expired; log in again".into())
@@ -160,16 +143,9 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthU
         .fetch_optional(&state.pool)
         .await?;
     if revoked.is_some() {
-        return Err(ApiError::Unauthorized(
-            "the token was logged out; log in again".into(),
-        ));
+        return Err(ApiError::Unauthorized("the token was logged out; log in again".into()));
     }
-    Ok(AuthUser {
-        id: claims.sub,
-        role: claims.role,
-        jti: claims.jti,
-        expires_at: claims.exp,
-    })
+    Ok(AuthUser { id: claims.sub, role: claims.role, jti: claims.jti, expires_at: claims.exp })
 }
 
 #[cfg(test)]
@@ -194,11 +170,7 @@ mod tests {
         ];
         for (permission, allowed) in cases {
             for role in [Admin, Approver, Requester, Viewer, Service] {
-                assert_eq!(
-                    permission.allows(role),
-                    allowed.contains(&role),
-                    "{permission:?} for {role}"
-                );
+                assert_eq!(permission.allows(role), allowed.contains(&role), "{permission:?} for {role}");
             }
         }
     }

@@ -61,30 +61,20 @@ pub async fn list(
     user.require(Permission::Read)?;
     let limit = query.limit.unwrap_or(pagination::DEFAULT_LIMIT);
     let mut sql: QueryBuilder<MySql> = QueryBuilder::new(approvals::SELECT);
-    sql.push(" where seq < ")
-        .push_bind(pagination::decode_cursor(query.cursor.as_deref())?.unwrap_or(u64::MAX));
+    sql.push(" where seq < ").push_bind(pagination::decode_cursor(query.cursor.as_deref())?.unwrap_or(u64::MAX));
     if let Some(status) = query.status {
         sql.push(" and status = ").push_bind(status.as_str());
     }
     if let Some(workflow) = query.workflow_id {
-        sql.push(" and workflow_id = ")
-            .push_bind(workflow.to_string());
+        sql.push(" and workflow_id = ").push_bind(workflow.to_string());
     }
     if let Some(requester) = query.requester_id {
-        sql.push(" and requester_id = ")
-            .push_bind(requester.to_string());
+        sql.push(" and requester_id = ").push_bind(requester.to_string());
     }
     sql.push(" order by seq desc limit ").push_bind(limit);
     let rows: Vec<Approval> = sql.build_query_as().fetch_all(&state.pool).await?;
     let last = rows.last().map(|a| a.seq);
-    Ok(Page::new(
-        rows,
-        last,
-        limit as usize,
-        "/approvals",
-        raw.as_deref().unwrap_or_default(),
-    )
-    .into_response())
+    Ok(Page::new(rows, last, limit as usize, "/approvals", raw.as_deref().unwrap_or_default()).into_response())
 }
 
 #[utoipa::path(
@@ -109,9 +99,7 @@ pub async fn get(
 
 async fn find(state: &AppState, id: &str) -> ApiResult<Approval> {
     let uuid = parse_id(id, "approval")?;
-    approvals::find(&state.pool, uuid)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no approval with id {uuid}")))
+    approvals::find(&state.pool, uuid).await?.ok_or_else(|| ApiError::NotFound(format!("no approval with id {uuid}")))
 }
 
 /// What a requester sends. The requester is the caller; status, id and version are the
@@ -160,17 +148,10 @@ pub async fn create(
     ValidJson(body): ValidJson<NewApproval>,
 ) -> ApiResult<Response> {
     user.require(Permission::RequestApproval)?;
-    let requester = Uuid::parse_str(&user.id).map_err(|_| {
-        ApiError::Forbidden("only users with a UUID id can request approvals".into())
-    })?;
-    if workflows::find(&state.pool, body.workflow_id)
-        .await?
-        .is_none()
-    {
-        return Err(ApiError::field(
-            "workflowId",
-            format!("no workflow with id {}", body.workflow_id),
-        ));
+    let requester = Uuid::parse_str(&user.id)
+        .map_err(|_| ApiError::Forbidden("only users with a UUID id can request approvals".into()))?;
+    if workflows::find(&state.pool, body.workflow_id).await?.is_none() {
+        return Err(ApiError::field("workflowId", format!("no workflow with id {}", body.workflow_id)));
     }
     let event_id = commands::event_id(&user, "POST /approvals", &headers)?;
     let approval_id = derived_id("approval", &event_id);
@@ -178,15 +159,8 @@ pub async fn create(
         "approvalId": approval_id, "workflowId": body.workflow_id, "title": body.title, "amount": body.amount,
         "currency": body.currency, "requesterId": requester, "details": body.details,
     });
-    let submitted = commands::submit(
-        &state,
-        &user,
-        &headers,
-        event_id,
-        EventType::ApprovalRequested,
-        strip_nulls(data),
-    )
-    .await?;
+    let submitted =
+        commands::submit(&state, &user, &headers, event_id, EventType::ApprovalRequested, strip_nulls(data)).await?;
     respond(&state, submitted, approval_id).await
 }
 
@@ -235,21 +209,10 @@ pub async fn decide(
 ) -> ApiResult<Response> {
     user.require(Permission::DecideApproval)?;
     let approval = find(&state, &id).await?;
-    let event_id = commands::event_id(
-        &user,
-        &format!("PATCH /approvals/{}", approval.id),
-        &headers,
-    )?;
+    let event_id = commands::event_id(&user, &format!("PATCH /approvals/{}", approval.id), &headers)?;
     let data = json!({"approvalId": approval.id, "status": body.status, "reason": body.reason, "expectedVersion": body.expected_version});
-    let submitted = commands::submit(
-        &state,
-        &user,
-        &headers,
-        event_id,
-        EventType::ApprovalDecided,
-        strip_nulls(data),
-    )
-    .await?;
+    let submitted =
+        commands::submit(&state, &user, &headers, event_id, EventType::ApprovalDecided, strip_nulls(data)).await?;
     respond(&state, submitted, approval.id).await
 }
 
@@ -257,10 +220,7 @@ async fn respond(state: &AppState, submitted: Submitted, approval: Uuid) -> ApiR
     match submitted {
         Submitted::Accepted { event_id } => Ok(commands::accepted(&event_id)),
         Submitted::Applied { event_id } => match approvals::find(&state.pool, approval).await? {
-            Some(approval) => Ok(commands::applied(
-                &approval,
-                &format!("/approvals/{}", approval.id),
-            )),
+            Some(approval) => Ok(commands::applied(&approval, &format!("/approvals/{}", approval.id))),
             None => Ok(commands::accepted(&event_id)),
         },
     }

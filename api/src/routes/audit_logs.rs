@@ -63,8 +63,7 @@ pub async fn list(
     user.require(Permission::Read)?;
     let limit = query.limit.unwrap_or(pagination::DEFAULT_LIMIT);
     let mut sql: QueryBuilder<MySql> = QueryBuilder::new(audit::SELECT);
-    sql.push(" where seq < ")
-        .push_bind(pagination::decode_cursor(query.cursor.as_deref())?.unwrap_or(u64::MAX));
+    sql.push(" where seq < ").push_bind(pagination::decode_cursor(query.cursor.as_deref())?.unwrap_or(u64::MAX));
     if let Some(entity) = query.entity {
         sql.push(" and entity = ").push_bind(entity);
     }
@@ -83,23 +82,13 @@ pub async fn list(
     sql.push(" order by seq desc limit ").push_bind(limit);
     let rows: Vec<AuditRecord> = sql.build_query_as().fetch_all(&state.pool).await?;
     let last = rows.last().map(|r| r.seq);
-    Ok(Page::new(
-        rows,
-        last,
-        limit as usize,
-        "/auditLogs",
-        raw.as_deref().unwrap_or_default(),
-    )
-    .into_response())
+    Ok(Page::new(rows, last, limit as usize, "/auditLogs", raw.as_deref().unwrap_or_default()).into_response())
 }
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NewAuditRecord {
-    #[garde(
-        length(chars, min = 1, max = 64),
-        pattern(r"^[A-Za-z][A-Za-z0-9_.-]*$")
-    )]
+    #[garde(length(chars, min = 1, max = 64), pattern(r"^[A-Za-z][A-Za-z0-9_.-]*$"))]
     pub entity: String,
     #[garde(length(chars, min = 1, max = 64))]
     pub entity_id: String,
@@ -137,28 +126,13 @@ pub async fn create(
 ) -> ApiResult<Response> {
     user.require(Permission::WriteAudit)?;
     let event_id = commands::event_id(&user, "POST /auditLogs", &headers)?;
-    let data = json!({"entity": body.entity, "entityId": body.entity_id, "action": body.action, "details": body.details});
-    match commands::submit(
-        &state,
-        &user,
-        &headers,
-        event_id,
-        EventType::AuditRecorded,
-        strip_nulls(data),
-    )
-    .await?
-    {
+    let data =
+        json!({"entity": body.entity, "entityId": body.entity_id, "action": body.action, "details": body.details});
+    match commands::submit(&state, &user, &headers, event_id, EventType::AuditRecorded, strip_nulls(data)).await? {
         Submitted::Accepted { event_id } => Ok(commands::accepted(&event_id)),
-        Submitted::Applied { event_id } => match audit::for_event(&state.pool, &event_id)
-            .await?
-            .into_iter()
-            .next()
-        {
+        Submitted::Applied { event_id } => match audit::for_event(&state.pool, &event_id).await?.into_iter().next() {
             Some(record) => {
-                let location = format!(
-                    "/auditLogs?entity={}&entityId={}",
-                    record.entity, record.entity_id
-                );
+                let location = format!("/auditLogs?entity={}&entityId={}", record.entity, record.entity_id);
                 Ok(commands::applied(record, &location))
             }
             None => Ok(commands::accepted(&event_id)),

@@ -51,60 +51,34 @@ pub enum EventsRequest {
 
 fn check(prefix: &str, value: &Value) -> Result<(String, EventType, Value), Vec<FieldError>> {
     let at = |field: &str| {
-        if prefix.is_empty() {
-            field.to_string()
-        } else {
-            format!("{prefix}.{field}")
-        }
+        if prefix.is_empty() { field.to_string() } else { format!("{prefix}.{field}") }
     };
-    let event: CloudEventInput = serde_json::from_value(value.clone()).map_err(|e| {
-        vec![FieldError {
-            field: prefix.trim_end_matches('.').to_string(),
-            message: e.to_string(),
-        }]
-    })?;
+    let event: CloudEventInput = serde_json::from_value(value.clone())
+        .map_err(|e| vec![FieldError { field: prefix.trim_end_matches('.').to_string(), message: e.to_string() }])?;
     let mut errors = Vec::new();
     if event.specversion != "1.0" {
-        errors.push(FieldError {
-            field: at("specversion"),
-            message: "must be \"1.0\"".into(),
-        });
+        errors.push(FieldError { field: at("specversion"), message: "must be \"1.0\"".into() });
     }
-    if event.id.is_empty()
-        || event.id.chars().count() > MAX_EVENT_ID_CHARS
-        || event.id.chars().any(char::is_control)
-    {
+    if event.id.is_empty() || event.id.chars().count() > MAX_EVENT_ID_CHARS || event.id.chars().any(char::is_control) {
         errors.push(FieldError {
             field: at("id"),
             message: format!("must be 1 to {MAX_EVENT_ID_CHARS} printable characters"),
         });
     }
     if event.source.is_empty() {
-        errors.push(FieldError {
-            field: at("source"),
-            message: "must not be empty".into(),
-        });
+        errors.push(FieldError { field: at("source"), message: "must not be empty".into() });
     }
     let Some(event_type) = EventType::parse(&event.event_type) else {
-        errors.push(FieldError {
-            field: at("type"),
-            message: format!("{:?} is not a v1 event type", event.event_type),
-        });
+        errors
+            .push(FieldError { field: at("type"), message: format!("{:?} is not a v1 event type", event.event_type) });
         return Err(errors);
     };
     if let Err(message) = EventData::decode(event_type, &event.data) {
-        let (field, message) = message
-            .split_once(": ")
-            .map_or((at("data"), message.clone()), |(f, m)| {
-                (at(f), m.to_string())
-            });
+        let (field, message) =
+            message.split_once(": ").map_or((at("data"), message.clone()), |(f, m)| (at(f), m.to_string()));
         errors.push(FieldError { field, message });
     }
-    if errors.is_empty() {
-        Ok((event.id, event_type, event.data))
-    } else {
-        Err(errors)
-    }
+    if errors.is_empty() { Ok((event.id, event_type, event.data)) } else { Err(errors) }
 }
 
 #[utoipa::path(
@@ -129,24 +103,17 @@ pub async fn publish(
     body: Bytes,
 ) -> ApiResult<Response> {
     user.require(Permission::PublishEvents)?;
-    let json = headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("json"));
+    let json =
+        headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("json"));
     if !json {
-        return Err(ApiError::UnsupportedMediaType(
-            "send application/json or application/cloudevents+json".into(),
-        ));
+        return Err(ApiError::UnsupportedMediaType("send application/json or application/cloudevents+json".into()));
     }
     let value: Value = parse_json(&body)?;
     let (items, many) = match value {
         Value::Array(items) => (items, true),
         one @ Value::Object(_) => (vec![one], false),
         _ => {
-            return Err(ApiError::field(
-                "",
-                "send a CloudEvent object or an array of them",
-            ));
+            return Err(ApiError::field("", "send a CloudEvent object or an array of them"));
         }
     };
     if items.is_empty() || items.len() > MAX_BATCH {
@@ -156,14 +123,7 @@ pub async fn publish(
     let mut checked = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        match check(
-            &if many {
-                format!("[{i}]")
-            } else {
-                String::new()
-            },
-            item,
-        ) {
+        match check(&if many { format!("[{i}]") } else { String::new() }, item) {
             Ok(event) => checked.push(event),
             Err(mut e) => errors.append(&mut e),
         }
@@ -174,11 +134,7 @@ pub async fn publish(
     let mut accepted = Vec::with_capacity(checked.len());
     for (id, event_type, data) in checked {
         commands::publish(&state, &user, &headers, &id, event_type.as_str(), data).await?;
-        accepted.push(Accepted {
-            status_url: commands::status_url(&id),
-            event_id: id,
-            status: "accepted",
-        });
+        accepted.push(Accepted { status_url: commands::status_url(&id), event_id: id, status: "accepted" });
     }
     if many {
         Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())

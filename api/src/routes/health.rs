@@ -59,50 +59,20 @@ pub struct Readiness {
     responses((status = 200, body = Readiness), (status = 503, description = "A dependency failed; `dependencies` names it", body = Readiness))
 )]
 pub async fn ready(State(state): State<AppState>) -> Response {
-    let mysql = match tokio::time::timeout(
-        Duration::from_secs(2),
-        automation_shared::db::ping(&state.pool),
-    )
-    .await
-    {
-        Ok(Ok(())) => DependencyStatus {
-            status: "ok",
-            error: None,
-        },
-        Ok(Err(e)) => DependencyStatus {
-            status: "unavailable",
-            error: Some(e.to_string()),
-        },
-        Err(_) => DependencyStatus {
-            status: "unavailable",
-            error: Some("no answer within 2 s".into()),
-        },
+    let mysql = match tokio::time::timeout(Duration::from_secs(2), automation_shared::db::ping(&state.pool)).await {
+        Ok(Ok(())) => DependencyStatus { status: "ok", error: None },
+        Ok(Err(e)) => DependencyStatus { status: "unavailable", error: Some(e.to_string()) },
+        Err(_) => DependencyStatus { status: "unavailable", error: Some("no answer within 2 s".into()) },
     };
     let rabbitmq = if state.broker.is_ready() {
-        DependencyStatus {
-            status: "ok",
-            error: None,
-        }
+        DependencyStatus { status: "ok", error: None }
     } else {
-        DependencyStatus {
-            status: "unavailable",
-            error: Some("not connected, or blocked by a resource alarm".into()),
-        }
+        DependencyStatus { status: "unavailable", error: Some("not connected, or blocked by a resource alarm".into()) }
     };
     let ok = mysql.status == "ok" && rabbitmq.status == "ok";
-    let body = Readiness {
-        status: if ok { "ok" } else { "unavailable" },
-        dependencies: Dependencies { mysql, rabbitmq },
-    };
-    (
-        if ok {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        Json(body),
-    )
-        .into_response()
+    let body =
+        Readiness { status: if ok { "ok" } else { "unavailable" }, dependencies: Dependencies { mysql, rabbitmq } };
+    (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body)).into_response()
 }
 
 #[utoipa::path(

@@ -55,10 +55,7 @@ impl UserRow {
     }
 }
 
-pub async fn find_by_email<'e>(
-    executor: impl MySqlExecutor<'e>,
-    email: &str,
-) -> sqlx::Result<Option<UserRow>> {
+pub async fn find_by_email<'e>(executor: impl MySqlExecutor<'e>, email: &str) -> sqlx::Result<Option<UserRow>> {
     sqlx::query_as("select seq, id, email, name, role, password_hash, active, created_at from users where email = ?")
         .bind(email)
         .fetch_optional(executor)
@@ -83,28 +80,22 @@ pub struct NewUser {
 pub async fn create(pool: &MySqlPool, user: NewUser) -> ApiResult<UserRow> {
     let email = user.email.trim().to_lowercase();
     if find_by_email(pool, &email).await?.is_some() {
-        return Err(ApiError::Conflict(format!(
-            "a user with email {email} already exists"
-        )));
+        return Err(ApiError::Conflict(format!("a user with email {email} already exists")));
     }
     let hash = password::hash(user.password).await?;
     let id = Uuid::new_v4().to_string();
-    let result = sqlx::query(
-        "insert into users (id, email, name, role, password_hash) values (?, ?, ?, ?, ?)",
-    )
-    .bind(&id)
-    .bind(&email)
-    .bind(user.name.trim())
-    .bind(user.role.as_str())
-    .bind(&hash)
-    .execute(pool)
-    .await;
+    let result = sqlx::query("insert into users (id, email, name, role, password_hash) values (?, ?, ?, ?, ?)")
+        .bind(&id)
+        .bind(&email)
+        .bind(user.name.trim())
+        .bind(user.role.as_str())
+        .bind(&hash)
+        .execute(pool)
+        .await;
     if let Err(error) = &result
         && automation_shared::db::classify(error) == automation_shared::db::Failure::Duplicate
     {
-        return Err(ApiError::Conflict(format!(
-            "a user with email {email} already exists"
-        )));
+        return Err(ApiError::Conflict(format!("a user with email {email} already exists")));
     }
     result?;
     Ok(find_by_email(pool, &email)
@@ -136,18 +127,13 @@ pub struct ListUsers {
         (status = 422, body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn list(
-    State(state): State<AppState>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
+pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery, headers: HeaderMap) -> ApiResult<Response> {
     // The old frontend logged in with GET /users?email=&password=. Answer it before anything
     // else, and never echo or log the query: it holds a password.
     let query = query.unwrap_or_default();
     if form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "password" || k == "email") {
         return Err(ApiError::Gone(
-            "logging in with GET /users is gone; use POST /auth/login with {email, password}"
-                .into(),
+            "logging in with GET /users is gone; use POST /auth/login with {email, password}".into(),
         ));
     }
     let user = crate::auth::authenticate(&state, &headers).await?;
@@ -163,14 +149,7 @@ pub async fn list(
     .fetch_all(&state.pool)
     .await?;
     let views: Vec<UserView> = rows.iter().map(UserRow::view).collect();
-    Ok(Page::new(
-        views,
-        rows.last().map(|r| r.seq),
-        limit as usize,
-        "/users",
-        &query,
-    )
-    .into_response())
+    Ok(Page::new(views, rows.last().map(|r| r.seq), limit as usize, "/users", &query).into_response())
 }
 
 #[utoipa::path(

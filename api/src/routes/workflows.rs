@@ -56,22 +56,14 @@ pub async fn list(
     user.require(Permission::Read)?;
     let limit = query.limit.unwrap_or(pagination::DEFAULT_LIMIT);
     let mut sql: QueryBuilder<MySql> = QueryBuilder::new(workflows::SELECT);
-    sql.push(" where seq < ")
-        .push_bind(pagination::decode_cursor(query.cursor.as_deref())?.unwrap_or(u64::MAX));
+    sql.push(" where seq < ").push_bind(pagination::decode_cursor(query.cursor.as_deref())?.unwrap_or(u64::MAX));
     if let Some(status) = query.status {
         sql.push(" and status = ").push_bind(status.as_str());
     }
     sql.push(" order by seq desc limit ").push_bind(limit);
     let rows: Vec<Workflow> = sql.build_query_as().fetch_all(&state.pool).await?;
     let last = rows.last().map(|w| w.seq);
-    Ok(Page::new(
-        rows,
-        last,
-        limit as usize,
-        "/workflows",
-        raw.as_deref().unwrap_or_default(),
-    )
-    .into_response())
+    Ok(Page::new(rows, last, limit as usize, "/workflows", raw.as_deref().unwrap_or_default()).into_response())
 }
 
 #[utoipa::path(
@@ -96,9 +88,7 @@ pub async fn get(
 
 async fn find(state: &AppState, id: &str) -> ApiResult<Workflow> {
     let uuid = parse_id(id, "workflow")?;
-    workflows::find(&state.pool, uuid)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no workflow with id {uuid}")))
+    workflows::find(&state.pool, uuid).await?.ok_or_else(|| ApiError::NotFound(format!("no workflow with id {uuid}")))
 }
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
@@ -150,15 +140,8 @@ pub async fn create(
         "workflowId": workflow_id, "name": body.name, "description": body.description,
         "status": body.status, "approvalSlaHours": body.approval_sla_hours,
     });
-    let submitted = commands::submit(
-        &state,
-        &user,
-        &headers,
-        event_id,
-        EventType::WorkflowCreated,
-        strip_nulls(data),
-    )
-    .await?;
+    let submitted =
+        commands::submit(&state, &user, &headers, event_id, EventType::WorkflowCreated, strip_nulls(data)).await?;
     respond(&state, submitted, workflow_id).await
 }
 
@@ -203,21 +186,11 @@ pub async fn change(
 ) -> ApiResult<Response> {
     user.require(Permission::ManageWorkflows)?;
     let workflow = find(&state, &id).await?;
-    let event_id = commands::event_id(
-        &user,
-        &format!("PATCH /workflows/{}", workflow.id),
-        &headers,
-    )?;
+    let event_id = commands::event_id(&user, &format!("PATCH /workflows/{}", workflow.id), &headers)?;
     let data = json!({"workflowId": workflow.id, "status": body.status, "expectedVersion": body.expected_version});
-    let submitted = commands::submit(
-        &state,
-        &user,
-        &headers,
-        event_id,
-        EventType::WorkflowStatusChanged,
-        strip_nulls(data),
-    )
-    .await?;
+    let submitted =
+        commands::submit(&state, &user, &headers, event_id, EventType::WorkflowStatusChanged, strip_nulls(data))
+            .await?;
     respond(&state, submitted, workflow.id).await
 }
 
@@ -225,10 +198,7 @@ async fn respond(state: &AppState, submitted: Submitted, workflow: Uuid) -> ApiR
     match submitted {
         Submitted::Accepted { event_id } => Ok(commands::accepted(&event_id)),
         Submitted::Applied { event_id } => match workflows::find(&state.pool, workflow).await? {
-            Some(workflow) => Ok(commands::applied(
-                &workflow,
-                &format!("/workflows/{}", workflow.id),
-            )),
+            Some(workflow) => Ok(commands::applied(&workflow, &format!("/workflows/{}", workflow.id))),
             None => Ok(commands::accepted(&event_id)),
         },
     }

@@ -4,11 +4,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
-use sqlx::{FromRow, MySqlExecutor};
+use sqlx::{FromRow, MySqlConnection, MySqlExecutor, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
+use super::Lock;
 use crate::lifecycle::ApprovalStatus;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, FromRow, ToSchema)]
@@ -57,25 +58,13 @@ macro_rules! select_approvals {
 /// The select list with `from`, for queries that add their own filters.
 pub const SELECT: &str = select_approvals!("");
 
-pub async fn find<'e>(
-    executor: impl MySqlExecutor<'e>,
-    id: Uuid,
-) -> sqlx::Result<Option<Approval>> {
-    sqlx::query_as(select_approvals!("where id = ?"))
-        .bind(id.hyphenated())
-        .fetch_optional(executor)
-        .await
+pub async fn find<'e>(executor: impl MySqlExecutor<'e>, id: Uuid) -> sqlx::Result<Option<Approval>> {
+    sqlx::query_as(select_approvals!("where id = ?")).bind(id.hyphenated()).fetch_optional(executor).await
 }
 
 /// Reads and locks the row until the transaction ends.
-pub async fn find_for_update<'e>(
-    executor: impl MySqlExecutor<'e>,
-    id: Uuid,
-) -> sqlx::Result<Option<Approval>> {
-    sqlx::query_as(select_approvals!("where id = ? for update"))
-        .bind(id.hyphenated())
-        .fetch_optional(executor)
-        .await
+pub async fn find_for_update<'e>(executor: impl MySqlExecutor<'e>, id: Uuid) -> sqlx::Result<Option<Approval>> {
+    sqlx::query_as(select_approvals!("where id = ? for update")).bind(id.hyphenated()).fetch_optional(executor).await
 }
 
 pub async fn insert<'e>(executor: impl MySqlExecutor<'e>, a: &Approval) -> sqlx::Result<()> {
@@ -100,10 +89,7 @@ pub async fn insert<'e>(executor: impl MySqlExecutor<'e>, a: &Approval) -> sqlx:
 }
 
 /// Writes a decision or an escalation.
-pub async fn update_decision<'e>(
-    executor: impl MySqlExecutor<'e>,
-    a: &Approval,
-) -> sqlx::Result<()> {
+pub async fn update_decision<'e>(executor: impl MySqlExecutor<'e>, a: &Approval) -> sqlx::Result<()> {
     sqlx::query(
         "update approvals set status = ?, decided_by = ?, reason = ?, escalated_to = ?, version = ?, updated_at = ?, \
          decided_at = ?, escalated_at = ? where id = ?",
@@ -120,4 +106,81 @@ pub async fn update_decision<'e>(
     .execute(executor)
     .await
     .map(|_| ())
+}
+
+/// Loads and locks the approvals with these ids.
+pub async fn load_many(conn: &mut MySqlConnection, ids: &[Uuid], lock: Lock) -> sqlx::Result<Vec<Approval>> {
+    super::load_by_ids(conn, SELECT, "id", ids, lock).await
+}
+
+/// Inserts new approvals in one statement.
+pub async fn insert_many(conn: &mut MySqlConnection, rows: &[&Approval]) -> sqlx::Result<()> {
+    for chunk in rows.chunks(500) {
+        let mut insert = QueryBuilder::new(
+            "insert into approvals (id, workflow_id, title, amount, currency, requester_id, status, decided_by, reason, \
+             escalated_to, details, version, created_at, updated_at, decided_at, escalated_at) ",
+        );
+        insert.push_values(chunk, |mut row, a| {
+            row.push_bind(a.id.hyphenated())
+                .push_bind(a.workflow_id.hyphenated())
+                .push_bind(a.title.clone())
+                .push_bind(a.amount)
+                .push_bind(a.currency.clone())
+                .push_bind(a.requester_id.hyphenated())
+                .push_bind(a.status.as_str())
+                .push_bind(a.decided_by.clone())
+                .push_bind(a.reason.clone())
+                .push_bind(a.escalated_to.clone())
+                .push_bind(a.details.clone())
+                .push_bind(a.version)
+                .push_bind(a.created_at)
+                .push_bind(a.updated_at)
+                .push_bind(a.decided_at)
+                .push_bind(a.escalated_at);
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Writes decisions and escalations of changed approvals in one statement.
+pub async fn update_many(conn: &mut MySqlConnection, rows: &[&Approval]) -> sqlx::Result<()> {
+    for chunk in rows.chunks(100) {
+        let mut update = QueryBuilder::new("update approvals set ");
+        let id = |a: &Approval| a.id;
+        super::push_case(&mut update, "status", chunk, id, |q, a| {
+            q.push_bind(a.status.as_str());
+        });
+        update.push(", ");
+        super::push_case(&mut update, "decided_by", chunk, id, |q, a| {
+            q.push_bind(a.decided_by.clone());
+        });
+        update.push(", ");
+        super::push_case(&mut update, "reason", chunk, id, |q, a| {
+            q.push_bind(a.reason.clone());
+        });
+        update.push(", ");
+        super::push_case(&mut update, "escalated_to", chunk, id, |q, a| {
+            q.push_bind(a.escalated_to.clone());
+        });
+        update.push(", ");
+        super::push_case(&mut update, "version", chunk, id, |q, a| {
+            q.push_bind(a.version);
+        });
+        update.push(", ");
+        super::push_case(&mut update, "updated_at", chunk, id, |q, a| {
+            q.push_bind(a.updated_at);
+        });
+        update.push(", ");
+        super::push_case(&mut update, "decided_at", chunk, id, |q, a| {
+            q.push_bind(a.decided_at);
+        });
+        update.push(", ");
+        super::push_case(&mut update, "escalated_at", chunk, id, |q, a| {
+            q.push_bind(a.escalated_at);
+        });
+        super::push_where_ids(&mut update, chunk, id);
+        update.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }

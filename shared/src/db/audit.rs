@@ -101,14 +101,8 @@ macro_rules! select_audit {
 pub const SELECT: &str = select_audit!("");
 
 /// Records about one event, oldest first.
-pub async fn for_event<'e>(
-    executor: impl MySqlExecutor<'e>,
-    event_id: &str,
-) -> sqlx::Result<Vec<AuditRecord>> {
-    sqlx::query_as(select_audit!("where event_id = ? order by seq"))
-        .bind(event_id)
-        .fetch_all(executor)
-        .await
+pub async fn for_event<'e>(executor: impl MySqlExecutor<'e>, event_id: &str) -> sqlx::Result<Vec<AuditRecord>> {
+    sqlx::query_as(select_audit!("where event_id = ? order by seq")).bind(event_id).fetch_all(executor).await
 }
 
 /// JSON with object keys sorted at every level: the same value always gives the same bytes,
@@ -117,14 +111,8 @@ pub fn canonical_json(value: &Value) -> String {
     fn sorted(value: &Value) -> Value {
         match value {
             Value::Object(map) => {
-                let ordered: BTreeMap<&String, Value> =
-                    map.iter().map(|(k, v)| (k, sorted(v))).collect();
-                Value::Object(
-                    ordered
-                        .into_iter()
-                        .map(|(k, v)| (k.clone(), v))
-                        .collect::<Map<_, _>>(),
-                )
+                let ordered: BTreeMap<&String, Value> = map.iter().map(|(k, v)| (k, sorted(v))).collect();
+                Value::Object(ordered.into_iter().map(|(k, v)| (k.clone(), v)).collect::<Map<_, _>>())
             }
             Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
             other => other.clone(),
@@ -135,12 +123,10 @@ pub fn canonical_json(value: &Value) -> String {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// The chain hash: SHA-256, or HMAC-SHA-256 when an audit key is configured.
@@ -167,10 +153,7 @@ fn chain_hash(key: Option<&[u8]>, prev_hash: &str, content: &str) -> String {
 }
 
 /// Everything a record's hash covers, in a fixed order.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the fields of one row, in column order"
-)]
+#[expect(clippy::too_many_arguments, reason = "the fields of one row, in column order")]
 fn record_content(
     id: &str,
     entity: &str,
@@ -396,40 +379,26 @@ fn seal_content(sealed_at: DateTime<Utc>, heads: &str) -> String {
 }
 
 /// Walks every chain and every seal. `progress` is called every 10,000 records.
-pub async fn verify(
-    pool: &MySqlPool,
-    key: Option<&str>,
-    mut progress: impl FnMut(u64),
-) -> sqlx::Result<VerifyReport> {
+pub async fn verify(pool: &MySqlPool, key: Option<&str>, mut progress: impl FnMut(u64)) -> sqlx::Result<VerifyReport> {
     let key = key.map(str::as_bytes);
     let mut report = VerifyReport::default();
 
     // Seals first: they say which chain heads must still be there.
-    let seals: Vec<SealRow> = sqlx::query_as(
-        "select seq, sealed_at, heads, prev_hash, hash from audit_seals order by seq",
-    )
-    .fetch_all(pool)
-    .await?;
+    let seals: Vec<SealRow> =
+        sqlx::query_as("select seq, sealed_at, heads, prev_hash, hash from audit_seals order by seq")
+            .fetch_all(pool)
+            .await?;
     let mut expected_heads: HashMap<(String, u64), (String, u64)> = HashMap::new();
     let mut previous = GENESIS.to_string();
     for seal in &seals {
         report.seals += 1;
         if seal.prev_hash != previous {
-            report.problems.push(format!(
-                "seal {}: does not follow the seal before it (a seal was removed or changed)",
-                seal.seq
-            ));
+            report
+                .problems
+                .push(format!("seal {}: does not follow the seal before it (a seal was removed or changed)", seal.seq));
         }
-        if chain_hash(
-            key,
-            &seal.prev_hash,
-            &seal_content(seal.sealed_at, &seal.heads),
-        ) != seal.hash
-        {
-            report.problems.push(format!(
-                "seal {}: its content does not match its hash",
-                seal.seq
-            ));
+        if chain_hash(key, &seal.prev_hash, &seal_content(seal.sealed_at, &seal.heads)) != seal.hash {
+            report.problems.push(format!("seal {}: its content does not match its hash", seal.seq));
         }
         previous = seal.hash.clone();
         match serde_json::from_str::<BTreeMap<String, (u64, String)>>(&seal.heads) {
@@ -438,9 +407,7 @@ pub async fn verify(
                     expected_heads.insert((chain, seq), (hash, seal.seq));
                 }
             }
-            Err(_) => report
-                .problems
-                .push(format!("seal {}: its heads are not readable", seal.seq)),
+            Err(_) => report.problems.push(format!("seal {}: its heads are not readable", seal.seq)),
         }
     }
 
@@ -510,9 +477,7 @@ pub async fn verify(
     let mut missing: Vec<_> = expected_heads.into_iter().collect();
     missing.sort();
     for ((chain, seq), (_, seal)) in missing {
-        report.problems.push(format!(
-            "chain {chain} record {seq}: sealed by seal {seal} but no longer present"
-        ));
+        report.problems.push(format!("chain {chain} record {seq}: sealed by seal {seal} but no longer present"));
     }
     Ok(report)
 }
@@ -523,18 +488,12 @@ pub async fn verify(
 pub async fn seal(pool: &MySqlPool, key: Option<&str>) -> sqlx::Result<Option<u64>> {
     const LOCK: &str = "automation-engine.audit.seal";
     let mut conn = pool.acquire().await?;
-    let locked: Option<i64> = sqlx::query_scalar("select get_lock(?, 0)")
-        .bind(LOCK)
-        .fetch_one(&mut *conn)
-        .await?;
+    let locked: Option<i64> = sqlx::query_scalar("select get_lock(?, 0)").bind(LOCK).fetch_one(&mut *conn).await?;
     if locked != Some(1) {
         return Ok(None);
     }
     let result = seal_locked(&mut conn, key.map(str::as_bytes)).await;
-    let _ = sqlx::query("select release_lock(?)")
-        .bind(LOCK)
-        .execute(&mut *conn)
-        .await;
+    let _ = sqlx::query("select release_lock(?)").bind(LOCK).execute(&mut *conn).await;
     result
 }
 
@@ -543,11 +502,7 @@ async fn seal_locked(conn: &mut MySqlConnection, key: Option<&[u8]>) -> sqlx::Re
         sqlx::query_as("select sealed_at, hash, heads from audit_seals order by seq desc limit 1")
             .fetch_optional(&mut *conn)
             .await?;
-    let since = last
-        .as_ref()
-        .map_or(DateTime::<Utc>::MIN_UTC, |(at, _, _)| {
-            *at - chrono::Duration::minutes(10)
-        });
+    let since = last.as_ref().map_or(DateTime::<Utc>::MIN_UTC, |(at, _, _)| *at - chrono::Duration::minutes(10));
     let heads: Vec<(String, u64, String)> = sqlx::query_as(
         "select a.chain_id, a.chain_seq, a.hash from audit_log a \
          join (select chain_id, max(chain_seq) as head from audit_log where created_at >= ? group by chain_id) h \
@@ -556,29 +511,22 @@ async fn seal_locked(conn: &mut MySqlConnection, key: Option<&[u8]>) -> sqlx::Re
     .bind(since.naive_utc())
     .fetch_all(&mut *conn)
     .await?;
-    let heads: BTreeMap<String, (u64, String)> =
-        heads.into_iter().map(|(c, s, h)| (c, (s, h))).collect();
+    let heads: BTreeMap<String, (u64, String)> = heads.into_iter().map(|(c, s, h)| (c, (s, h))).collect();
     let heads_json = serde_json::to_string(&heads).unwrap_or_default();
-    if heads.is_empty()
-        || last
-            .as_ref()
-            .is_some_and(|(_, _, previous)| *previous == heads_json)
-    {
+    if heads.is_empty() || last.as_ref().is_some_and(|(_, _, previous)| *previous == heads_json) {
         return Ok(None);
     }
     let prev_hash = last.map_or_else(|| GENESIS.to_string(), |(_, hash, _)| hash);
     let now = Utc::now();
     let sealed_at = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
     let hash = chain_hash(key, &prev_hash, &seal_content(sealed_at, &heads_json));
-    let result = sqlx::query(
-        "insert into audit_seals (sealed_at, heads, prev_hash, hash) values (?, ?, ?, ?)",
-    )
-    .bind(sealed_at)
-    .bind(&heads_json)
-    .bind(&prev_hash)
-    .bind(&hash)
-    .execute(&mut *conn)
-    .await?;
+    let result = sqlx::query("insert into audit_seals (sealed_at, heads, prev_hash, hash) values (?, ?, ?, ?)")
+        .bind(sealed_at)
+        .bind(&heads_json)
+        .bind(&prev_hash)
+        .bind(&hash)
+        .execute(&mut *conn)
+        .await?;
     Ok(Some(result.last_insert_id()))
 }
 
@@ -588,12 +536,8 @@ mod tests {
 
     #[test]
     fn canonical_json_sorts_keys_at_every_level() {
-        let a: Value =
-            serde_json::from_str(r#"{"b":1,"a":{"d":[{"z":1,"y":2}],"c":null}}"#).expect("json");
-        assert_eq!(
-            canonical_json(&a),
-            r#"{"a":{"c":null,"d":[{"y":2,"z":1}]},"b":1}"#
-        );
+        let a: Value = serde_json::from_str(r#"{"b":1,"a":{"d":[{"z":1,"y":2}],"c":null}}"#).expect("json");
+        assert_eq!(canonical_json(&a), r#"{"a":{"c":null,"d":[{"y":2,"z":1}]},"b":1}"#);
     }
 
     #[test]
@@ -625,10 +569,7 @@ mod tests {
 
     #[test]
     fn a_keyed_hash_differs_from_an_unkeyed_one() {
-        assert_ne!(
-            chain_hash(None, GENESIS, "x"),
-            chain_hash(Some(b"k"), GENESIS, "x")
-        );
+        assert_ne!(chain_hash(None, GENESIS, "x"), chain_hash(Some(b"k"), GENESIS, "x"));
         assert_eq!(chain_hash(Some(b"k"), GENESIS, "x").len(), 64);
     }
 }

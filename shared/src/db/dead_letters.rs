@@ -142,10 +142,7 @@ impl Filter {
             query.push(" and type = ").push_bind(t.clone());
         }
         if let Some(r) = &self.reason {
-            query
-                .push(" and instr(reason, ")
-                .push_bind(r.clone())
-                .push(") > 0");
+            query.push(" and instr(reason, ").push_bind(r.clone()).push(") > 0");
         }
         if let Some(k) = &self.error_kind {
             query.push(" and error_kind = ").push_bind(k.clone());
@@ -208,10 +205,7 @@ pub async fn count(pool: &MySqlPool, filter: &Filter) -> sqlx::Result<u64> {
     Ok(n.max(0) as u64)
 }
 
-pub async fn get<'e>(
-    executor: impl MySqlExecutor<'e>,
-    id: Uuid,
-) -> sqlx::Result<Option<DeadLetter>> {
+pub async fn get<'e>(executor: impl MySqlExecutor<'e>, id: Uuid) -> sqlx::Result<Option<DeadLetter>> {
     sqlx::query_as(
         "select seq, id, event_id, type, reason, error_kind, origin_queue, routing_key, attempts, first_failed_at, dead_at, \
          state, exchange, properties, body, history, replay_count, replayed_at, replayed_by, discarded_at, discarded_by \
@@ -223,11 +217,7 @@ pub async fn get<'e>(
 }
 
 /// Marks a dead letter replayed (after the broker confirmed the republish).
-pub async fn mark_replayed<'e>(
-    executor: impl MySqlExecutor<'e>,
-    id: Uuid,
-    by: &str,
-) -> sqlx::Result<bool> {
+pub async fn mark_replayed<'e>(executor: impl MySqlExecutor<'e>, id: Uuid, by: &str) -> sqlx::Result<bool> {
     let result = sqlx::query(
         "update dead_letters set state = 'replayed', replay_count = replay_count + 1, replayed_at = ?, replayed_by = ? \
          where id = ?",
@@ -241,11 +231,7 @@ pub async fn mark_replayed<'e>(
 }
 
 /// Marks a dead letter discarded: kept for the record, never replayed by a filter again.
-pub async fn mark_discarded<'e>(
-    executor: impl MySqlExecutor<'e>,
-    id: Uuid,
-    by: &str,
-) -> sqlx::Result<bool> {
+pub async fn mark_discarded<'e>(executor: impl MySqlExecutor<'e>, id: Uuid, by: &str) -> sqlx::Result<bool> {
     let result =
         sqlx::query("update dead_letters set state = 'discarded', discarded_at = ?, discarded_by = ? where id = ? and state = 'dead'")
             .bind(Utc::now())

@@ -52,10 +52,7 @@ pub struct InboxEntry {
 }
 
 /// Which of `ids` are already in the inbox.
-pub async fn already_processed(
-    conn: &mut MySqlConnection,
-    ids: &[&str],
-) -> sqlx::Result<HashSet<String>> {
+pub async fn already_processed(conn: &mut MySqlConnection, ids: &[&str]) -> sqlx::Result<HashSet<String>> {
     if ids.is_empty() {
         return Ok(HashSet::new());
     }
@@ -184,13 +181,9 @@ pub struct OutboxMessage {
     pub body: Vec<u8>,
 }
 
-pub async fn insert_outbox(
-    conn: &mut MySqlConnection,
-    messages: &[OutboxMessage],
-) -> sqlx::Result<()> {
+pub async fn insert_outbox(conn: &mut MySqlConnection, messages: &[OutboxMessage]) -> sqlx::Result<()> {
     for chunk in messages.chunks(500) {
-        let mut insert =
-            QueryBuilder::new("insert into outbox (message_id, destination, routing_key, body) ");
+        let mut insert = QueryBuilder::new("insert into outbox (message_id, destination, routing_key, body) ");
         insert.push_values(chunk, |mut row, m| {
             row.push_bind(m.message_id.hyphenated())
                 .push_bind(m.destination.as_str())
@@ -212,30 +205,31 @@ pub struct OutboxRow {
     pub body: Vec<u8>,
 }
 
-/// Leases up to `limit` unpublished rows to `owner` for `lease_secs`, oldest first, skipping rows
-/// another relay is leasing right now. The transaction is short and publishes nothing, so when
-/// two relays deadlock here the loser just tries again.
+/// Leases up to `limit` rows left unpublished for `min_age_secs` (their writer died before
+/// publishing them) or whose lease expired, to `owner` for `lease_secs`, oldest first, skipping
+/// rows another relay is leasing right now. The transaction is short and publishes nothing, so
+/// when two relays deadlock here the loser just tries again.
 pub async fn lease_outbox(
     pool: &MySqlPool,
     owner: Uuid,
     limit: u32,
+    min_age_secs: u32,
     lease_secs: u32,
 ) -> sqlx::Result<Vec<OutboxRow>> {
     let mut tx = pool.begin().await?;
     let rows: Vec<OutboxRow> = sqlx::query_as(
         "select id, message_id, destination, routing_key, body from outbox \
-         where lease_until is null or lease_until < now(6) order by id limit ? for update skip locked",
+         where (lease_until is null and created_at < now(6) - interval ? second) or lease_until < now(6) \
+         order by id limit ? for update skip locked",
     )
+    .bind(min_age_secs)
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
     if !rows.is_empty() {
         let mut lease = QueryBuilder::new("update outbox set lease_owner = ");
         lease.push_bind(owner.hyphenated());
-        lease
-            .push(", lease_until = now(6) + interval ")
-            .push_bind(lease_secs)
-            .push(" second where id in (");
+        lease.push(", lease_until = now(6) + interval ").push_bind(lease_secs).push(" second where id in (");
         let mut ids = lease.separated(", ");
         for row in &rows {
             ids.push_bind(row.id);
@@ -258,6 +252,21 @@ pub async fn delete_leased(pool: &MySqlPool, owner: Uuid, ids: &[u64]) -> sqlx::
     let mut list = query.separated(", ");
     for id in ids {
         list.push_bind(*id);
+    }
+    query.push(")");
+    query.build().execute(pool).await.map(|_| ())
+}
+
+/// Deletes published rows by message id (the writer's own rows, published right after its
+/// commit).
+pub async fn delete_published(pool: &MySqlPool, message_ids: &[Uuid]) -> sqlx::Result<()> {
+    if message_ids.is_empty() {
+        return Ok(());
+    }
+    let mut query = QueryBuilder::new("delete from outbox where message_id in (");
+    let mut list = query.separated(", ");
+    for id in message_ids {
+        list.push_bind(id.hyphenated());
     }
     query.push(")");
     query.build().execute(pool).await.map(|_| ())
@@ -328,11 +337,7 @@ pub async fn status(conn: &mut MySqlConnection, event_id: &str) -> sqlx::Result<
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(row) = inbox {
-        status.status = if row.outcome == Outcome::Rejected.as_str() {
-            "rejected"
-        } else {
-            "processed"
-        };
+        status.status = if row.outcome == Outcome::Rejected.as_str() { "rejected" } else { "processed" };
         status.event_type = Some(row.event_type);
         status.detail = row.reason;
         status.reason_code = row.reason_code;
@@ -343,12 +348,11 @@ pub async fn status(conn: &mut MySqlConnection, event_id: &str) -> sqlx::Result<
         status.entity_id = row.entity_id;
         return Ok(status);
     }
-    let dead: Option<(Option<String>, String, String)> = sqlx::query_as(
-        "select type, reason, state from dead_letters where event_id = ? order by seq desc limit 1",
-    )
-    .bind(event_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+    let dead: Option<(Option<String>, String, String)> =
+        sqlx::query_as("select type, reason, state from dead_letters where event_id = ? order by seq desc limit 1")
+            .bind(event_id)
+            .fetch_optional(&mut *conn)
+            .await?;
     if let Some((event_type, reason, state)) = dead
         && state != "replayed"
     {

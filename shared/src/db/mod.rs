@@ -36,19 +36,17 @@ fn pool_options(config: &DatabaseConfig) -> MySqlPoolOptions {
     MySqlPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
-        // A connection that died with the server is found before use, not in the middle of a batch.
-        .test_before_acquire(true)
+        // No ping before each use: it would add a round trip to every transaction. A connection
+        // that died with the server fails its first statement, which is classified as
+        // `Unavailable` and retried on a fresh connection.
+        .test_before_acquire(false)
         .after_connect(|conn, _| {
             Box::pin(async move {
                 // READ COMMITTED takes no gap locks: fewer deadlocks between workers inserting
                 // into the same tables. Every decision that needs a stable read locks its row.
-                sqlx::query("set session transaction isolation level read committed")
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query("set session transaction isolation level read committed").execute(&mut *conn).await?;
                 // Fail a lock wait in seconds, not the default 50: it is retried either way.
-                sqlx::query("set session innodb_lock_wait_timeout = 10")
-                    .execute(&mut *conn)
-                    .await?;
+                sqlx::query("set session innodb_lock_wait_timeout = 10").execute(&mut *conn).await?;
                 Ok(())
             })
         })
@@ -89,10 +87,7 @@ pub fn classify(error: &sqlx::Error) -> Failure {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => Failure::Unavailable,
-        sqlx::Error::Database(db) => match db
-            .try_downcast_ref::<MySqlDatabaseError>()
-            .map(|e| e.number())
-        {
+        sqlx::Error::Database(db) => match db.try_downcast_ref::<MySqlDatabaseError>().map(|e| e.number()) {
             Some(ER_DUP_ENTRY) => Failure::Duplicate,
             Some(ER_LOCK_WAIT_TIMEOUT | ER_LOCK_DEADLOCK) => Failure::Conflict,
             Some(
@@ -111,6 +106,79 @@ pub fn classify(error: &sqlx::Error) -> Failure {
         },
         _ => Failure::Other,
     }
+}
+
+/// How rows read for a decision are locked until the transaction ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// Others may read and share-lock, nobody may change them (`lock in share mode`, the same
+    /// spelling on MySQL 8 and MariaDB).
+    Share,
+    /// Nobody else may lock or change them.
+    Update,
+}
+
+impl Lock {
+    fn clause(self) -> &'static str {
+        match self {
+            Lock::Share => " lock in share mode",
+            Lock::Update => " for update",
+        }
+    }
+}
+
+/// `select ... where <column> in (ids) <lock>`; nothing is sent for no ids.
+pub(crate) async fn load_by_ids<T>(
+    conn: &mut sqlx::MySqlConnection,
+    select: &str,
+    column: &str,
+    ids: &[uuid::Uuid],
+    lock: Lock,
+) -> sqlx::Result<Vec<T>>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::mysql::MySqlRow> + Send + Unpin,
+{
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut query = sqlx::QueryBuilder::new(select);
+    query.push(format!(" where {column} in ("));
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(id.hyphenated());
+    }
+    query.push(")").push(lock.clause());
+    query.build_query_as().fetch_all(conn).await
+}
+
+/// `column = case id when ? then ? ... end`: one column of a multi-row update.
+pub(crate) fn push_case<T>(
+    query: &mut sqlx::QueryBuilder<sqlx::MySql>,
+    column: &str,
+    rows: &[&T],
+    id: impl Fn(&T) -> uuid::Uuid,
+    mut value: impl FnMut(&mut sqlx::QueryBuilder<sqlx::MySql>, &T),
+) {
+    query.push(format!("{column} = case id"));
+    for row in rows {
+        query.push(" when ").push_bind(id(row).hyphenated()).push(" then ");
+        value(query, row);
+    }
+    query.push(" end");
+}
+
+/// ` where id in (...)` for a multi-row update.
+pub(crate) fn push_where_ids<T>(
+    query: &mut sqlx::QueryBuilder<sqlx::MySql>,
+    rows: &[&T],
+    id: impl Fn(&T) -> uuid::Uuid,
+) {
+    query.push(" where id in (");
+    let mut list = query.separated(", ");
+    for row in rows {
+        list.push_bind(id(row).hyphenated());
+    }
+    query.push(")");
 }
 
 /// Does the database answer?

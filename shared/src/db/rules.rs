@@ -3,11 +3,12 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
-use sqlx::{FromRow, MySqlExecutor};
+use sqlx::{FromRow, MySqlConnection, MySqlExecutor};
 use utoipa::ToSchema;
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
+use super::Lock;
 use crate::rules::engine::StoredRule;
 use crate::rules::{RuleAction, RuleDefinition};
 
@@ -71,38 +72,23 @@ macro_rules! select_rules {
 pub const SELECT: &str = select_rules!("");
 
 pub async fn find<'e>(executor: impl MySqlExecutor<'e>, id: Uuid) -> sqlx::Result<Option<Rule>> {
-    sqlx::query_as(select_rules!("where id = ?"))
-        .bind(id.hyphenated())
-        .fetch_optional(executor)
-        .await
+    sqlx::query_as(select_rules!("where id = ?")).bind(id.hyphenated()).fetch_optional(executor).await
 }
 
-pub async fn find_for_update<'e>(
-    executor: impl MySqlExecutor<'e>,
-    id: Uuid,
-) -> sqlx::Result<Option<Rule>> {
-    sqlx::query_as(select_rules!("where id = ? for update"))
-        .bind(id.hyphenated())
-        .fetch_optional(executor)
-        .await
+pub async fn find_for_update<'e>(executor: impl MySqlExecutor<'e>, id: Uuid) -> sqlx::Result<Option<Rule>> {
+    sqlx::query_as(select_rules!("where id = ? for update")).bind(id.hyphenated()).fetch_optional(executor).await
 }
 
 /// Every enabled rule, for the engine.
 pub async fn enabled<'e>(executor: impl MySqlExecutor<'e>) -> sqlx::Result<Vec<StoredRule>> {
     let rows: Vec<Rule> =
-        sqlx::query_as(select_rules!("where enabled = true order by priority, id"))
-            .fetch_all(executor)
-            .await?;
+        sqlx::query_as(select_rules!("where enabled = true order by priority, id")).fetch_all(executor).await?;
     Ok(rows.iter().map(Rule::to_stored).collect())
 }
 
 /// The newest `updated_at` and the number of rules: cheap to ask, changes whenever a rule does.
-pub async fn fingerprint<'e>(
-    executor: impl MySqlExecutor<'e>,
-) -> sqlx::Result<(Option<DateTime<Utc>>, i64, i64)> {
-    sqlx::query_as("select max(updated_at), count(*), coalesce(sum(version), 0) from rules")
-        .fetch_one(executor)
-        .await
+pub async fn fingerprint<'e>(executor: impl MySqlExecutor<'e>) -> sqlx::Result<(Option<DateTime<Utc>>, i64, i64)> {
+    sqlx::query_as("select max(updated_at), count(*), coalesce(sum(version), 0) from rules").fetch_one(executor).await
 }
 
 pub async fn insert<'e>(executor: impl MySqlExecutor<'e>, r: &Rule) -> sqlx::Result<()> {
@@ -150,9 +136,11 @@ pub async fn update<'e>(executor: impl MySqlExecutor<'e>, r: &Rule) -> sqlx::Res
 }
 
 pub async fn delete<'e>(executor: impl MySqlExecutor<'e>, id: Uuid) -> sqlx::Result<bool> {
-    let result = sqlx::query("delete from rules where id = ?")
-        .bind(id.hyphenated())
-        .execute(executor)
-        .await?;
+    let result = sqlx::query("delete from rules where id = ?").bind(id.hyphenated()).execute(executor).await?;
     Ok(result.rows_affected() == 1)
+}
+
+/// Loads and locks the rules with these ids.
+pub async fn load_many(conn: &mut MySqlConnection, ids: &[Uuid], lock: Lock) -> sqlx::Result<Vec<Rule>> {
+    super::load_by_ids(conn, SELECT, "id", ids, lock).await
 }

@@ -6,11 +6,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::types::Json;
-use sqlx::{FromRow, MySqlExecutor};
+use sqlx::{FromRow, MySqlConnection, MySqlExecutor, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
 
+use super::Lock;
 use crate::lifecycle::UnknownStatus;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -54,10 +55,7 @@ impl RunState {
 
     /// Nothing happens to a run in these states any more.
     pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            RunState::Succeeded | RunState::Failed | RunState::Cancelled
-        )
+        matches!(self, RunState::Succeeded | RunState::Failed | RunState::Cancelled)
     }
 }
 
@@ -115,20 +113,11 @@ macro_rules! select_runs {
 pub const SELECT: &str = select_runs!("");
 
 pub async fn find<'e>(executor: impl MySqlExecutor<'e>, id: Uuid) -> sqlx::Result<Option<Run>> {
-    sqlx::query_as(select_runs!("where id = ?"))
-        .bind(id.hyphenated())
-        .fetch_optional(executor)
-        .await
+    sqlx::query_as(select_runs!("where id = ?")).bind(id.hyphenated()).fetch_optional(executor).await
 }
 
-pub async fn find_for_update<'e>(
-    executor: impl MySqlExecutor<'e>,
-    id: Uuid,
-) -> sqlx::Result<Option<Run>> {
-    sqlx::query_as(select_runs!("where id = ? for update"))
-        .bind(id.hyphenated())
-        .fetch_optional(executor)
-        .await
+pub async fn find_for_update<'e>(executor: impl MySqlExecutor<'e>, id: Uuid) -> sqlx::Result<Option<Run>> {
+    sqlx::query_as(select_runs!("where id = ? for update")).bind(id.hyphenated()).fetch_optional(executor).await
 }
 
 pub async fn insert<'e>(executor: impl MySqlExecutor<'e>, r: &Run) -> sqlx::Result<()> {
@@ -171,4 +160,39 @@ pub async fn update<'e>(executor: impl MySqlExecutor<'e>, r: &Run) -> sqlx::Resu
     .execute(executor)
     .await
     .map(|_| ())
+}
+
+/// Loads and locks the runs with these ids.
+pub async fn load_many(conn: &mut MySqlConnection, ids: &[Uuid], lock: Lock) -> sqlx::Result<Vec<Run>> {
+    super::load_by_ids(conn, SELECT, "id", ids, lock).await
+}
+
+/// Inserts new runs in one statement.
+pub async fn insert_many(conn: &mut MySqlConnection, rows: &[&Run]) -> sqlx::Result<()> {
+    for chunk in rows.chunks(500) {
+        let mut insert = QueryBuilder::new(
+            "insert into automation_runs (id, automation, params, state, attempts, max_attempts, result, error, run_at, \
+             event_id, schedule_name, requested_by, created_at, started_at, finished_at, updated_at) ",
+        );
+        insert.push_values(chunk, |mut row, r| {
+            row.push_bind(r.id.hyphenated())
+                .push_bind(r.automation.clone())
+                .push_bind(r.params.clone())
+                .push_bind(r.state.as_str())
+                .push_bind(r.attempts)
+                .push_bind(r.max_attempts)
+                .push_bind(r.result.clone())
+                .push_bind(r.error.clone())
+                .push_bind(r.run_at)
+                .push_bind(r.event_id.clone())
+                .push_bind(r.schedule_name.clone())
+                .push_bind(r.requested_by.clone())
+                .push_bind(r.created_at)
+                .push_bind(r.started_at)
+                .push_bind(r.finished_at)
+                .push_bind(r.updated_at);
+        });
+        insert.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }

@@ -86,12 +86,7 @@ impl fmt::Display for Poison {
 
 impl Poison {
     fn new(code: PoisonCode, detail: impl Into<String>) -> Self {
-        Poison {
-            code,
-            detail: detail.into(),
-            event_id: None,
-            event_type: None,
-        }
+        Poison { code, detail: detail.into(), event_id: None, event_type: None }
     }
 
     fn about(mut self, id: Option<&str>, event_type: Option<&str>) -> Self {
@@ -132,18 +127,8 @@ pub struct Envelope {
 }
 
 const CE_PREFIXES: [&str; 4] = ["ce_", "ce-", "cloudevents:", "cloudevents_"];
-const CE_STANDARD: [&str; 10] = [
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "datacontenttype",
-    "dataschema",
-    "subject",
-    "time",
-    "data",
-    "data_base64",
-];
+const CE_STANDARD: [&str; 10] =
+    ["specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time", "data", "data_base64"];
 
 impl Envelope {
     /// Reads one AMQP message.
@@ -156,22 +141,11 @@ impl Envelope {
         if body.len() > limits.max_bytes {
             return Err(Poison::new(
                 PoisonCode::TooLarge,
-                format!(
-                    "the body is {} bytes; the limit is {}",
-                    body.len(),
-                    limits.max_bytes
-                ),
+                format!("the body is {} bytes; the limit is {}", body.len(), limits.max_bytes),
             ));
         }
-        let content_type = properties
-            .content_type()
-            .as_ref()
-            .map(|c| c.as_str().to_ascii_lowercase());
-        if content_type
-            .as_deref()
-            .is_some_and(|c| c.contains("java-serialized"))
-            || body.starts_with(&[0xAC, 0xED])
-        {
+        let content_type = properties.content_type().as_ref().map(|c| c.as_str().to_ascii_lowercase());
+        if content_type.as_deref().is_some_and(|c| c.contains("java-serialized")) || body.starts_with(&[0xAC, 0xED]) {
             return Err(Poison::new(
                 PoisonCode::JavaSerialized,
                 "a Java-serialized object; configure the publisher with Jackson2JsonMessageConverter",
@@ -180,23 +154,14 @@ impl Envelope {
         let text = std::str::from_utf8(body).map_err(|e| {
             Poison::new(
                 PoisonCode::NotUtf8,
-                format!(
-                    "the body is not UTF-8 (invalid byte at offset {})",
-                    e.valid_up_to()
-                ),
+                format!("the body is not UTF-8 (invalid byte at offset {})", e.valid_up_to()),
             )
         })?;
         let headers = ce_headers(properties.headers().as_ref());
-        let json: Value = serde_json::from_str(text).map_err(|e| {
-            Poison::new(
-                PoisonCode::InvalidJson,
-                format!("the body is not JSON: {e}"),
-            )
-        })?;
+        let json: Value = serde_json::from_str(text)
+            .map_err(|e| Poison::new(PoisonCode::InvalidJson, format!("the body is not JSON: {e}")))?;
 
-        let structured = content_type
-            .as_deref()
-            .is_some_and(|c| c.starts_with("application/cloudevents+json"))
+        let structured = content_type.as_deref().is_some_and(|c| c.starts_with("application/cloudevents+json"))
             || (headers.is_empty() && looks_like_cloud_event(&json));
         let shape = if structured {
             Shape::Structured
@@ -215,10 +180,7 @@ impl Envelope {
         let id = raw.id.clone();
         let type_name = raw.event_type.clone();
         let about = |p: Poison| p.about(Some(&id), Some(&type_name));
-        if id.is_empty()
-            || id.chars().count() > MAX_EVENT_ID_CHARS
-            || id.chars().any(char::is_control)
-        {
+        if id.is_empty() || id.chars().count() > MAX_EVENT_ID_CHARS || id.chars().any(char::is_control) {
             return Err(about(Poison::new(
                 PoisonCode::InvalidCloudEvent,
                 format!("id: must be 1 to {MAX_EVENT_ID_CHARS} printable characters"),
@@ -229,11 +191,7 @@ impl Envelope {
                 PoisonCode::UnknownType,
                 format!(
                     "type {type_name:?} is not a v1 event type ({})",
-                    EventType::ALL
-                        .iter()
-                        .map(|t| t.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    EventType::ALL.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
                 ),
             )));
         };
@@ -243,53 +201,31 @@ impl Envelope {
         {
             return Err(about(Poison::new(
                 PoisonCode::PublisherNotAllowed,
-                format!(
-                    "AMQP user {user:?} may not publish {type_name} (allowed: {})",
-                    allowed.join(", ")
-                ),
+                format!("AMQP user {user:?} may not publish {type_name} (allowed: {})", allowed.join(", ")),
             )));
         }
         let time = match raw.time.take() {
             None => None,
-            Some(t) => Some(
-                DateTime::parse_from_rfc3339(&t)
-                    .map(|t| t.with_timezone(&Utc))
-                    .map_err(|_| {
-                        about(Poison::new(
-                            PoisonCode::InvalidCloudEvent,
-                            format!("time: {t:?} is not an RFC 3339 timestamp"),
-                        ))
-                    })?,
-            ),
+            Some(t) => Some(DateTime::parse_from_rfc3339(&t).map(|t| t.with_timezone(&Utc)).map_err(|_| {
+                about(Poison::new(PoisonCode::InvalidCloudEvent, format!("time: {t:?} is not an RFC 3339 timestamp")))
+            })?),
         };
         let chain_depth = match raw.extension(extension::CHAIN_DEPTH) {
             None => 0,
             Some(v) => v.parse::<u32>().map_err(|_| {
-                about(Poison::new(
-                    PoisonCode::InvalidCloudEvent,
-                    format!("chaindepth: {v:?} is not a whole number"),
-                ))
+                about(Poison::new(PoisonCode::InvalidCloudEvent, format!("chaindepth: {v:?} is not a whole number")))
             })?,
         };
-        let data = EventData::decode(event_type, &raw.data)
-            .map_err(|e| about(Poison::new(PoisonCode::SchemaInvalid, e)))?;
-        let actor_id = raw.extension(extension::ACTOR_ID).or_else(|| {
-            raw.data
-                .get("actorId")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        });
-        let actor_type = raw
-            .extension(extension::ACTOR_TYPE)
-            .unwrap_or_else(|| "service".into());
-        let correlation_id = raw
-            .extension(extension::CORRELATION_ID)
-            .unwrap_or_else(|| id.clone());
+        let data =
+            EventData::decode(event_type, &raw.data).map_err(|e| about(Poison::new(PoisonCode::SchemaInvalid, e)))?;
+        let actor_id = raw
+            .extension(extension::ACTOR_ID)
+            .or_else(|| raw.data.get("actorId").and_then(Value::as_str).map(str::to_string));
+        let actor_type = raw.extension(extension::ACTOR_TYPE).unwrap_or_else(|| "service".into());
+        let correlation_id = raw.extension(extension::CORRELATION_ID).unwrap_or_else(|| id.clone());
         Ok(Envelope {
             causation_id: raw.extension(extension::CAUSATION_ID),
-            traceparent: raw
-                .extension(extension::TRACEPARENT)
-                .or_else(|| header_string(properties, "traceparent")),
+            traceparent: raw.extension(extension::TRACEPARENT).or_else(|| header_string(properties, "traceparent")),
             id,
             event_type,
             source: raw.source,
@@ -343,10 +279,7 @@ impl RawAttributes {
     /// Extension names are matched without regard to case: the spec says lowercase, Java
     /// publishers often send `actorId`.
     fn extension(&self, name: &str) -> Option<String> {
-        self.extensions
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
+        self.extensions.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
     }
 }
 
@@ -365,26 +298,16 @@ fn scalar_string(value: &Value) -> Option<String> {
 
 fn structured_attributes(json: Value) -> Result<RawAttributes, Poison> {
     let Value::Object(mut object) = json else {
-        return Err(Poison::new(
-            PoisonCode::InvalidCloudEvent,
-            "a structured CloudEvent must be a JSON object",
-        ));
+        return Err(Poison::new(PoisonCode::InvalidCloudEvent, "a structured CloudEvent must be a JSON object"));
     };
     let id = object.get("id").and_then(scalar_string);
-    let event_type = object
-        .get("type")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let fail = |detail: String| {
-        Poison::new(PoisonCode::InvalidCloudEvent, detail)
-            .about(id.as_deref(), event_type.as_deref())
-    };
+    let event_type = object.get("type").and_then(Value::as_str).map(str::to_string);
+    let fail =
+        |detail: String| Poison::new(PoisonCode::InvalidCloudEvent, detail).about(id.as_deref(), event_type.as_deref());
     match object.get("specversion").and_then(Value::as_str) {
         Some("1.0") => {}
         Some(other) => {
-            return Err(fail(format!(
-                "specversion: {other:?} is not supported; send \"1.0\""
-            )));
+            return Err(fail(format!("specversion: {other:?} is not supported; send \"1.0\"")));
         }
         None => return Err(fail("specversion: missing; send \"1.0\"".into())),
     }
@@ -392,16 +315,12 @@ fn structured_attributes(json: Value) -> Result<RawAttributes, Poison> {
         match object.get(attribute) {
             Some(Value::String(s)) if !s.is_empty() => {}
             _ => {
-                return Err(fail(format!(
-                    "{attribute}: a required attribute is missing or not a string"
-                )));
+                return Err(fail(format!("{attribute}: a required attribute is missing or not a string")));
             }
         }
     }
     if object.contains_key("data_base64") {
-        return Err(fail(
-            "data_base64: binary data is not accepted; send JSON in `data`".into(),
-        ));
+        return Err(fail("data_base64: binary data is not accepted; send JSON in `data`".into()));
     }
     if let Some(ct) = object.get("datacontenttype").and_then(Value::as_str)
         && !ct.to_ascii_lowercase().contains("json")
@@ -409,9 +328,7 @@ fn structured_attributes(json: Value) -> Result<RawAttributes, Poison> {
         return Err(fail(format!("datacontenttype: {ct:?} is not JSON")));
     }
     let data = object.remove("data").unwrap_or(Value::Null);
-    let text = |object: &Map<String, Value>, key: &str| {
-        object.get(key).and_then(Value::as_str).map(str::to_string)
-    };
+    let text = |object: &Map<String, Value>, key: &str| object.get(key).and_then(Value::as_str).map(str::to_string);
     let extensions = object
         .iter()
         .filter(|(k, _)| !CE_STANDARD.contains(&k.as_str()))
@@ -445,12 +362,7 @@ fn binary_attributes(headers: &BTreeMap<String, String>, data: Value) -> RawAttr
     }
 }
 
-fn plain_attributes(
-    routing_key: &str,
-    properties: &BasicProperties,
-    body: &str,
-    data: Value,
-) -> RawAttributes {
+fn plain_attributes(routing_key: &str, properties: &BasicProperties, body: &str, data: Value) -> RawAttributes {
     let event_type = properties
         .kind()
         .as_ref()
@@ -464,9 +376,7 @@ fn plain_attributes(
         .as_ref()
         .map(|m| m.as_str().to_string())
         .filter(|m| !m.is_empty())
-        .unwrap_or_else(|| {
-            Uuid::new_v5(&ID_NAMESPACE, format!("{routing_key}\n{body}").as_bytes()).to_string()
-        });
+        .unwrap_or_else(|| Uuid::new_v5(&ID_NAMESPACE, format!("{routing_key}\n{body}").as_bytes()).to_string());
     let publisher = properties
         .user_id()
         .as_ref()
@@ -474,20 +384,9 @@ fn plain_attributes(
         .map_or_else(|| "unknown".to_string(), |p| p.as_str().to_string());
     let mut extensions = BTreeMap::new();
     if let Some(correlation) = properties.correlation_id() {
-        extensions.insert(
-            extension::CORRELATION_ID.to_string(),
-            correlation.as_str().to_string(),
-        );
+        extensions.insert(extension::CORRELATION_ID.to_string(), correlation.as_str().to_string());
     }
-    RawAttributes {
-        id,
-        source: format!("amqp://{publisher}"),
-        event_type,
-        time: None,
-        subject: None,
-        extensions,
-        data,
-    }
+    RawAttributes { id, source: format!("amqp://{publisher}"), event_type, time: None, subject: None, extensions, data }
 }
 
 /// CloudEvents attributes carried in headers, under any of the four prefixes, keyed by the
@@ -542,10 +441,7 @@ mod tests {
 
     fn limits() -> Limits<'static> {
         static NONE: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        Limits {
-            max_bytes: 256 * 1024,
-            publishers: &NONE,
-        }
+        Limits { max_bytes: 256 * 1024, publishers: &NONE }
     }
 
     fn workflow_data() -> Value {
@@ -553,17 +449,13 @@ mod tests {
     }
 
     fn structured_props() -> BasicProperties {
-        BasicProperties::default()
-            .with_content_type(ShortString::from("application/cloudevents+json"))
+        BasicProperties::default().with_content_type(ShortString::from("application/cloudevents+json"))
     }
 
     fn headers(pairs: &[(&str, &str)]) -> FieldTable {
         let mut table = FieldTable::default();
         for (k, v) in pairs {
-            table.insert(
-                ShortString::from(*k),
-                AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())),
-            );
+            table.insert(ShortString::from(*k), AMQPValue::LongString(LongString::from(v.as_bytes().to_vec())));
         }
         table
     }
@@ -575,13 +467,8 @@ mod tests {
             "time": "2026-01-02T03:04:05Z", "actorId": "svc-orders", "correlationid": "c-9",
             "data": workflow_data()
         });
-        let e = Envelope::parse(
-            "workflow.created",
-            &structured_props(),
-            body.to_string().as_bytes(),
-            limits(),
-        )
-        .expect("valid");
+        let e = Envelope::parse("workflow.created", &structured_props(), body.to_string().as_bytes(), limits())
+            .expect("valid");
         assert_eq!(e.shape, Shape::Structured);
         assert_eq!(e.id, "e-1");
         assert_eq!(e.event_type, EventType::WorkflowCreated);
@@ -601,16 +488,10 @@ mod tests {
                 (&format!("{prefix}type"), "workflow.created"),
                 (&format!("{prefix}actorid"), "svc"),
             ]);
-            let props = BasicProperties::default()
-                .with_content_type(ShortString::from("application/json"))
-                .with_headers(h);
-            let e = Envelope::parse(
-                "x",
-                &props,
-                workflow_data().to_string().as_bytes(),
-                limits(),
-            )
-            .unwrap_or_else(|p| panic!("{prefix}: {p}"));
+            let props =
+                BasicProperties::default().with_content_type(ShortString::from("application/json")).with_headers(h);
+            let e = Envelope::parse("x", &props, workflow_data().to_string().as_bytes(), limits())
+                .unwrap_or_else(|p| panic!("{prefix}: {p}"));
             assert_eq!(e.shape, Shape::Binary, "{prefix}");
             assert_eq!(e.id, "b-1");
             assert_eq!(e.actor_id.as_deref(), Some("svc"));
@@ -623,22 +504,17 @@ mod tests {
             .with_content_type(ShortString::from("application/json"))
             .with_headers(headers(&[("__TypeId__", "com.example.WorkflowCreated")]));
         let body = workflow_data().to_string();
-        let e =
-            Envelope::parse("workflow.created", &props, body.as_bytes(), limits()).expect("valid");
+        let e = Envelope::parse("workflow.created", &props, body.as_bytes(), limits()).expect("valid");
         assert_eq!(e.shape, Shape::Plain);
         assert_eq!(e.event_type, EventType::WorkflowCreated);
         // Deterministic: the same body on the same key is the same event.
-        let again =
-            Envelope::parse("workflow.created", &props, body.as_bytes(), limits()).expect("valid");
+        let again = Envelope::parse("workflow.created", &props, body.as_bytes(), limits()).expect("valid");
         assert_eq!(e.id, again.id);
-        let other = Envelope::parse("workflow.created", &props, br#"{"name":"Other"}"#, limits())
-            .expect("valid");
+        let other = Envelope::parse("workflow.created", &props, br#"{"name":"Other"}"#, limits()).expect("valid");
         assert_ne!(e.id, other.id);
 
-        let typed = props
-            .clone()
-            .with_type(ShortString::from("workflow.created"))
-            .with_message_id(ShortString::from("m-1"));
+        let typed =
+            props.clone().with_type(ShortString::from("workflow.created")).with_message_id(ShortString::from("m-1"));
         let e = Envelope::parse("some.key", &typed, body.as_bytes(), limits()).expect("valid");
         assert_eq!(e.id, "m-1");
         assert_eq!(e.event_type, EventType::WorkflowCreated);
@@ -668,14 +544,15 @@ mod tests {
             ),
             (
                 structured_props(),
-                json!({"specversion": "1.0", "source": "s", "type": "workflow.created", "data": {}}).to_string().into_bytes(),
+                json!({"specversion": "1.0", "source": "s", "type": "workflow.created", "data": {}})
+                    .to_string()
+                    .into_bytes(),
                 "workflow.created",
                 PoisonCode::InvalidCloudEvent,
             ),
         ];
         for (props, body, key, code) in cases {
-            let poison =
-                Envelope::parse(key, &props, &body, limits()).expect_err("must be refused");
+            let poison = Envelope::parse(key, &props, &body, limits()).expect_err("must be refused");
             assert_eq!(poison.code, code, "{poison}");
             assert!(!poison.detail.is_empty());
         }
@@ -691,51 +568,23 @@ mod tests {
         )
         .expect_err("bad sla");
         assert_eq!(poison.code, PoisonCode::SchemaInvalid);
-        assert!(
-            poison.detail.starts_with("data.approvalSlaHours:"),
-            "{}",
-            poison.detail
-        );
+        assert!(poison.detail.starts_with("data.approvalSlaHours:"), "{}", poison.detail);
         assert!(poison.event_id.is_some());
     }
 
     #[test]
     fn a_restricted_publisher_may_send_only_its_types() {
         let publishers = BTreeMap::from([("orders".to_string(), vec!["approval.*".to_string()])]);
-        let limits = Limits {
-            max_bytes: 1 << 20,
-            publishers: &publishers,
-        };
+        let limits = Limits { max_bytes: 1 << 20, publishers: &publishers };
         let props = BasicProperties::default().with_user_id(ShortString::from("orders"));
-        let poison = Envelope::parse(
-            "workflow.created",
-            &props,
-            workflow_data().to_string().as_bytes(),
-            limits,
-        )
-        .expect_err("not allowed");
+        let poison = Envelope::parse("workflow.created", &props, workflow_data().to_string().as_bytes(), limits)
+            .expect_err("not allowed");
         assert_eq!(poison.code, PoisonCode::PublisherNotAllowed);
 
         let body = json!({"workflowId": Uuid::nil(), "title": "t", "requesterId": Uuid::nil()});
-        assert!(
-            Envelope::parse(
-                "approval.requested",
-                &props,
-                body.to_string().as_bytes(),
-                limits
-            )
-            .is_ok()
-        );
+        assert!(Envelope::parse("approval.requested", &props, body.to_string().as_bytes(), limits).is_ok());
         let other = BasicProperties::default().with_user_id(ShortString::from("someone-else"));
-        assert!(
-            Envelope::parse(
-                "workflow.created",
-                &other,
-                workflow_data().to_string().as_bytes(),
-                limits
-            )
-            .is_ok()
-        );
+        assert!(Envelope::parse("workflow.created", &other, workflow_data().to_string().as_bytes(), limits).is_ok());
     }
 
     #[test]
@@ -744,13 +593,8 @@ mod tests {
             "specversion": "1.0", "id": "e-2", "source": "/x", "type": "workflow.created",
             "chaindepth": 3, "causationid": "e-1", "data": workflow_data()
         });
-        let e = Envelope::parse(
-            "k",
-            &BasicProperties::default(),
-            body.to_string().as_bytes(),
-            limits(),
-        )
-        .expect("valid");
+        let e =
+            Envelope::parse("k", &BasicProperties::default(), body.to_string().as_bytes(), limits()).expect("valid");
         assert_eq!(e.shape, Shape::Structured, "detected from the body");
         assert_eq!(e.chain_depth, 3);
         let again = serde_json::to_vec(&e.to_cloud_event()).expect("json");

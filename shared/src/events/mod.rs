@@ -102,8 +102,7 @@ impl Serialize for EventType {
 impl<'de> Deserialize<'de> for EventType {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        EventType::parse(&s)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown event type {s:?}")))
+        EventType::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("unknown event type {s:?}")))
     }
 }
 
@@ -190,10 +189,7 @@ pub struct ApprovalDecided {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Validate)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditRecorded {
-    #[garde(
-        length(chars, min = 1, max = 64),
-        pattern(r"^[A-Za-z][A-Za-z0-9_.-]*$")
-    )]
+    #[garde(length(chars, min = 1, max = 64), pattern(r"^[A-Za-z][A-Za-z0-9_.-]*$"))]
     pub entity: String,
     #[garde(length(chars, min = 1, max = 64))]
     pub entity_id: String,
@@ -221,10 +217,7 @@ pub struct AutomationRequested {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_id: Option<Uuid>,
     /// A registered task, e.g. `webhook.call`.
-    #[garde(
-        length(min = 1, max = 128),
-        pattern(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
-    )]
+    #[garde(length(min = 1, max = 128), pattern(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"))]
     pub automation: String,
     #[garde(skip)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -272,22 +265,14 @@ impl EventData {
             let value: T = serde_path_to_error::deserialize(data).map_err(|error| {
                 let path = error.path().to_string();
                 let inner = error.into_inner().to_string();
-                if path == "." {
-                    format!("data: {inner}")
-                } else {
-                    format!("data.{path}: {inner}")
-                }
+                if path == "." { format!("data: {inner}") } else { format!("data.{path}: {inner}") }
             })?;
             value.validate().map_err(|report| {
                 report
                     .iter()
                     .map(|(path, error)| {
                         let path = camel_case_path(&path.to_string());
-                        if path.is_empty() {
-                            format!("data: {error}")
-                        } else {
-                            format!("data.{path}: {error}")
-                        }
+                        if path.is_empty() { format!("data: {error}") } else { format!("data.{path}: {error}") }
                     })
                     .collect::<Vec<_>>()
                     .join("; ")
@@ -382,12 +367,7 @@ pub struct CloudEvent {
 }
 
 impl CloudEvent {
-    pub fn new(
-        id: impl Into<String>,
-        source: impl Into<String>,
-        event_type: impl Into<String>,
-        data: Value,
-    ) -> Self {
+    pub fn new(id: impl Into<String>, source: impl Into<String>, event_type: impl Into<String>, data: Value) -> Self {
         CloudEvent {
             specversion: "1.0".into(),
             id: id.into(),
@@ -447,23 +427,23 @@ mod tests {
         .expect_err("negative amount");
         assert!(error.starts_with("data.amount:"), "{error}");
 
-        let error = EventData::decode(EventType::ApprovalRequested, &json!({"workflowId": "nope"}))
-            .expect_err("bad uuid");
+        let error =
+            EventData::decode(EventType::ApprovalRequested, &json!({"workflowId": "nope"})).expect_err("bad uuid");
         assert!(error.starts_with("data.workflowId:"), "{error}");
 
-        let error = EventData::decode(
-            EventType::ApprovalDecided,
-            &json!({"approvalId": Uuid::nil(), "status": "MAYBE"}),
-        )
-        .expect_err("bad status");
+        let error =
+            EventData::decode(EventType::ApprovalDecided, &json!({"approvalId": Uuid::nil(), "status": "MAYBE"}))
+                .expect_err("bad status");
         assert!(error.starts_with("data.status:"), "{error}");
 
-        let error = EventData::decode(EventType::ApprovalRequested, &json!({"workflowId": Uuid::nil(), "title": "t", "requesterId": Uuid::nil(), "currency": "euro"}))
-            .expect_err("bad currency");
+        let error = EventData::decode(
+            EventType::ApprovalRequested,
+            &json!({"workflowId": Uuid::nil(), "title": "t", "requesterId": Uuid::nil(), "currency": "euro"}),
+        )
+        .expect_err("bad currency");
         assert!(error.starts_with("data.currency:"), "{error}");
 
-        let error = EventData::decode(EventType::WorkflowCreated, &json!([1, 2]))
-            .expect_err("not an object");
+        let error = EventData::decode(EventType::WorkflowCreated, &json!([1, 2])).expect_err("not an object");
         assert_eq!(error, "data: must be a JSON object");
     }
 
@@ -474,9 +454,7 @@ mod tests {
             &json!({"name": "Purchases", "addedInV2": true, "actorId": "svc"}),
         )
         .expect("valid");
-        assert!(
-            matches!(data, EventData::WorkflowCreated(WorkflowCreated { ref name, .. }) if name == "Purchases")
-        );
+        assert!(matches!(data, EventData::WorkflowCreated(WorkflowCreated { ref name, .. }) if name == "Purchases"));
     }
 
     #[test]

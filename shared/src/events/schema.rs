@@ -6,8 +6,8 @@ use schemars::{JsonSchema, schema_for};
 use serde_json::{Map, Value, json};
 
 use super::{
-    ApprovalDecided, ApprovalRequested, AuditRecorded, AutomationCancelled, AutomationRequested,
-    EventType, RuleDeleted, WorkflowCreated, WorkflowStatusChanged,
+    ApprovalDecided, ApprovalRequested, AuditRecorded, AutomationCancelled, AutomationRequested, EventType,
+    RuleDeleted, WorkflowCreated, WorkflowStatusChanged,
 };
 use crate::rules::RuleDefinition;
 
@@ -81,22 +81,13 @@ pub const NOTIFICATIONS: &[(&str, &str)] = &[
     ("approval.escalated", "an approval was escalated"),
     ("audit.recorded", "an audit record was written on request"),
     ("rule.changed", "a rule was created, updated or deleted"),
-    (
-        "rule.fired",
-        "a rule matched an event and its actions were queued",
-    ),
+    ("rule.fired", "a rule matched an event and its actions were queued"),
     ("automation.queued", "an automation run was queued"),
-    (
-        "automation.scheduled",
-        "an automation run waits for its start time",
-    ),
+    ("automation.scheduled", "an automation run waits for its start time"),
     ("automation.succeeded", "an automation run succeeded"),
     ("automation.failed", "an automation run failed for good"),
     ("automation.cancelled", "an automation run was cancelled"),
-    (
-        "event.rejected",
-        "an event was refused (data: eventId, type, reason)",
-    ),
+    ("event.rejected", "an event was refused (data: eventId, type, reason)"),
 ];
 
 /// The AsyncAPI 3.0 document of the exchanges, routing keys and messages.
@@ -118,10 +109,7 @@ pub fn asyncapi(prefix: &str) -> Value {
                 "bindings": {"amqp": {"messageType": event_type.as_str(), "deliveryMode": 2}}
             }),
         );
-        inbound.insert(
-            name.clone(),
-            json!({"$ref": format!("#/components/messages/{name}")}),
-        );
+        inbound.insert(name.clone(), json!({"$ref": format!("#/components/messages/{name}")}));
     }
     let mut outbound = Map::new();
     for (kind, summary) in NOTIFICATIONS {
@@ -136,10 +124,7 @@ pub fn asyncapi(prefix: &str) -> Value {
                 "payload": {"$ref": "#/components/schemas/notification"}
             }),
         );
-        outbound.insert(
-            name.clone(),
-            json!({"$ref": format!("#/components/messages/{name}")}),
-        );
+        outbound.insert(name.clone(), json!({"$ref": format!("#/components/messages/{name}")}));
     }
     channels.insert(
         "events".into(),
@@ -227,28 +212,16 @@ mod tests {
         let update = std::env::var_os("UPDATE_SCHEMAS").is_some();
         let mut expected: Vec<(PathBuf, String)> = EventType::ALL
             .iter()
-            .map(|t| {
-                (
-                    repository_root().join(format!("schemas/events/{t}.json")),
-                    pretty(&event_schema(*t)),
-                )
-            })
+            .map(|t| (repository_root().join(format!("schemas/events/{t}.json")), pretty(&event_schema(*t))))
             .collect();
-        expected.push((
-            repository_root().join("schemas/asyncapi.json"),
-            pretty(&asyncapi("automation")),
-        ));
+        expected.push((repository_root().join("schemas/asyncapi.json"), pretty(&asyncapi("automation"))));
         for (path, content) in expected {
             if update {
                 std::fs::create_dir_all(path.parent().expect("has a parent")).expect("mkdir");
                 std::fs::write(&path, &content).expect("write");
             } else {
                 let committed = std::fs::read_to_string(&path).unwrap_or_default();
-                assert!(
-                    committed == content,
-                    "{} is stale: run `make schemas`",
-                    path.display()
-                );
+                assert!(committed == content, "{} is stale: run `make schemas`", path.display());
             }
         }
     }
@@ -259,9 +232,6 @@ mod tests {
         let title = &schema["properties"]["data"]["properties"]["title"];
         assert_eq!(title["minLength"], 1);
         assert_eq!(title["maxLength"], 300);
-        assert_eq!(
-            schema["properties"]["data"]["properties"]["currency"]["pattern"],
-            "^[A-Z]{3}$"
-        );
+        assert_eq!(schema["properties"]["data"]["properties"]["currency"]["pattern"], "^[A-Z]{3}$");
     }
 }

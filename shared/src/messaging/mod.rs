@@ -34,11 +34,7 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
 
 /// Connects, retrying with backoff for up to `patience`. Used at start-up, when the broker may
 /// still be starting beside us.
-pub async fn connect_with_patience(
-    url: &str,
-    name: &str,
-    patience: Duration,
-) -> lapin::Result<Connection> {
+pub async fn connect_with_patience(url: &str, name: &str, patience: Duration) -> lapin::Result<Connection> {
     let attempt = || async { connect(url, name).await };
     attempt
         .retry(
@@ -94,27 +90,15 @@ pub struct Publisher {
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher")
-            .field("channel", &self.channel.id())
-            .field("timeout", &self.timeout)
-            .finish()
+        f.debug_struct("Publisher").field("channel", &self.channel.id()).field("timeout", &self.timeout).finish()
     }
 }
 
 impl Publisher {
-    pub async fn new(
-        connection: std::sync::Arc<Connection>,
-        timeout: Duration,
-    ) -> lapin::Result<Publisher> {
+    pub async fn new(connection: std::sync::Arc<Connection>, timeout: Duration) -> lapin::Result<Publisher> {
         let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(Publisher {
-            connection,
-            channel,
-            timeout,
-        })
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Publisher { connection, channel, timeout })
     }
 
     pub fn connection(&self) -> &Connection {
@@ -146,10 +130,7 @@ impl Publisher {
         Ok(())
     }
 
-    async fn start(
-        &self,
-        message: Outgoing<'_>,
-    ) -> Result<(String, lapin::PublisherConfirm), PublishError> {
+    async fn start(&self, message: Outgoing<'_>) -> Result<(String, lapin::PublisherConfirm), PublishError> {
         let status = self.connection.status();
         if !status.connected() {
             return Err(PublishError::Disconnected);
@@ -157,10 +138,7 @@ impl Publisher {
         if status.blocked() {
             return Err(PublishError::Blocked);
         }
-        let options = BasicPublishOptions {
-            mandatory: message.mandatory,
-            ..BasicPublishOptions::default()
-        };
+        let options = BasicPublishOptions { mandatory: message.mandatory, ..BasicPublishOptions::default() };
         let confirm = tokio::time::timeout(
             self.timeout,
             self.channel.basic_publish(
@@ -176,13 +154,9 @@ impl Publisher {
         Ok((message.routing_key.to_string(), confirm))
     }
 
-    async fn finish(
-        &self,
-        (routing_key, confirm): (String, lapin::PublisherConfirm),
-    ) -> Result<(), PublishError> {
-        let confirmation = tokio::time::timeout(self.timeout, confirm)
-            .await
-            .map_err(|_| PublishError::Timeout(self.timeout))??;
+    async fn finish(&self, (routing_key, confirm): (String, lapin::PublisherConfirm)) -> Result<(), PublishError> {
+        let confirmation =
+            tokio::time::timeout(self.timeout, confirm).await.map_err(|_| PublishError::Timeout(self.timeout))??;
         match confirmation {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_returned)) => Err(PublishError::Unroutable(routing_key)),
@@ -193,10 +167,7 @@ impl Publisher {
     }
 
     pub async fn close(&self) {
-        let _ = self
-            .channel
-            .close(200, ShortString::from("shutting down"))
-            .await;
+        let _ = self.channel.close(200, ShortString::from("shutting down")).await;
     }
 }
 
@@ -211,11 +182,7 @@ pub fn cloud_event_properties(id: &str, event_type: &str) -> BasicProperties {
 }
 
 /// Adds or replaces a string header.
-pub fn set_header(
-    properties: BasicProperties,
-    name: &str,
-    value: impl Into<String>,
-) -> BasicProperties {
+pub fn set_header(properties: BasicProperties, name: &str, value: impl Into<String>) -> BasicProperties {
     let mut headers = properties.headers().clone().unwrap_or_default();
     headers.insert(
         ShortString::from(name.to_string()),
@@ -227,21 +194,13 @@ pub fn set_header(
 /// Adds or replaces an integer header.
 pub fn set_int_header(properties: BasicProperties, name: &str, value: i64) -> BasicProperties {
     let mut headers = properties.headers().clone().unwrap_or_default();
-    headers.insert(
-        ShortString::from(name.to_string()),
-        AMQPValue::LongLongInt(value),
-    );
+    headers.insert(ShortString::from(name.to_string()), AMQPValue::LongLongInt(value));
     properties.with_headers(headers)
 }
 
 /// A header as text, if present.
 pub fn header(properties: &BasicProperties, name: &str) -> Option<String> {
-    properties
-        .headers()
-        .as_ref()?
-        .inner()
-        .get(name)
-        .and_then(crate::events::envelope::amqp_string)
+    properties.headers().as_ref()?.inner().get(name).and_then(crate::events::envelope::amqp_string)
 }
 
 /// A header as a whole number, if present.

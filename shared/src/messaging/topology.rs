@@ -2,8 +2,7 @@
 //! `automation-worker topology` call [`declare`].
 
 use lapin::options::{
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
@@ -18,9 +17,7 @@ pub struct Names {
 
 impl Names {
     pub fn new(prefix: impl Into<String>) -> Names {
-        Names {
-            prefix: prefix.into(),
-        }
+        Names { prefix: prefix.into() }
     }
 
     pub fn prefix(&self) -> &str {
@@ -99,23 +96,9 @@ pub struct TopologySettings<'a> {
 
 /// Declares every exchange, queue and binding. Safe to run any number of times, from any
 /// number of processes at once.
-pub async fn declare(
-    channel: &Channel,
-    names: &Names,
-    settings: &TopologySettings<'_>,
-) -> lapin::Result<()> {
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    channel
-        .exchange_declare(
-            names.unrouted().into(),
-            ExchangeKind::Fanout,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
+pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettings<'_>) -> lapin::Result<()> {
+    let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    channel.exchange_declare(names.unrouted().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
     channel
         .exchange_declare(
             names.events().into(),
@@ -124,27 +107,10 @@ pub async fn declare(
             args(&[("alternate-exchange", string(&names.unrouted()))]),
         )
         .await?;
-    channel
-        .exchange_declare(
-            names.notifications().into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .exchange_declare(
-            names.dead().into(),
-            ExchangeKind::Topic,
-            durable,
-            FieldTable::default(),
-        )
-        .await?;
+    channel.exchange_declare(names.notifications().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
+    channel.exchange_declare(names.dead().into(), ExchangeKind::Topic, durable, FieldTable::default()).await?;
 
-    let queue_options = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
+    let queue_options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     for queue in WorkQueue::ALL {
         let name = names.work_queue(queue);
         channel
@@ -156,10 +122,7 @@ pub async fn declare(
                     // time) still ends in the store.
                     ("x-dead-letter-exchange", string(&names.dead())),
                     // Our own attempt counter decides retries; this only stops crash loops.
-                    (
-                        "x-delivery-limit",
-                        AMQPValue::LongInt(settings.delivery_limit as i32),
-                    ),
+                    ("x-delivery-limit", AMQPValue::LongInt(settings.delivery_limit as i32)),
                 ]),
             )
             .await?;
@@ -199,9 +162,7 @@ pub async fn declare(
         )
         .await?;
 
-    channel
-        .queue_declare(names.dead_letter_queue().into(), queue_options, quorum(&[]))
-        .await?;
+    channel.queue_declare(names.dead_letter_queue().into(), queue_options, quorum(&[])).await?;
     channel
         .queue_bind(
             names.dead_letter_queue().into(),
@@ -216,35 +177,17 @@ pub async fn declare(
 
 /// Removes everything [`declare`] made (tests and `topology --delete`). Messages in the queues
 /// are lost.
-pub async fn delete(
-    channel: &Channel,
-    names: &Names,
-    settings: &TopologySettings<'_>,
-) -> lapin::Result<()> {
+pub async fn delete(channel: &Channel, names: &Names, settings: &TopologySettings<'_>) -> lapin::Result<()> {
     let mut queues = vec![names.dead_letter_queue()];
     for queue in WorkQueue::ALL {
         queues.push(names.work_queue(queue));
-        queues.extend(
-            settings
-                .retry_delays_ms
-                .iter()
-                .map(|d| names.retry_queue(queue, *d)),
-        );
+        queues.extend(settings.retry_delays_ms.iter().map(|d| names.retry_queue(queue, *d)));
     }
     for queue in queues {
-        channel
-            .queue_delete(queue.into(), QueueDeleteOptions::default())
-            .await?;
+        channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
     }
-    for exchange in [
-        names.events(),
-        names.notifications(),
-        names.dead(),
-        names.unrouted(),
-    ] {
-        channel
-            .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
-            .await?;
+    for exchange in [names.events(), names.notifications(), names.dead(), names.unrouted()] {
+        channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await?;
     }
     Ok(())
 }
@@ -261,10 +204,7 @@ mod tests {
         assert_eq!(names.dead(), "acme.dead");
         assert_eq!(names.work_queue(WorkQueue::Commands), "acme.commands");
         assert_eq!(names.work_queue(WorkQueue::Tasks), "acme.tasks");
-        assert_eq!(
-            names.retry_queue(WorkQueue::Tasks, 1000),
-            "acme.tasks.retry.1000ms"
-        );
+        assert_eq!(names.retry_queue(WorkQueue::Tasks, 1000), "acme.tasks.retry.1000ms");
         assert_eq!(names.dead_letter_queue(), "acme.dead-letters");
     }
 }

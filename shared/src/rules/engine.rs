@@ -10,9 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{
-    MAX_COMPREHENSION_DEPTH, MAX_CONDITION_CHARS, RuleAction, RuleDefinition, pattern_matches,
-};
+use super::{MAX_COMPREHENSION_DEPTH, MAX_CONDITION_CHARS, RuleAction, RuleDefinition, pattern_matches};
 
 /// The variables a condition may read.
 pub const VARIABLES: [&str; 2] = ["event", "entity"];
@@ -26,9 +24,7 @@ pub struct Condition {
 /// Compiles `source`, refusing what would make evaluation unbounded or always fail.
 pub fn compile(source: &str) -> Result<Condition, String> {
     if source.chars().count() > MAX_CONDITION_CHARS {
-        return Err(format!(
-            "the condition is longer than {MAX_CONDITION_CHARS} characters"
-        ));
+        return Err(format!("the condition is longer than {MAX_CONDITION_CHARS} characters"));
     }
     if source.trim().is_empty() {
         return Err("the condition is empty".into());
@@ -44,9 +40,7 @@ pub fn compile(source: &str) -> Result<Condition, String> {
     let bound = comprehension_variables(program.expression());
     for variable in references.variables() {
         if !VARIABLES.contains(&variable) && !bound.iter().any(|b| b == variable) {
-            return Err(format!(
-                "unknown variable `{variable}`: a condition reads `event` and `entity`"
-            ));
+            return Err(format!("unknown variable `{variable}`: a condition reads `event` and `entity`"));
         }
     }
     Ok(Condition { program })
@@ -57,18 +51,11 @@ impl Condition {
     /// the event was applied). A condition that does not yield a bool is an error.
     pub fn evaluate(&self, event: &Value, entity: &Value) -> Result<bool, String> {
         let mut context = Context::default();
-        context
-            .add_variable("event", event)
-            .map_err(|e| e.to_string())?;
-        context
-            .add_variable("entity", entity)
-            .map_err(|e| e.to_string())?;
+        context.add_variable("event", event).map_err(|e| e.to_string())?;
+        context.add_variable("entity", entity).map_err(|e| e.to_string())?;
         match self.program.execute(&context) {
             Ok(CelValue::Bool(b)) => Ok(b),
-            Ok(other) => Err(format!(
-                "the condition yielded {} instead of a bool",
-                type_name(&other)
-            )),
+            Ok(other) => Err(format!("the condition yielded {} instead of a bool", type_name(&other))),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -88,20 +75,9 @@ fn type_name(value: &CelValue) -> &'static str {
 
 fn children(expr: &IdedExpr) -> Vec<&IdedExpr> {
     match &expr.expr {
-        Expr::Call(call) => call
-            .target
-            .iter()
-            .map(|t| t.as_ref())
-            .chain(call.args.iter())
-            .collect(),
+        Expr::Call(call) => call.target.iter().map(|t| t.as_ref()).chain(call.args.iter()).collect(),
         Expr::Comprehension(c) => {
-            vec![
-                &c.iter_range,
-                &c.accu_init,
-                &c.loop_cond,
-                &c.loop_step,
-                &c.result,
-            ]
+            vec![&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
         }
         Expr::List(list) => list.elements.iter().collect(),
         Expr::Map(map) => map
@@ -126,11 +102,7 @@ fn children(expr: &IdedExpr) -> Vec<&IdedExpr> {
 }
 
 fn comprehension_depth(expr: &IdedExpr) -> usize {
-    let below = children(expr)
-        .into_iter()
-        .map(comprehension_depth)
-        .max()
-        .unwrap_or(0);
+    let below = children(expr).into_iter().map(comprehension_depth).max().unwrap_or(0);
     match expr.expr {
         Expr::Comprehension(_) => below + 1,
         _ => below,
@@ -200,9 +172,7 @@ impl ConditionCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, u32), Arc<Condition>>> {
         // A panic while holding the lock leaves only a half-filled map behind: keep using it.
-        self.programs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.programs.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -215,24 +185,17 @@ pub fn evaluate(
     event: &Value,
     entity: &Value,
 ) -> (Vec<Evaluation>, Vec<(Uuid, RuleAction)>) {
-    let mut candidates: Vec<&StoredRule> = rules
-        .iter()
-        .filter(|r| r.definition.enabled && pattern_matches(&r.definition.on, event_type))
-        .collect();
+    let mut candidates: Vec<&StoredRule> =
+        rules.iter().filter(|r| r.definition.enabled && pattern_matches(&r.definition.on, event_type)).collect();
     candidates.sort_by_key(|r| (r.definition.priority, r.id));
     let mut evaluations = Vec::new();
     let mut actions = Vec::new();
     for rule in candidates {
-        let outcome = cache
-            .get(rule)
-            .and_then(|condition| condition.evaluate(event, entity));
+        let outcome = cache.get(rule).and_then(|condition| condition.evaluate(event, entity));
         let (matched, reason) = match outcome {
             Ok(true) => (true, format!("`{}` is true", rule.definition.when)),
             Ok(false) => (false, format!("`{}` is false", rule.definition.when)),
-            Err(error) => (
-                false,
-                format!("`{}` could not be evaluated: {error}", rule.definition.when),
-            ),
+            Err(error) => (false, format!("`{}` could not be evaluated: {error}", rule.definition.when)),
         };
         evaluations.push(Evaluation {
             rule_id: rule.id,
@@ -240,15 +203,7 @@ pub fn evaluate(
             version: rule.version,
             matched,
             reason,
-            actions: if matched {
-                rule.definition
-                    .then
-                    .iter()
-                    .map(|a| a.kind().to_string())
-                    .collect()
-            } else {
-                vec![]
-            },
+            actions: if matched { rule.definition.then.iter().map(|a| a.kind().to_string()).collect() } else { vec![] },
         });
         if matched {
             actions.extend(rule.definition.then.iter().cloned().map(|a| (rule.id, a)));
@@ -280,61 +235,35 @@ mod tests {
 
     #[test]
     fn a_condition_reads_event_and_entity() {
-        let condition =
-            compile("event.data.amount < 100.0 && entity.status == 'PENDING'").expect("compiles");
+        let condition = compile("event.data.amount < 100.0 && entity.status == 'PENDING'").expect("compiles");
         let event = json!({"data": {"amount": 40.0}});
-        assert_eq!(
-            condition.evaluate(&event, &json!({"status": "PENDING"})),
-            Ok(true)
-        );
-        assert_eq!(
-            condition.evaluate(&event, &json!({"status": "APPROVED"})),
-            Ok(false)
-        );
+        assert_eq!(condition.evaluate(&event, &json!({"status": "PENDING"})), Ok(true));
+        assert_eq!(condition.evaluate(&event, &json!({"status": "APPROVED"})), Ok(false));
     }
 
     #[test]
     fn compile_refuses_syntax_errors_unknown_variables_and_deep_comprehensions() {
         assert!(compile("event.data.amount <").is_err());
-        assert!(
-            compile("request.amount < 3")
-                .expect_err("unknown")
-                .contains("unknown variable `request`")
-        );
+        assert!(compile("request.amount < 3").expect_err("unknown").contains("unknown variable `request`"));
         assert!(compile("event.data.items.all(x, x > 0)").is_ok());
         let deep = "[1].all(a, [2].all(b, [3].all(c, a + b + c > 0)))";
-        assert!(
-            compile(deep)
-                .expect_err("too deep")
-                .contains("nested 3 deep")
-        );
+        assert!(compile(deep).expect_err("too deep").contains("nested 3 deep"));
         assert!(compile(&"x".repeat(MAX_CONDITION_CHARS + 1)).is_err());
     }
 
     #[test]
     fn a_non_bool_result_is_an_error_not_a_match() {
         let condition = compile("event.data.amount").expect("compiles");
-        assert!(
-            condition
-                .evaluate(&json!({"data": {"amount": 1}}), &json!({}))
-                .is_err()
-        );
+        assert!(condition.evaluate(&json!({"data": {"amount": 1}}), &json!({})).is_err());
     }
 
     #[test]
     fn rules_run_in_priority_order_and_stop_on_match() {
         let cache = ConditionCache::default();
-        let rules = vec![
-            rule("third", 30, "true", false),
-            rule("first", 10, "false", false),
-            rule("second", 20, "true", true),
-        ];
-        let (evaluations, actions) =
-            evaluate(&cache, &rules, "approval.requested", &json!({}), &json!({}));
-        let names: Vec<_> = evaluations
-            .iter()
-            .map(|e| (e.rule_name.as_str(), e.matched))
-            .collect();
+        let rules =
+            vec![rule("third", 30, "true", false), rule("first", 10, "false", false), rule("second", 20, "true", true)];
+        let (evaluations, actions) = evaluate(&cache, &rules, "approval.requested", &json!({}), &json!({}));
+        let names: Vec<_> = evaluations.iter().map(|e| (e.rule_name.as_str(), e.matched)).collect();
         assert_eq!(names, vec![("first", false), ("second", true)]);
         assert_eq!(actions.len(), 1);
         assert!(evaluations[0].reason.contains("is false"));

@@ -41,10 +41,7 @@ pub struct RuleDefinition {
     #[serde(default = "default_priority")]
     pub priority: i32,
     /// An event type (`approval.requested`) or a pattern with a trailing `*` (`approval.*`).
-    #[garde(
-        length(min = 1, max = 128),
-        pattern(r"^(\*|[a-z_]+(\.([a-z_]+|\*))*)$")
-    )]
+    #[garde(length(min = 1, max = 128), pattern(r"^(\*|[a-z_]+(\.([a-z_]+|\*))*)$"))]
     pub on: String,
     /// A CEL expression over `event` and `entity` that yields a bool.
     #[garde(length(chars, min = 1, max = 4096))]
@@ -100,10 +97,7 @@ pub enum RuleAction {
     /// Request an automation run.
     #[serde(rename = "automation.run")]
     AutomationRun {
-        #[garde(
-            length(min = 1, max = 128),
-            pattern(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
-        )]
+        #[garde(length(min = 1, max = 128), pattern(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"))]
         automation: String,
         #[garde(skip)]
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,19 +146,13 @@ impl RuleDefinition {
     /// `event.rejected` carries.
     pub fn check(&self) -> Result<(), String> {
         for (i, action) in self.then.iter().enumerate() {
-            if let RuleAction::ApprovalEscalate {
-                to_role, to_user, ..
-            } = action
+            if let RuleAction::ApprovalEscalate { to_role, to_user, .. } = action
                 && to_role.is_some() == to_user.is_some()
             {
-                return Err(format!(
-                    "then[{i}]: approval.escalate needs exactly one of toRole or toUser"
-                ));
+                return Err(format!("then[{i}]: approval.escalate needs exactly one of toRole or toUser"));
             }
         }
-        engine::compile(&self.when)
-            .map(|_| ())
-            .map_err(|e| format!("when: {e}"))
+        engine::compile(&self.when).map(|_| ()).map_err(|e| format!("when: {e}"))
     }
 }
 

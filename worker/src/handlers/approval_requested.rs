@@ -1,27 +1,18 @@
 //! `approval.requested`: a new `PENDING` approval on an `ACTIVE` workflow.
 
-use automation_shared::db::approvals::{self, Approval};
-use automation_shared::db::workflows;
+use automation_shared::db::approvals::Approval;
 use automation_shared::events::{ApprovalRequested, derived_id};
 use automation_shared::lifecycle::{ApprovalStatus, WorkflowStatus};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::{Applied, Context, HandlerError, RejectCode, reject};
+use super::{Applied, Context, RejectCode, Rejection, reject};
 
-pub async fn handle(
-    ctx: &mut Context<'_>,
-    data: &ApprovalRequested,
-) -> Result<Applied, HandlerError> {
-    let id = data
-        .approval_id
-        .unwrap_or_else(|| derived_id("approval", &ctx.envelope.id));
-    // A shared lock: the workflow cannot be paused between this check and the commit.
-    let Some(workflow) = workflows::find_for_share(&mut *ctx.conn, data.workflow_id).await? else {
-        return Err(reject(
-            RejectCode::NotFound,
-            format!("workflow {} does not exist", data.workflow_id),
-        ));
+pub fn handle(ctx: &mut Context<'_>, data: &ApprovalRequested) -> Result<Applied, Rejection> {
+    let id = data.approval_id.unwrap_or_else(|| derived_id("approval", &ctx.envelope.id));
+    // The batch holds a shared lock on the workflow: it cannot be paused before the commit.
+    let Some(workflow) = ctx.entities.workflows.get(data.workflow_id) else {
+        return Err(reject(RejectCode::NotFound, format!("workflow {} does not exist", data.workflow_id)));
     };
     if workflow.status != WorkflowStatus::Active {
         return Err(reject(
@@ -32,11 +23,8 @@ pub async fn handle(
             ),
         ));
     }
-    if approvals::find(&mut *ctx.conn, id).await?.is_some() {
-        return Err(reject(
-            RejectCode::AlreadyExists,
-            format!("approval {id} already exists"),
-        ));
+    if ctx.entities.approvals.get(id).is_some() {
+        return Err(reject(RejectCode::AlreadyExists, format!("approval {id} already exists")));
     }
     let approval = Approval {
         seq: 0,
@@ -57,6 +45,7 @@ pub async fn handle(
         decided_at: None,
         escalated_at: None,
     };
-    approvals::insert(&mut *ctx.conn, &approval).await?;
-    Ok(Applied::new("approval", id, "approval.created", &approval))
+    let applied = Applied::new("approval", id, "approval.created", &approval);
+    ctx.entities.approvals.insert(id, approval);
+    Ok(applied)
 }

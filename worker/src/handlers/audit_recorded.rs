@@ -3,9 +3,9 @@
 use automation_shared::events::AuditRecorded;
 use serde_json::json;
 
-use super::{Applied, Context, HandlerError};
+use super::{Applied, Context, Rejection};
 
-pub async fn handle(ctx: &mut Context<'_>, data: &AuditRecorded) -> Result<Applied, HandlerError> {
+pub fn handle(ctx: &mut Context<'_>, data: &AuditRecorded) -> Result<Applied, Rejection> {
     #[cfg(feature = "fault-injection")]
     if data.action == crate::faults::PANIC_ACTION {
         panic!("fault injection: a handler panic was asked for");

@@ -1,35 +1,24 @@
 //! `automation.cancelled`: stops a run that has not finished. A run already executing finishes
 //! its current attempt, but its result is not applied and it is not retried.
 
-use automation_shared::db::runs::{self, RunState};
+use automation_shared::db::runs::RunState;
 use automation_shared::events::AutomationCancelled;
 
-use super::{Applied, Context, HandlerError, RejectCode, reject};
+use super::{Applied, Context, RejectCode, Rejection, reject};
 
-pub async fn handle(
-    ctx: &mut Context<'_>,
-    data: &AutomationCancelled,
-) -> Result<Applied, HandlerError> {
-    let Some(mut run) = runs::find_for_update(&mut *ctx.conn, data.run_id).await? else {
-        return Err(reject(
-            RejectCode::NotFound,
-            format!("run {} does not exist", data.run_id),
-        ));
+pub fn handle(ctx: &mut Context<'_>, data: &AutomationCancelled) -> Result<Applied, Rejection> {
+    let Some(current) = ctx.entities.runs.get(data.run_id) else {
+        return Err(reject(RejectCode::NotFound, format!("run {} does not exist", data.run_id)));
     };
-    if run.state.is_final() {
-        return Err(reject(
-            RejectCode::InvalidTransition,
-            format!("run {} is already {}", run.id, run.state),
-        ));
+    if current.state.is_final() {
+        return Err(reject(RejectCode::InvalidTransition, format!("run {} is already {}", current.id, current.state)));
     }
+    let now = ctx.now;
+    let Some(run) = ctx.entities.runs.get_mut(data.run_id) else {
+        return Err(reject(RejectCode::NotFound, format!("run {} does not exist", data.run_id)));
+    };
     run.state = RunState::Cancelled;
-    run.finished_at = Some(ctx.now);
-    run.updated_at = ctx.now;
-    runs::update(&mut *ctx.conn, &run).await?;
-    Ok(Applied::new(
-        "automation_run",
-        run.id,
-        "automation.cancelled",
-        &run,
-    ))
+    run.finished_at = Some(now);
+    run.updated_at = now;
+    Ok(Applied::new("automation_run", run.id, "automation.cancelled", &*run))
 }

@@ -1,17 +1,14 @@
 //! `automation.requested`: records a run, then queues it now or schedules it for later. A
 //! scheduled run waits in the database, not in a consumer.
 
-use automation_shared::db::runs::{self, Run, RunState};
+use automation_shared::db::runs::{Run, RunState};
 use automation_shared::events::{AutomationRequested, derived_id};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::{Applied, Context, HandlerError, RejectCode, reject};
+use super::{Applied, Context, RejectCode, Rejection, reject};
 
-pub async fn handle(
-    ctx: &mut Context<'_>,
-    data: &AutomationRequested,
-) -> Result<Applied, HandlerError> {
+pub fn handle(ctx: &mut Context<'_>, data: &AutomationRequested) -> Result<Applied, Rejection> {
     let Some(task) = ctx.registry.get(&data.automation) else {
         return Err(reject(
             RejectCode::UnknownAutomation,
@@ -22,18 +19,11 @@ pub async fn handle(
             ),
         ));
     };
-    let id = data
-        .run_id
-        .unwrap_or_else(|| derived_id("run", &ctx.envelope.id));
-    if runs::find(&mut *ctx.conn, id).await?.is_some() {
-        return Err(reject(
-            RejectCode::AlreadyExists,
-            format!("run {id} already exists"),
-        ));
+    let id = data.run_id.unwrap_or_else(|| derived_id("run", &ctx.envelope.id));
+    if ctx.entities.runs.get(id).is_some() {
+        return Err(reject(RejectCode::AlreadyExists, format!("run {id} already exists")));
     }
-    let countdown = data
-        .countdown_seconds
-        .map(|s| ctx.now + chrono::Duration::seconds(s as i64));
+    let countdown = data.countdown_seconds.map(|s| ctx.now + chrono::Duration::seconds(s as i64));
     let run_at = match (data.run_at, countdown) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
@@ -44,11 +34,7 @@ pub async fn handle(
         id,
         automation: data.automation.clone(),
         params: data.params.clone().map(|p| Json(Value::Object(p))),
-        state: if run_at.is_some() {
-            RunState::Scheduled
-        } else {
-            RunState::Queued
-        },
+        state: if run_at.is_some() { RunState::Scheduled } else { RunState::Queued },
         attempts: 0,
         max_attempts: task.max_attempts(),
         result: None,
@@ -62,11 +48,8 @@ pub async fn handle(
         finished_at: None,
         updated_at: ctx.now,
     };
-    runs::insert(&mut *ctx.conn, &run).await?;
-    let notification = if run.state == RunState::Queued {
-        "automation.queued"
-    } else {
-        "automation.scheduled"
-    };
-    Ok(Applied::new("automation_run", id, notification, &run))
+    let notification = if run.state == RunState::Queued { "automation.queued" } else { "automation.scheduled" };
+    let applied = Applied::new("automation_run", id, notification, &run);
+    ctx.entities.runs.insert(id, run);
+    Ok(applied)
 }

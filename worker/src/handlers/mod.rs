@@ -1,11 +1,11 @@
 //! One handler per event type, dispatched by one `match`.
 //!
-//! A handler runs inside the batch transaction. It reads and locks what it needs, decides, and
-//! only then writes: a refusal ([`HandlerError::Rejected`]) always comes before the first write,
-//! so refusing one event never leaves half an effect behind in a batch that commits. It returns
-//! what it changed ([`Applied`]); the batch writes the audit record, the notification and the
-//! inbox row for it. Handlers are idempotent only through the inbox: they never run twice for
-//! one event id in a committed transaction.
+//! A handler is a decision: it reads the entities the batch loaded (and locked) for it, refuses
+//! ([`Rejection`]) or changes them in memory, and says what it changed ([`Applied`]). It touches
+//! no database: the batch writes every change with multi-row statements, plus the audit record,
+//! the notification and the inbox row of each event. A refusal changes nothing, by
+//! construction. Handlers are idempotent through the inbox: they never run twice for one event id
+//! in a committed transaction.
 
 mod approval_decided;
 mod approval_requested;
@@ -23,8 +23,8 @@ use automation_shared::events::{Envelope, EventData};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::MySqlConnection;
 
+use crate::entities::Entities;
 use crate::tasks::Registry;
 
 /// Why an event was refused: the machine-readable part of `event.rejected` and of the event
@@ -58,21 +58,15 @@ impl RejectCode {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum HandlerError {
-    /// A business "no": recorded, audited, announced as `event.rejected`, acked.
-    #[error("{code:?}: {reason}")]
-    Rejected { code: RejectCode, reason: String },
-    /// The database failed; the batch decides from the error whether to wait, retry or give up.
-    #[error(transparent)]
-    Database(#[from] sqlx::Error),
+/// A business "no": recorded, audited, announced as `event.rejected`, acked, never retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub code: RejectCode,
+    pub reason: String,
 }
 
-pub fn reject(code: RejectCode, reason: impl Into<String>) -> HandlerError {
-    HandlerError::Rejected {
-        code,
-        reason: reason.into(),
-    }
+pub fn reject(code: RejectCode, reason: impl Into<String>) -> Rejection {
+    Rejection { code, reason: reason.into() }
 }
 
 /// What an applied event changed.
@@ -92,12 +86,7 @@ pub struct Applied {
 }
 
 impl Applied {
-    pub fn new(
-        entity: &str,
-        entity_id: impl ToString,
-        notification: &'static str,
-        state: &impl Serialize,
-    ) -> Applied {
+    pub fn new(entity: &str, entity_id: impl ToString, notification: &'static str, state: &impl Serialize) -> Applied {
         Applied {
             entity: entity.to_string(),
             entity_id: entity_id.to_string(),
@@ -116,7 +105,8 @@ impl Applied {
 
 /// What a handler works with.
 pub struct Context<'a> {
-    pub conn: &'a mut MySqlConnection,
+    /// What the batch loaded; changes are written back after every handler ran.
+    pub entities: &'a mut Entities,
     pub envelope: &'a Envelope,
     pub now: DateTime<Utc>,
     pub registry: &'a Registry,
@@ -128,43 +118,34 @@ impl Context<'_> {
     /// Who to name as having done this: the user or service, or `rule:<id>` for a rule.
     pub fn actor(&self) -> Option<String> {
         let envelope = self.envelope;
-        match (
-            ActorType::parse(&envelope.actor_type),
-            envelope.actor_id.as_deref(),
-        ) {
+        match (ActorType::parse(&envelope.actor_type), envelope.actor_id.as_deref()) {
             (ActorType::Rule, Some(id)) => Some(format!("rule:{id}")),
             (_, actor) => actor.map(str::to_string),
         }
     }
 }
 
-pub async fn dispatch(ctx: &mut Context<'_>) -> Result<Applied, HandlerError> {
+pub fn dispatch(ctx: &mut Context<'_>) -> Result<Applied, Rejection> {
     let envelope = ctx.envelope;
     match &envelope.data {
-        EventData::WorkflowCreated(data) => workflow_created::handle(ctx, data).await,
-        EventData::WorkflowStatusChanged(data) => workflow_status_changed::handle(ctx, data).await,
-        EventData::ApprovalRequested(data) => approval_requested::handle(ctx, data).await,
-        EventData::ApprovalDecided(data) => approval_decided::handle(ctx, data).await,
-        EventData::AuditRecorded(data) => audit_recorded::handle(ctx, data).await,
-        EventData::RuleUpserted(data) => rule_upserted::handle(ctx, data).await,
-        EventData::RuleDeleted(data) => rule_deleted::handle(ctx, data).await,
-        EventData::AutomationRequested(data) => automation_requested::handle(ctx, data).await,
-        EventData::AutomationCancelled(data) => automation_cancelled::handle(ctx, data).await,
+        EventData::WorkflowCreated(data) => workflow_created::handle(ctx, data),
+        EventData::WorkflowStatusChanged(data) => workflow_status_changed::handle(ctx, data),
+        EventData::ApprovalRequested(data) => approval_requested::handle(ctx, data),
+        EventData::ApprovalDecided(data) => approval_decided::handle(ctx, data),
+        EventData::AuditRecorded(data) => audit_recorded::handle(ctx, data),
+        EventData::RuleUpserted(data) => rule_upserted::handle(ctx, data),
+        EventData::RuleDeleted(data) => rule_deleted::handle(ctx, data),
+        EventData::AutomationRequested(data) => automation_requested::handle(ctx, data),
+        EventData::AutomationCancelled(data) => automation_cancelled::handle(ctx, data),
     }
 }
 
 /// Refuses a stale `expectedVersion`.
-pub fn check_version(
-    entity: &str,
-    current: u32,
-    expected: Option<u32>,
-) -> Result<(), HandlerError> {
+pub fn check_version(entity: &str, current: u32, expected: Option<u32>) -> Result<(), Rejection> {
     match expected {
         Some(expected) if expected != current => Err(reject(
             RejectCode::VersionConflict,
-            format!(
-                "the {entity} is at version {current}, not the expected {expected}; read it again and retry"
-            ),
+            format!("the {entity} is at version {current}, not the expected {expected}; read it again and retry"),
         )),
         _ => Ok(()),
     }

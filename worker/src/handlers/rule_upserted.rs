@@ -1,21 +1,18 @@
 //! `rule.upserted`: stores a rule after compiling its condition; an invalid rule is refused with
 //! the compiler's message.
 
-use automation_shared::db::rules::{self, Rule};
+use automation_shared::db::rules::Rule;
 use automation_shared::events::derived_id;
 use automation_shared::rules::RuleDefinition;
 use serde_json::json;
 use sqlx::types::Json;
 
-use super::{Applied, Context, HandlerError, RejectCode, reject};
+use super::{Applied, Context, RejectCode, Rejection, reject};
 
-pub async fn handle(ctx: &mut Context<'_>, data: &RuleDefinition) -> Result<Applied, HandlerError> {
-    data.check()
-        .map_err(|message| reject(RejectCode::InvalidRule, message))?;
-    let id = data
-        .id
-        .unwrap_or_else(|| derived_id("rule", &ctx.envelope.id));
-    let existing = rules::find_for_update(&mut *ctx.conn, id).await?;
+pub fn handle(ctx: &mut Context<'_>, data: &RuleDefinition) -> Result<Applied, Rejection> {
+    data.check().map_err(|message| reject(RejectCode::InvalidRule, message))?;
+    let id = data.id.unwrap_or_else(|| derived_id("rule", &ctx.envelope.id));
+    let existing = ctx.entities.rules.get(id).cloned();
     let rule = Rule {
         seq: 0,
         id,
@@ -28,24 +25,18 @@ pub async fn handle(ctx: &mut Context<'_>, data: &RuleDefinition) -> Result<Appl
         then: Json(data.then.clone()),
         stop_on_match: data.stop_on_match,
         version: existing.as_ref().map_or(1, |r| r.version + 1),
-        created_by: existing
-            .as_ref()
-            .map_or_else(|| ctx.actor(), |r| r.created_by.clone()),
+        created_by: existing.as_ref().map_or_else(|| ctx.actor(), |r| r.created_by.clone()),
         created_at: existing.as_ref().map_or(ctx.now, |r| r.created_at),
         updated_at: ctx.now,
     };
-    match existing {
-        Some(_) => rules::update(&mut *ctx.conn, &rule).await?,
-        None => rules::insert(&mut *ctx.conn, &rule).await?,
-    }
     let mut state = serde_json::to_value(&rule).unwrap_or_default();
-    state["change"] = json!(if rule.version == 1 {
-        "created"
-    } else {
-        "updated"
-    });
+    state["change"] = json!(if existing.is_some() { "updated" } else { "created" });
     let mut applied = Applied::new("rule", id, "rule.changed", &state);
     applied.audit_action = "rule.upserted".into();
     applied.audit_details = Some(json!({"version": rule.version, "name": rule.name}));
+    match ctx.entities.rules.get_mut(id) {
+        Some(stored) => *stored = rule,
+        None => ctx.entities.rules.insert(id, rule),
+    }
     Ok(applied)
 }

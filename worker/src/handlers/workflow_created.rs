@@ -1,22 +1,14 @@
 //! `workflow.created`: a new workflow, `ACTIVE` unless asked to start as `DRAFT`.
 
-use automation_shared::db::workflows::{self, Workflow};
+use automation_shared::db::workflows::Workflow;
 use automation_shared::events::{WorkflowCreated, derived_id};
 
-use super::{Applied, Context, HandlerError, RejectCode, reject};
+use super::{Applied, Context, RejectCode, Rejection, reject};
 
-pub async fn handle(
-    ctx: &mut Context<'_>,
-    data: &WorkflowCreated,
-) -> Result<Applied, HandlerError> {
-    let id = data
-        .workflow_id
-        .unwrap_or_else(|| derived_id("workflow", &ctx.envelope.id));
-    if workflows::find(&mut *ctx.conn, id).await?.is_some() {
-        return Err(reject(
-            RejectCode::AlreadyExists,
-            format!("workflow {id} already exists"),
-        ));
+pub fn handle(ctx: &mut Context<'_>, data: &WorkflowCreated) -> Result<Applied, Rejection> {
+    let id = data.workflow_id.unwrap_or_else(|| derived_id("workflow", &ctx.envelope.id));
+    if ctx.entities.workflows.get(id).is_some() {
+        return Err(reject(RejectCode::AlreadyExists, format!("workflow {id} already exists")));
     }
     let workflow = Workflow {
         seq: 0,
@@ -30,6 +22,7 @@ pub async fn handle(
         created_at: ctx.now,
         updated_at: ctx.now,
     };
-    workflows::insert(&mut *ctx.conn, &workflow).await?;
-    Ok(Applied::new("workflow", id, "workflow.created", &workflow))
+    let applied = Applied::new("workflow", id, "workflow.created", &workflow);
+    ctx.entities.workflows.insert(id, workflow);
+    Ok(applied)
 }

@@ -36,25 +36,11 @@ pub struct Registry {
 impl Default for Registry {
     fn default() -> Self {
         let specs = [
-            TaskSpec {
-                name: "webhook.call",
-                max_attempts: 5,
-                time_limit: Duration::from_secs(60),
-            },
-            TaskSpec {
-                name: "approvals.escalate_stale",
-                max_attempts: 3,
-                time_limit: Duration::from_secs(120),
-            },
-            TaskSpec {
-                name: "insights.recompute",
-                max_attempts: 3,
-                time_limit: Duration::from_secs(300),
-            },
+            TaskSpec { name: "webhook.call", max_attempts: 5, time_limit: Duration::from_secs(60) },
+            TaskSpec { name: "approvals.escalate_stale", max_attempts: 3, time_limit: Duration::from_secs(120) },
+            TaskSpec { name: "insights.recompute", max_attempts: 3, time_limit: Duration::from_secs(300) },
         ];
-        Registry {
-            tasks: specs.into_iter().map(|s| (s.name, s)).collect(),
-        }
+        Registry { tasks: specs.into_iter().map(|s| (s.name, s)).collect() }
     }
 }
 

@@ -22,10 +22,8 @@ async fn duplicates_delivered_concurrently_to_two_workers_are_applied_and_announ
     let mut ids = Vec::new();
     let mut events = Vec::new();
     for i in 0..150 {
-        let e = event(
-            "audit.recorded",
-            json!({"entity": "invoice", "entityId": format!("inv-{i}"), "action": "exported"}),
-        );
+        let e =
+            event("audit.recorded", json!({"entity": "invoice", "entityId": format!("inv-{i}"), "action": "exported"}));
         ids.push(e["id"].as_str().expect("id").to_string());
         events.push(e);
     }
@@ -36,31 +34,20 @@ async fn duplicates_delivered_concurrently_to_two_workers_are_applied_and_announ
             env.publish_structured(e).await;
         }
         for w in &workflows {
-            env.publish_plain("workflow.created", &json!({"workflowId": w, "name": "w"}))
-                .await;
+            env.publish_plain("workflow.created", &json!({"workflowId": w, "name": "w"})).await;
         }
     }
     for w in &workflows {
-        ids.push(plain_event_id(
-            "workflow.created",
-            &json!({"workflowId": w, "name": "w"}).to_string(),
-        ));
+        ids.push(plain_event_id("workflow.created", &json!({"workflowId": w, "name": "w"}).to_string()));
     }
-    let processed = env
-        .wait_count(
-            "select count(*) from inbox",
-            ids.len() as i64,
-            Duration::from_secs(60),
-        )
-        .await;
+    let processed = env.wait_count("select count(*) from inbox", ids.len() as i64, Duration::from_secs(60)).await;
     assert_eq!(processed, ids.len() as i64);
     // Let the last copies settle before counting effects.
     tokio::time::sleep(Duration::from_secs(1)).await;
     tap.settle().await;
 
     assert_eq!(
-        env.count("select count(*) from audit_log where entity = 'invoice'")
-            .await,
+        env.count("select count(*) from audit_log where entity = 'invoice'").await,
         150,
         "one audit effect per event"
     );
@@ -68,16 +55,10 @@ async fn duplicates_delivered_concurrently_to_two_workers_are_applied_and_announ
     assert_eq!(env.count("select count(*) from audit_log").await, 180);
     let mut per_cause: HashMap<String, usize> = HashMap::new();
     for n in tap.all() {
-        *per_cause
-            .entry(n["causationid"].as_str().unwrap_or_default().to_string())
-            .or_default() += 1;
+        *per_cause.entry(n["causationid"].as_str().unwrap_or_default().to_string()).or_default() += 1;
     }
     for id in &ids {
-        assert_eq!(
-            per_cause.get(id),
-            Some(&1),
-            "exactly one notification for {id}"
-        );
+        assert_eq!(per_cause.get(id), Some(&1), "exactly one notification for {id}");
     }
     assert_eq!(per_cause.len(), ids.len());
     assert_eq!(env.count("select count(*) from dead_letters").await, 0);

@@ -45,14 +45,9 @@ async fn apply(
     notification: &str,
 ) -> Value {
     let id = send(env, shape, &event(event_type, data)).await;
+    assert_eq!(env.wait_processed(&id).await, "applied", "{event_type} in {shape:?}");
     assert_eq!(
-        env.wait_processed(&id).await,
-        "applied",
-        "{event_type} in {shape:?}"
-    );
-    assert_eq!(
-        env.count_bound("select count(*) from audit_log where event_id = ?", &id)
-            .await,
+        env.count_bound("select count(*) from audit_log where event_id = ?", &id).await,
         1,
         "one audit record for {event_type}"
     );
@@ -68,12 +63,7 @@ async fn every_event_type_in(shape: Shape, batch_size: usize) {
     env.config.worker.batch_size = batch_size;
     let worker = TestWorker::start(&env.config).await;
     let tap = env.notifications().await;
-    let (workflow, approval, rule, run) = (
-        Uuid::new_v4(),
-        Uuid::new_v4(),
-        Uuid::new_v4(),
-        Uuid::new_v4(),
-    );
+    let (workflow, approval, rule, run) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
     let (requester, approver) = (Uuid::new_v4(), Uuid::new_v4());
 
     let sent = apply(
@@ -144,17 +134,24 @@ async fn every_event_type_in(shape: Shape, batch_size: usize) {
             .fetch_one(&env.pool)
             .await
             .expect("approval row");
-    assert_eq!(
-        row,
-        (
-            "APPROVED".to_string(),
-            Some("within budget".to_string()),
-            1299.99
-        )
-    );
+    assert_eq!(row, ("APPROVED".to_string(), Some("within budget".to_string()), 1299.99));
 
-    apply(&env, &tap, shape, "audit.recorded", json!({"entity": "invoice", "entityId": "inv-42", "action": "exported", "details": {"format": "pdf"}}), "audit.recorded").await;
-    assert_eq!(env.count("select count(*) from audit_log where entity = 'invoice' and entity_id = 'inv-42' and action = 'exported'").await, 1);
+    apply(
+        &env,
+        &tap,
+        shape,
+        "audit.recorded",
+        json!({"entity": "invoice", "entityId": "inv-42", "action": "exported", "details": {"format": "pdf"}}),
+        "audit.recorded",
+    )
+    .await;
+    assert_eq!(
+        env.count(
+            "select count(*) from audit_log where entity = 'invoice' and entity_id = 'inv-42' and action = 'exported'"
+        )
+        .await,
+        1
+    );
 
     let sent = apply(
         &env,
@@ -167,25 +164,9 @@ async fn every_event_type_in(shape: Shape, batch_size: usize) {
     )
     .await;
     assert_eq!(sent["data"]["version"], 1);
-    assert_eq!(
-        env.count_bound("select count(*) from rules where id = ?", &rule.to_string())
-            .await,
-        1
-    );
-    apply(
-        &env,
-        &tap,
-        shape,
-        "rule.deleted",
-        json!({"ruleId": rule}),
-        "rule.changed",
-    )
-    .await;
-    assert_eq!(
-        env.count_bound("select count(*) from rules where id = ?", &rule.to_string())
-            .await,
-        0
-    );
+    assert_eq!(env.count_bound("select count(*) from rules where id = ?", &rule.to_string()).await, 1);
+    apply(&env, &tap, shape, "rule.deleted", json!({"ruleId": rule}), "rule.changed").await;
+    assert_eq!(env.count_bound("select count(*) from rules where id = ?", &rule.to_string()).await, 0);
 
     let sent = apply(
         &env,
@@ -197,21 +178,10 @@ async fn every_event_type_in(shape: Shape, batch_size: usize) {
     )
     .await;
     assert_eq!(sent["data"]["state"], "scheduled");
-    apply(
-        &env,
-        &tap,
-        shape,
-        "automation.cancelled",
-        json!({"runId": run}),
-        "automation.cancelled",
-    )
-    .await;
+    apply(&env, &tap, shape, "automation.cancelled", json!({"runId": run}), "automation.cancelled").await;
     assert_eq!(
-        env.count_bound(
-            "select count(*) from automation_runs where id = ? and state = 'cancelled'",
-            &run.to_string()
-        )
-        .await,
+        env.count_bound("select count(*) from automation_runs where id = ? and state = 'cancelled'", &run.to_string())
+            .await,
         1
     );
 
@@ -221,11 +191,7 @@ async fn every_event_type_in(shape: Shape, batch_size: usize) {
     assert_eq!(notifications.len(), 10, "{notifications:#?}");
     let ids: std::collections::HashSet<_> = notifications.iter().map(|n| n["id"].clone()).collect();
     assert_eq!(ids.len(), 10, "notification ids are distinct");
-    assert_eq!(
-        env.count("select count(*) from outbox").await,
-        0,
-        "the outbox is drained"
-    );
+    assert_eq!(env.count("select count(*) from outbox").await, 0, "the outbox is drained");
 
     let (status, body) = http_get(&worker.url("/metrics")).await;
     assert_eq!(status, 200);
@@ -254,8 +220,7 @@ async fn every_event_type_as_a_binary_cloud_event_with_cloud_events_colon_header
 }
 
 #[tokio::test]
-async fn every_event_type_as_a_binary_cloud_event_with_cloud_events_underscore_headers_is_applied()
-{
+async fn every_event_type_as_a_binary_cloud_event_with_cloud_events_underscore_headers_is_applied() {
     every_event_type_in(Shape::Binary("cloudEvents_"), 100).await;
 }
 
@@ -275,10 +240,7 @@ async fn the_same_event_delivered_five_times_is_applied_and_announced_once() {
     let worker = TestWorker::start(&env.config).await;
     let tap = env.notifications().await;
     let workflow = Uuid::new_v4();
-    let created = event(
-        "workflow.created",
-        json!({"workflowId": workflow, "name": "Once"}),
-    );
+    let created = event("workflow.created", json!({"workflowId": workflow, "name": "Once"}));
     let audit_data = json!({"entity": "invoice", "entityId": "inv-7", "action": "sent"});
     for _ in 0..5 {
         env.publish_structured(&created).await;
@@ -289,26 +251,12 @@ async fn the_same_event_delivered_five_times_is_applied_and_announced_once() {
     env.wait_processed(created_id).await;
     env.wait_processed(&plain_id).await;
     // Let every copy reach the worker before counting.
-    env.wait_count("select count(*) from inbox", 2, Duration::from_secs(5))
-        .await;
+    env.wait_count("select count(*) from inbox", 2, Duration::from_secs(5)).await;
     tap.wait_caused_by(created_id).await;
     tap.wait_caused_by(&plain_id).await;
     tap.settle().await;
-    assert_eq!(
-        env.count_bound(
-            "select count(*) from workflows where id = ?",
-            &workflow.to_string()
-        )
-        .await,
-        1
-    );
-    assert_eq!(
-        env.count(
-            "select count(*) from audit_log where entity = 'invoice' and entity_id = 'inv-7'"
-        )
-        .await,
-        1
-    );
+    assert_eq!(env.count_bound("select count(*) from workflows where id = ?", &workflow.to_string()).await, 1);
+    assert_eq!(env.count("select count(*) from audit_log where entity = 'invoice' and entity_id = 'inv-7'").await, 1);
     assert_eq!(env.count("select count(*) from audit_log").await, 2);
     assert_eq!(tap.caused_by(created_id).len(), 1);
     assert_eq!(tap.caused_by(&plain_id).len(), 1);

@@ -16,51 +16,23 @@ async fn each_kind_of_poison_is_dead_lettered_with_its_reason_while_good_events_
     let mut env = TestEnv::new().await;
     env.config.worker.max_message_bytes = 4096;
     // The broker checks `user_id` against the connection's user: ours is guest.
-    env.config.worker.publishers =
-        BTreeMap::from([("guest".to_string(), vec!["audit.*".to_string()])]);
+    env.config.worker.publishers = BTreeMap::from([("guest".to_string(), vec!["audit.*".to_string()])]);
     let worker = TestWorker::start(&env.config).await;
     let json_props = || BasicProperties::default().with_content_type("application/json".into());
-    let cloud_props =
-        || BasicProperties::default().with_content_type("application/cloudevents+json".into());
+    let cloud_props = || BasicProperties::default().with_content_type("application/cloudevents+json".into());
 
     let cases: Vec<(&str, BasicProperties, Vec<u8>, &str)> = vec![
+        ("workflow.created", json_props(), b"{\"name\": ".to_vec(), "invalid_json"),
+        ("workflow.created", json_props(), vec![0x7b, 0xff, 0xfe, 0x7d], "not_utf8"),
         (
             "workflow.created",
-            json_props(),
-            b"{\"name\": ".to_vec(),
-            "invalid_json",
-        ),
-        (
-            "workflow.created",
-            json_props(),
-            vec![0x7b, 0xff, 0xfe, 0x7d],
-            "not_utf8",
-        ),
-        (
-            "workflow.created",
-            BasicProperties::default()
-                .with_content_type("application/x-java-serialized-object".into()),
+            BasicProperties::default().with_content_type("application/x-java-serialized-object".into()),
             vec![0xac, 0xed, 0x00, 0x05, 0x73, 0x72],
             "java_serialized",
         ),
-        (
-            "workflow.archived",
-            json_props(),
-            br#"{"name":"x"}"#.to_vec(),
-            "unknown_type",
-        ),
-        (
-            "approval.requested",
-            json_props(),
-            br#"{"workflowId":"not-a-uuid","title":"t"}"#.to_vec(),
-            "schema_invalid",
-        ),
-        (
-            "workflow.created",
-            json_props(),
-            format!(r#"{{"name":"{}"}}"#, "x".repeat(5000)).into_bytes(),
-            "too_large",
-        ),
+        ("workflow.archived", json_props(), br#"{"name":"x"}"#.to_vec(), "unknown_type"),
+        ("approval.requested", json_props(), br#"{"workflowId":"not-a-uuid","title":"t"}"#.to_vec(), "schema_invalid"),
+        ("workflow.created", json_props(), format!(r#"{{"name":"{}"}}"#, "x".repeat(5000)).into_bytes(), "too_large"),
         (
             "workflow.created",
             cloud_props(),
@@ -77,23 +49,11 @@ async fn each_kind_of_poison_is_dead_lettered_with_its_reason_while_good_events_
     for (routing_key, properties, body, _) in &cases {
         env.publish(routing_key, properties.clone(), body).await;
     }
-    let good = event(
-        "workflow.created",
-        json!({"workflowId": Uuid::new_v4(), "name": "still flowing"}),
-    );
+    let good = event("workflow.created", json!({"workflowId": Uuid::new_v4(), "name": "still flowing"}));
     env.publish_structured(&good).await;
-    assert_eq!(
-        env.wait_processed(good["id"].as_str().expect("id")).await,
-        "applied"
-    );
+    assert_eq!(env.wait_processed(good["id"].as_str().expect("id")).await, "applied");
 
-    let stored = env
-        .wait_count(
-            "select count(*) from dead_letters",
-            cases.len() as i64,
-            Duration::from_secs(20),
-        )
-        .await;
+    let stored = env.wait_count("select count(*) from dead_letters", cases.len() as i64, Duration::from_secs(20)).await;
     assert_eq!(stored, cases.len() as i64);
     let rows: Vec<(String, String, String, String)> =
         sqlx::query_as("select reason, error_kind, origin_queue, state from dead_letters")
@@ -109,27 +69,18 @@ async fn each_kind_of_poison_is_dead_lettered_with_its_reason_while_good_events_
         assert_eq!(row.2, format!("{}.commands", env.config.amqp.prefix));
         assert_eq!(row.3, "dead");
     }
-    let schema: String =
-        sqlx::query_scalar("select reason from dead_letters where reason like 'schema_invalid%'")
-            .fetch_one(&env.pool)
-            .await
-            .expect("row");
-    assert!(
-        schema.contains("data.workflowId"),
-        "the reason names the field: {schema}"
-    );
+    let schema: String = sqlx::query_scalar("select reason from dead_letters where reason like 'schema_invalid%'")
+        .fetch_one(&env.pool)
+        .await
+        .expect("row");
+    assert!(schema.contains("data.workflowId"), "the reason names the field: {schema}");
     // Kept whole: the body is byte for byte what was sent.
-    let body: Vec<u8> =
-        sqlx::query_scalar("select body from dead_letters where reason like 'not_utf8%'")
-            .fetch_one(&env.pool)
-            .await
-            .expect("row");
+    let body: Vec<u8> = sqlx::query_scalar("select body from dead_letters where reason like 'not_utf8%'")
+        .fetch_one(&env.pool)
+        .await
+        .expect("row");
     assert_eq!(body, vec![0x7b, 0xff, 0xfe, 0x7d]);
-    assert_eq!(
-        env.count("select count(*) from inbox").await,
-        1,
-        "nothing poisonous was applied"
-    );
+    assert_eq!(env.count("select count(*) from inbox").await, 1, "nothing poisonous was applied");
     let (status, _) = http_get(&worker.url("/readiness")).await;
     assert_eq!(status, 200, "the worker is still ready");
     worker.stop().await.expect("clean stop");

@@ -25,20 +25,12 @@ impl TestWorker {
                 .with_test_writer()
                 .try_init();
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("address").port();
-        let worker = Worker::connect(Arc::new(config.clone()))
-            .await
-            .expect("the worker connects");
+        let worker = Worker::connect(Arc::new(config.clone())).await.expect("the worker connects");
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(service::run(worker, listener, shutdown.clone()));
-        TestWorker {
-            port,
-            shutdown,
-            handle: Some(handle),
-        }
+        TestWorker { port, shutdown, handle: Some(handle) }
     }
 
     /// SIGTERM, in effect: drains and waits for the worker to return.
