@@ -6,7 +6,7 @@ SHELL := bash
 # Tests build the worker with its test-only fault hooks (a crash after COMMIT, a handler panic).
 TEST_FEATURES := --features automation-worker/fault-injection
 
-.PHONY: help deps build run test chaos fuzz-api check bench schemas
+.PHONY: help deps build run test chaos fuzz-api check check-deploy bench schemas
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,6 +34,10 @@ check: ## formatting, clippy, and the rustls-on-ring-only dependency rule
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets $(TEST_FEATURES) -- -D warnings
 	@scripts/check-dependencies.sh
+	@scripts/check-deploy.sh
+
+check-deploy: ## the Dockerfile, docker-compose.yml and k8s/ manifests, checked offline
+	@scripts/check-deploy.sh
 
 bench: deps ## throughput of the worker: one transaction per event against batches of 100
 	cargo bench -p automation-worker --bench throughput

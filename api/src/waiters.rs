@@ -9,9 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+/// Waiting requests by event id, each with a token so a timed-out one can remove itself.
+type Pending = HashMap<String, Vec<(u64, oneshot::Sender<Value>)>>;
+
 #[derive(Debug, Default)]
 pub struct Waiters {
-    pending: Mutex<HashMap<String, Vec<(u64, oneshot::Sender<Value>)>>>,
+    pending: Mutex<Pending>,
     next: AtomicU64,
 }
 
@@ -44,7 +47,7 @@ impl Waiters {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(u64, oneshot::Sender<Value>)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 

@@ -4,6 +4,8 @@
 //! `TEST_DATABASE_URL` (default `mysql://root@127.0.0.1:3306`) and `TEST_AMQP_URL` (default
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`) point elsewhere.
 
+#![expect(clippy::expect_used, reason = "test support: a failed set-up stops the test with its message")]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -5,6 +5,8 @@
 //! `make bench` (or `cargo bench -p automation-worker --bench throughput`). `BENCH_EVENTS` sets
 //! the number of events per run (default 20000); `BENCH_BATCHES` the batch sizes (default "1,100").
 
+#![expect(clippy::expect_used, reason = "test support: a failed set-up stops the test with its message")]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

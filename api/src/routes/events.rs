@@ -45,7 +45,7 @@ pub struct CloudEventInput {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum EventsRequest {
-    One(CloudEventInput),
+    One(Box<CloudEventInput>),
     Many(Vec<CloudEventInput>),
 }
 

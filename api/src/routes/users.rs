@@ -98,9 +98,7 @@ pub async fn create(pool: &MySqlPool, user: NewUser) -> ApiResult<UserRow> {
         return Err(ApiError::Conflict(format!("a user with email {email} already exists")));
     }
     result?;
-    Ok(find_by_email(pool, &email)
-        .await?
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the new user vanished")))?)
+    find_by_email(pool, &email).await?.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the new user vanished")))
 }
 
 #[derive(Debug, Deserialize, Validate, utoipa::IntoParams)]

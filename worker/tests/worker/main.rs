@@ -1,5 +1,7 @@
 //! Integration tests of the worker against the real RabbitMQ and MariaDB.
 
+#![expect(clippy::expect_used, reason = "test support: a failed set-up stops the test with its message")]
+
 mod concurrency;
 mod pipeline;
 mod poison;
