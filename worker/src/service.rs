@@ -119,6 +119,16 @@ pub async fn declare_topology(connection: &Connection, names: &Names, config: &C
     Ok(())
 }
 
+/// Connects and runs in a task of its own: what `main` does, for embedding in tests and benches.
+pub async fn spawn(
+    config: Arc<Config>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    let worker = Worker::connect(config).await?;
+    Ok(tokio::spawn(run(worker, listener, shutdown)))
+}
+
 /// Runs until `shutdown`, then drains within the grace period and returns. An error means a
 /// part failed for good (the process should exit non-zero and be restarted).
 pub async fn run(worker: Arc<Worker>, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use automation_shared::config::Config;
 use automation_shared::events::ID_NAMESPACE;
-use automation_worker::service::{self, Worker};
+use automation_worker::service;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -27,9 +27,9 @@ impl TestWorker {
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("address").port();
-        let worker = Worker::connect(Arc::new(config.clone())).await.expect("the worker connects");
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(service::run(worker, listener, shutdown.clone()));
+        let handle =
+            service::spawn(Arc::new(config.clone()), listener, shutdown.clone()).await.expect("the worker connects");
         TestWorker { port, shutdown, handle: Some(handle) }
     }
 

@@ -47,10 +47,16 @@ pub struct TestEnv {
 struct Cleanup {
     database: String,
     prefix: String,
+    amqp: String,
 }
 
 impl TestEnv {
     pub async fn new() -> TestEnv {
+        TestEnv::on_broker(&amqp_url()).await
+    }
+
+    /// The same, on another broker (a private node the test may stop).
+    pub async fn on_broker(amqp: &str) -> TestEnv {
         let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let database = format!("t_{suffix}");
         let prefix = format!("t{suffix}");
@@ -65,7 +71,7 @@ impl TestEnv {
         let mut config = Config::default();
         config.database.url = Some(format!("{}/{database}", database_server_url()));
         config.database.max_connections = 8;
-        config.amqp.url = amqp_url();
+        config.amqp.url = amqp.to_string();
         config.amqp.prefix = prefix.clone();
         config.amqp.publish_timeout_ms = 5_000;
         config.worker.retry_delays_ms = TEST_RETRY_DELAYS_MS.to_vec();
@@ -92,7 +98,7 @@ impl TestEnv {
             database: database.clone(),
             connection,
             publisher,
-            cleanup: Some(Cleanup { database, prefix }),
+            cleanup: Some(Cleanup { database, prefix, amqp: amqp.to_string() }),
         }
     }
 
@@ -219,7 +225,7 @@ impl Drop for TestEnv {
                         .await;
                     server.close().await;
                 }
-                if let Ok(connection) = messaging::connect(&amqp_url(), "automation-tests-cleanup").await
+                if let Ok(connection) = messaging::connect(&cleanup.amqp, "automation-tests-cleanup").await
                     && let Ok(channel) = connection.create_channel().await
                 {
                     let settings = TopologySettings { retry_delays_ms: &retry_delays, delivery_limit };
@@ -307,3 +313,5 @@ impl NotificationTap {
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
 }
+
+pub mod private_rabbitmq;

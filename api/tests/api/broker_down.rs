@@ -1,0 +1,82 @@
+//! With the broker stopped, unreachable or blocked by an alarm, writes answer 503 with
+//! Retry-After and never 202; readiness says why; the API recovers by itself. A private
+//! RabbitMQ node is stopped, so the tests beside this one are not disturbed.
+
+use std::time::Duration;
+
+use automation_api::auth::Role;
+use automation_shared::testing::TestEnv;
+use automation_shared::testing::private_rabbitmq::PrivateRabbitMq;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::{TestApi, json};
+
+#[tokio::test]
+async fn with_the_broker_down_or_blocked_writes_answer_503_never_202_and_recover_by_themselves() {
+    let mut rabbit = PrivateRabbitMq::start().await;
+    let env = TestEnv::on_broker(&rabbit.url()).await;
+    let api = TestApi::start(&env.config).await;
+    let service = api.user(Role::Service).await;
+    let write = || {
+        api.request(Method::POST, "/auditLogs", &service.token)
+            .json(&json!({"entity": "invoice", "entityId": "inv-1", "action": "exported"}))
+            .send()
+    };
+    let ready = || async { api.client.get(api.url("/health/ready")).send().await.expect("answer") };
+    assert_eq!(write().await.expect("answer").status(), 202);
+
+    rabbit.stop().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = json(ready().await).await;
+        if status == 503 {
+            assert_eq!(body["dependencies"]["rabbitmq"]["status"], "unavailable", "{body}");
+            assert_eq!(body["dependencies"]["mysql"]["status"], "ok", "{body}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "readiness never noticed the broker was gone");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..5 {
+        let r = write().await.expect("answer");
+        assert!(r.headers().get("retry-after").is_some());
+        let (status, problem) = json(r).await;
+        assert_eq!(status, 503, "never a 202 while the broker is down: {problem}");
+        assert!(problem["type"].as_str().unwrap_or_default().ends_with("/broker-unavailable"));
+    }
+
+    rabbit.restart().await;
+    api.wait_ready().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = write().await.expect("answer").status();
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503, "only 503 until the link is back");
+        assert!(tokio::time::Instant::now() < deadline, "the API did not recover after the broker came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A memory alarm blocks publishers: the answer is a prompt 503, not a hang and not a 202.
+    rabbit.alarm(true);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let started = tokio::time::Instant::now();
+        let status = write().await.expect("answer").status();
+        assert!(started.elapsed() < Duration::from_secs(10), "bounded wait");
+        if status == 503 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a blocked broker must give 503");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    rabbit.alarm(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while write().await.expect("answer").status() != 202 {
+        assert!(tokio::time::Instant::now() < deadline, "writes resume once the alarm clears");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    api.stop().await;
+}

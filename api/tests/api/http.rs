@@ -1,0 +1,73 @@
+//! HTTP hygiene: CORS, request ids, problem+json for unknown routes, the OpenAPI document.
+
+use automation_shared::testing::TestEnv;
+use reqwest::Method;
+
+use crate::support::{TestApi, json};
+
+#[tokio::test]
+async fn cors_answers_listed_origins_with_credentials_and_never_echoes_others() {
+    let mut env = TestEnv::new().await;
+    env.config.api.cors_origins = vec!["https://app.example.com".into()];
+    let api = TestApi::start(&env.config).await;
+    let preflight = |origin: &'static str| {
+        api.client
+            .request(Method::OPTIONS, api.url("/approvals"))
+            .header("origin", origin)
+            .header("access-control-request-method", "PATCH")
+            .header("access-control-request-headers", "authorization,content-type,idempotency-key")
+            .send()
+    };
+    let allowed = preflight("https://app.example.com").await.expect("answer");
+    let headers = allowed.headers();
+    assert_eq!(
+        headers.get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
+        Some("https://app.example.com")
+    );
+    assert_eq!(headers.get("access-control-allow-credentials").and_then(|v| v.to_str().ok()), Some("true"));
+    let evil = preflight("https://evil.example.net").await.expect("answer");
+    assert!(evil.headers().get("access-control-allow-origin").is_none(), "an unlisted origin is not echoed");
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_keeps_the_callers() {
+    let env = TestEnv::new().await;
+    let api = TestApi::start(&env.config).await;
+    let r = api.client.get(api.url("/health")).send().await.expect("answer");
+    assert!(r.headers().get("x-request-id").is_some());
+    let r = api.client.get(api.url("/health")).header("x-request-id", "trace-me-42").send().await.expect("answer");
+    assert_eq!(r.headers().get("x-request-id").and_then(|v| v.to_str().ok()), Some("trace-me-42"));
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_problem_json() {
+    let env = TestEnv::new().await;
+    let api = TestApi::start(&env.config).await;
+    let r = api.client.get(api.url("/nope")).send().await.expect("answer");
+    assert_eq!(r.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("application/problem+json"));
+    let (status, problem) = json(r).await;
+    assert_eq!((status, problem["status"].as_u64()), (404, Some(404)));
+    let (status, _) = json(api.client.delete(api.url("/approvals")).send().await.expect("answer")).await;
+    assert_eq!(status, 405);
+    let (status, _) = json(api.client.get(api.url("/approvals")).send().await.expect("answer")).await;
+    assert_eq!(status, 401, "reads need a token");
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_the_docs_are_served() {
+    let env = TestEnv::new().await;
+    let api = TestApi::start(&env.config).await;
+    let (status, doc) = json(api.client.get(api.url("/openapi.json")).send().await.expect("answer")).await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap_or_default().starts_with("3.1"), "{}", doc["openapi"]);
+    for path in ["/approvals/{id}", "/auth/login", "/api/v1/events", "/auditLogs", "/health/ready"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is documented");
+    }
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let docs = api.client.get(api.url("/docs/")).send().await.expect("answer");
+    assert_eq!(docs.status(), 200);
+    assert!(docs.text().await.unwrap_or_default().contains("swagger"), "the docs UI is served (vendored)");
+    let (status, info) = json(api.client.get(api.url("/api/v1/info")).send().await.expect("answer")).await;
+    assert_eq!(status, 200);
+    assert_eq!(info["name"], "automation-engine");
+}

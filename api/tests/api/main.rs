@@ -1,0 +1,10 @@
+//! Integration tests of the API with the real RabbitMQ, MariaDB and worker.
+
+#![expect(clippy::expect_used, reason = "test support: a failed set-up stops the test with its message")]
+
+mod auth;
+mod broker_down;
+mod flows;
+mod http;
+mod jwt;
+mod support;
