@@ -91,8 +91,9 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(record_metrics))
         .layer(
             // The span holds the path without the query string: the old login put a password
-            // there.
-            TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            // there. Failures are not logged here: a 503 from readiness is no error, and real
+            // errors are logged once where they are handled (`problem`).
+            TraceLayer::new_for_http().on_failure(()).make_span_with(|request: &Request| {
                 let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
                 tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
             }),

@@ -92,6 +92,30 @@ pub async fn topology(config: &Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `topology --delete`: removes every exchange and queue under the prefix, messages included.
+pub async fn delete_topology(config: &Config, yes: bool) -> anyhow::Result<()> {
+    let names = Names::new(config.amqp.prefix.clone());
+    if !yes {
+        anyhow::bail!(
+            "this deletes every exchange and queue named {}.*, with the messages in them; add --yes to go ahead",
+            names.prefix()
+        );
+    }
+    let connection =
+        messaging::connect_with_patience(&config.amqp.url, "automation-worker topology", Duration::from_secs(15))
+            .await
+            .context("could not connect to RabbitMQ (check AMQP_URL)")?;
+    let channel = connection.create_channel().await?;
+    let settings = automation_shared::messaging::topology::TopologySettings {
+        retry_delays_ms: &config.worker.retry_delays_ms,
+        delivery_limit: config.worker.delivery_limit,
+    };
+    automation_shared::messaging::topology::delete(&channel, &names, &settings).await?;
+    let _ = connection.close(200, "done".into()).await;
+    println!("deleted the exchanges and queues of prefix {}", names.prefix());
+    Ok(())
+}
+
 /// `audit verify`: exit status 0 when intact, 1 when something was changed or removed.
 pub async fn audit_verify(config: &Config, json: bool) -> anyhow::Result<bool> {
     let pool = db::connect(&config.database).await.context("could not connect to MySQL (check DATABASE_URL)")?;

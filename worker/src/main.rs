@@ -35,6 +35,11 @@ enum Command {
     Topology {
         #[arg(long)]
         json: bool,
+        /// Delete them instead, with the messages in the queues (asks for --yes).
+        #[arg(long)]
+        delete: bool,
+        #[arg(long, requires = "delete")]
+        yes: bool,
     },
     /// The audit log.
     Audit {
@@ -70,7 +75,8 @@ async fn main() -> ExitCode {
             serve(config).await.map(|()| true)
         }
         Some(Command::Migrate { json }) => cli::migrate(&config, json).await.map(|()| true),
-        Some(Command::Topology { json }) => cli::topology(&config, json).await.map(|()| true),
+        Some(Command::Topology { json, delete: false, .. }) => cli::topology(&config, json).await.map(|()| true),
+        Some(Command::Topology { delete: true, yes, .. }) => cli::delete_topology(&config, yes).await.map(|()| true),
         Some(Command::Audit { command: AuditCommand::Verify { json } }) => cli::audit_verify(&config, json).await,
     };
     match result {

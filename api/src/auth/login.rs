@@ -23,8 +23,10 @@ use crate::routes::users::{self, UserView};
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     #[garde(length(min = 1, max = 254))]
+    #[schema(min_length = 1, max_length = 254)]
     pub email: String,
     #[garde(length(min = 1, max = 1024))]
+    #[schema(min_length = 1, max_length = 1024)]
     pub password: String,
 }
 

@@ -35,6 +35,7 @@ pub struct ListApprovals {
     pub requester_id: Option<Uuid>,
     /// 1 to 500 (default 50).
     #[garde(range(min = 1, max = 500))]
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// From the `Link: rel="next"` header of the previous page.
     #[garde(skip)]
@@ -110,11 +111,14 @@ pub struct NewApproval {
     #[garde(skip)]
     pub workflow_id: Uuid,
     #[garde(length(chars, min = 1, max = 300))]
+    #[schema(min_length = 1, max_length = 300)]
     pub title: String,
     #[garde(range(min = 0.0, max = 1e15))]
+    #[schema(minimum = 0.0, maximum = 1e15)]
     pub amount: Option<f64>,
     /// ISO 4217, e.g. `EUR`.
     #[garde(pattern(r"^[A-Z]{3}$"))]
+    #[schema(pattern = r"^[A-Z]{3}$", example = "EUR")]
     pub currency: Option<String>,
     #[garde(skip)]
     #[schema(value_type = Option<Object>)]
@@ -172,9 +176,11 @@ pub struct DecideApproval {
     #[schema(value_type = String, example = "APPROVED")]
     pub status: Decision,
     #[garde(length(chars, max = 4000))]
+    #[schema(max_length = 4000)]
     pub reason: Option<String>,
     /// Refuse the decision unless the approval is still at this version.
     #[garde(range(min = 1))]
+    #[schema(minimum = 1)]
     pub expected_version: Option<u32>,
 }
 

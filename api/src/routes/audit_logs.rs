@@ -38,6 +38,7 @@ pub struct ListAudit {
     #[garde(skip)]
     pub until: Option<DateTime<Utc>>,
     #[garde(range(min = 1, max = 500))]
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     #[garde(skip)]
     pub cursor: Option<String>,
@@ -89,10 +90,13 @@ pub async fn list(
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NewAuditRecord {
     #[garde(length(chars, min = 1, max = 64), pattern(r"^[A-Za-z][A-Za-z0-9_.-]*$"))]
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z][A-Za-z0-9_.-]*$")]
     pub entity: String,
     #[garde(length(chars, min = 1, max = 64))]
+    #[schema(min_length = 1, max_length = 64)]
     pub entity_id: String,
     #[garde(length(chars, min = 1, max = 64))]
+    #[schema(min_length = 1, max_length = 64)]
     pub action: String,
     #[garde(skip)]
     #[schema(value_type = Option<Object>)]

@@ -66,13 +66,16 @@ pub async fn find_by_email<'e>(executor: impl MySqlExecutor<'e>, email: &str) ->
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     #[garde(email, length(max = 254))]
+    #[schema(format = "email", max_length = 254)]
     pub email: String,
     #[garde(length(chars, min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     #[garde(skip)]
     pub role: Role,
     /// At least 12 characters.
     #[garde(length(chars, min = password::MIN_PASSWORD_CHARS, max = 1024))]
+    #[schema(min_length = 12, max_length = 1024)]
     pub password: String,
 }
 
@@ -107,6 +110,7 @@ pub async fn create(pool: &MySqlPool, user: NewUser) -> ApiResult<UserRow> {
 pub struct ListUsers {
     /// 1 to 500 (default 50).
     #[garde(range(min = 1, max = 500))]
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     /// From the `Link: rel="next"` header of the previous page.
     #[garde(skip)]

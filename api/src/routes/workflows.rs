@@ -31,6 +31,7 @@ pub struct ListWorkflows {
     pub status: Option<WorkflowStatus>,
     /// 1 to 500 (default 50).
     #[garde(range(min = 1, max = 500))]
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
     #[garde(skip)]
     pub cursor: Option<String>,
@@ -95,8 +96,10 @@ async fn find(state: &AppState, id: &str) -> ApiResult<Workflow> {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct NewWorkflow {
     #[garde(length(chars, min = 1, max = 200))]
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     #[garde(length(chars, max = 4000))]
+    #[schema(max_length = 4000)]
     pub description: Option<String>,
     /// `DRAFT` or `ACTIVE` (the default).
     #[garde(skip)]
@@ -104,6 +107,7 @@ pub struct NewWorkflow {
     pub status: Option<InitialWorkflowStatus>,
     /// Hours an approval may stay open (1 to 8760).
     #[garde(range(min = 1, max = 8760))]
+    #[schema(minimum = 1, maximum = 8760)]
     pub approval_sla_hours: Option<u32>,
 }
 
@@ -152,6 +156,7 @@ pub struct ChangeWorkflow {
     #[schema(value_type = String, example = "PAUSED")]
     pub status: WorkflowStatus,
     #[garde(range(min = 1))]
+    #[schema(minimum = 1)]
     pub expected_version: Option<u32>,
 }
 
