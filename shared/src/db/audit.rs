@@ -502,7 +502,7 @@ async fn seal_locked(conn: &mut MySqlConnection, key: Option<&[u8]>) -> sqlx::Re
         sqlx::query_as("select sealed_at, hash, heads from audit_seals order by seq desc limit 1")
             .fetch_optional(&mut *conn)
             .await?;
-    let since = last.as_ref().map_or(DateTime::<Utc>::MIN_UTC, |(at, _, _)| *at - chrono::Duration::minutes(10));
+    let since = last.as_ref().map_or(DateTime::<Utc>::UNIX_EPOCH, |(at, _, _)| *at - chrono::Duration::minutes(10));
     let heads: Vec<(String, u64, String)> = sqlx::query_as(
         "select a.chain_id, a.chain_seq, a.hash from audit_log a \
          join (select chain_id, max(chain_seq) as head from audit_log where created_at >= ? group by chain_id) h \

@@ -2,6 +2,7 @@
 
 #![expect(clippy::expect_used, reason = "test support: a failed set-up stops the test with its message")]
 
+mod audit;
 mod concurrency;
 mod pipeline;
 mod poison;
