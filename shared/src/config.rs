@@ -93,6 +93,8 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// How long a query waits for a free connection before the pool gives up.
     pub acquire_timeout_ms: u64,
+    /// How long a statement waits for a row lock before it fails (and is retried).
+    pub lock_wait_timeout_secs: u32,
 }
 
 impl fmt::Debug for DatabaseConfig {
@@ -119,6 +121,7 @@ impl Default for DatabaseConfig {
             name: "automation".into(),
             max_connections: 10,
             acquire_timeout_ms: 5_000,
+            lock_wait_timeout_secs: 10,
         }
     }
 }

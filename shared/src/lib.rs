@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod db;
+pub mod dead_letters;
 pub mod events;
 pub mod lifecycle;
 pub mod messaging;

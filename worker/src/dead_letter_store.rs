@@ -135,10 +135,9 @@ pub fn describe(delivery: &Delivery) -> NewDeadLetter {
         // The broker dead-lettered it: derive an id from the message and its first death, so a
         // redelivered copy is stored once.
         let identity = Uuid::new_v5(&ID_NAMESPACE, &[routing_key.as_bytes(), b"\n", &delivery.data].concat());
-        derived_id(
-            &format!("broker-dead:{}:{}", reason, death.as_ref().and_then(|d| d.time).unwrap_or(0)),
-            &identity.to_string(),
-        )
+        let replays = header(properties, automation_shared::dead_letters::REPLAY_COUNT_HEADER).unwrap_or_default();
+        let first_death = death.as_ref().and_then(|d| d.time).unwrap_or(0);
+        derived_id(&format!("broker-dead:{reason}:{first_death}:{replays}"), &identity.to_string())
     });
     let time = |name: &str| {
         header(properties, name).and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc))

@@ -166,8 +166,9 @@ pub async fn dead_letter(
         with_failure(&mut history, attempt, failure_kind, error);
     }
     // Derived, so dead-lettering the same delivery again (a crash before the ack) stores it once.
+    let replays = header(message.properties, automation_shared::dead_letters::REPLAY_COUNT_HEADER).unwrap_or_default();
     let id = derived_id(
-        &format!("dead:{}:{}:{attempt}", worker.names.work_queue(message.queue), kind.as_str()),
+        &format!("dead:{}:{}:{attempt}:{replays}", worker.names.work_queue(message.queue), kind.as_str()),
         &message.identity(),
     );
     let mut properties = message.properties.clone();

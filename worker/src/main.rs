@@ -41,6 +41,11 @@ enum Command {
         #[arg(long, requires = "delete")]
         yes: bool,
     },
+    /// Inspect, replay and discard dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: cli::dlq::Command,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -77,6 +82,7 @@ async fn main() -> ExitCode {
         Some(Command::Migrate { json }) => cli::migrate(&config, json).await.map(|()| true),
         Some(Command::Topology { json, delete: false, .. }) => cli::topology(&config, json).await.map(|()| true),
         Some(Command::Topology { delete: true, yes, .. }) => cli::delete_topology(&config, yes).await.map(|()| true),
+        Some(Command::Dlq { command }) => cli::dlq::run(&config, command).await,
         Some(Command::Audit { command: AuditCommand::Verify { json } }) => cli::audit_verify(&config, json).await,
     };
     match result {

@@ -33,6 +33,7 @@ pub async fn connect(config: &DatabaseConfig) -> anyhow::Result<MySqlPool> {
 }
 
 fn pool_options(config: &DatabaseConfig) -> MySqlPoolOptions {
+    let lock_wait = config.lock_wait_timeout_secs.max(1);
     MySqlPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
@@ -40,13 +41,13 @@ fn pool_options(config: &DatabaseConfig) -> MySqlPoolOptions {
         // that died with the server fails its first statement, which is classified as
         // `Unavailable` and retried on a fresh connection.
         .test_before_acquire(false)
-        .after_connect(|conn, _| {
+        .after_connect(move |conn, _| {
             Box::pin(async move {
                 // READ COMMITTED takes no gap locks: fewer deadlocks between workers inserting
                 // into the same tables. Every decision that needs a stable read locks its row.
                 sqlx::query("set session transaction isolation level read committed").execute(&mut *conn).await?;
                 // Fail a lock wait in seconds, not the default 50: it is retried either way.
-                sqlx::query("set session innodb_lock_wait_timeout = 10").execute(&mut *conn).await?;
+                sqlx::query("set session innodb_lock_wait_timeout = ?").bind(lock_wait).execute(&mut *conn).await?;
                 Ok(())
             })
         })

@@ -4,7 +4,9 @@
 
 mod audit;
 mod concurrency;
+mod dlq;
 mod pipeline;
 mod poison;
 mod rejections;
+mod retries;
 mod support;

@@ -1,5 +1,8 @@
-//! The ops subcommands: `migrate`, `topology`, `audit verify`. Each prints what it did for a
-//! person, or JSON with `--json`, and exits non-zero with a message that says what to do.
+//! The ops subcommands: `migrate`, `topology`, `audit verify`, and `dlq` (in [`dlq`]). Each
+//! prints what it did for a person, or JSON with `--json`, and exits non-zero with a message that
+//! says what to do.
+
+pub mod dlq;
 
 use std::time::Duration;
 
