@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use automation_shared::config::{Config, JwtAlgorithm};
 use automation_shared::db;
+use automation_shared::db::audit::AuditChain;
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, header};
@@ -41,6 +42,8 @@ pub struct Inner {
     /// A hash to verify against when the email is unknown, so that costs what a wrong password
     /// costs.
     pub dummy_hash: String,
+    /// This process's audit chain, for the dead-letter actions it records.
+    pub audit: tokio::sync::Mutex<AuditChain>,
 }
 
 impl Deref for AppState {
@@ -59,6 +62,7 @@ impl AppState {
             tracing::warn!("JWT_SECRET is not set: using the development secret (refused in production)");
         }
         let jwt = JwtKeys::from_config(&config.jwt)?;
+        let config_audit_key = config.audit.key.clone();
         let pool = db::lazy_pool(&config.database)?;
         let dummy_hash = auth::password::hash(uuid::Uuid::new_v4().to_string()).await?;
         Ok(AppState(Arc::new(Inner {
@@ -68,6 +72,7 @@ impl AppState {
             waiters: Arc::new(Waiters::default()),
             jwt,
             dummy_hash,
+            audit: tokio::sync::Mutex::new(AuditChain::new(config_audit_key.as_deref())),
         })))
     }
 }

@@ -8,7 +8,7 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::auth::login;
-use crate::routes::{approvals, audit_logs, events, health, users, workflows};
+use crate::routes::{approvals, audit_logs, dead_letters, events, health, users, workflows};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,7 +20,7 @@ use crate::routes::{approvals, audit_logs, events, health, users, workflows};
     ),
     tags(
         (name = "auth", description = "Login and logout"),
-        (name = "approvals"), (name = "workflows"), (name = "audit"), (name = "events"), (name = "users"),
+        (name = "approvals"), (name = "workflows"), (name = "audit"), (name = "events"), (name = "users"), (name = "dead letters", description = "The dead-letter store (admins)"),
         (name = "health", description = "Probes, build information, metrics"),
     )
 )]
@@ -45,6 +45,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit_logs::list, audit_logs::create))
         .routes(routes!(events::publish))
         .routes(routes!(events::status))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::get))
+        .routes(routes!(dead_letters::replay))
+        .routes(routes!(dead_letters::discard))
 }
 
 /// Adds what the annotations cannot: the bearer scheme and the version.

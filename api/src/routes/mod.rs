@@ -2,6 +2,7 @@
 
 pub mod approvals;
 pub mod audit_logs;
+pub mod dead_letters;
 pub mod events;
 pub mod health;
 pub mod users;

@@ -4,6 +4,7 @@
 
 mod auth;
 mod broker_down;
+mod dead_letters;
 mod flows;
 mod http;
 mod jwt;

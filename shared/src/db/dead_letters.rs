@@ -114,7 +114,7 @@ pub async fn insert<'e>(executor: impl MySqlExecutor<'e>, d: &NewDeadLetter) -> 
 
 /// Which dead letters to act on. Every field narrows the selection.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct Filter {
     /// Exact event type, e.g. `approval.decided`.
