@@ -71,7 +71,15 @@ impl Broker {
                 match self.connect(&waiters).await {
                     Ok(link) => {
                         tracing::info!("connected to RabbitMQ");
-                        *self.link.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(link);
+                        let old = self.link.write().unwrap_or_else(std::sync::PoisonError::into_inner).replace(link);
+                        // A link given up on is closed, or lapin would keep reconnecting it.
+                        if let Some(old) = old {
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(2),
+                                old.connection.close(200, "replaced".into()),
+                            )
+                            .await;
+                        }
                         delay = Duration::from_millis(250);
                     }
                     Err(error) => {

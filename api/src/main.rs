@@ -88,9 +88,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("could not listen on {address} (API_HOST/API_PORT)"))?;
-    let state = AppState::build(Arc::new(config)).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let state = AppState::build(Arc::new(config)).await?;
     app::run(state, listener, shutdown).await
 }
 

@@ -96,13 +96,20 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Signals first: a pod told to stop while it is still connecting exits 0, not by the signal.
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
     let address = SocketAddr::from(([0, 0, 0, 0], config.worker.port));
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("could not listen on {address} (WORKER_PORT)"))?;
-    let worker = service::Worker::connect(Arc::new(config)).await?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let worker = tokio::select! {
+        worker = service::Worker::connect(Arc::new(config)) => worker?,
+        _ = shutdown.cancelled() => {
+            tracing::info!("stopped while starting");
+            return Ok(());
+        }
+    };
     service::run(worker, listener, shutdown).await
 }
 

@@ -112,14 +112,25 @@ impl Drop for TestApi {
 /// A worker for tests that need events applied.
 pub struct TestWorker {
     shutdown: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestWorker {
     pub async fn start(config: &Config) -> TestWorker {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let shutdown = CancellationToken::new();
-        automation_worker::service::spawn(Arc::new(config.clone()), listener, shutdown.clone()).await.expect("worker");
-        TestWorker { shutdown }
+        let handle = automation_worker::service::spawn(Arc::new(config.clone()), listener, shutdown.clone())
+            .await
+            .expect("worker");
+        TestWorker { shutdown, handle: Some(handle) }
+    }
+
+    /// Drains and waits, closing its connections.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.await;
+        }
     }
 }
 

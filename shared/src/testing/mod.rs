@@ -46,6 +46,7 @@ pub struct TestEnv {
 
 struct Cleanup {
     database: String,
+    database_server: String,
     prefix: String,
     amqp: String,
 }
@@ -57,11 +58,16 @@ impl TestEnv {
 
     /// The same, on another broker (a private node the test may stop).
     pub async fn on_broker(amqp: &str) -> TestEnv {
+        TestEnv::on(&database_server_url(), amqp).await
+    }
+
+    /// The same, on another database server and broker (private ones the test may stop).
+    pub async fn on(database_server: &str, amqp: &str) -> TestEnv {
         let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
         let database = format!("t_{suffix}");
         let prefix = format!("t{suffix}");
         let server =
-            MySqlPoolOptions::new().max_connections(1).connect(&database_server_url()).await.expect("MariaDB answers");
+            MySqlPoolOptions::new().max_connections(1).connect(database_server).await.expect("MariaDB answers");
         sqlx::query(sqlx::AssertSqlSafe(format!("create database `{database}`")))
             .execute(&server)
             .await
@@ -69,7 +75,7 @@ impl TestEnv {
         server.close().await;
 
         let mut config = Config::default();
-        config.database.url = Some(format!("{}/{database}", database_server_url()));
+        config.database.url = Some(format!("{database_server}/{database}"));
         config.database.max_connections = 8;
         config.amqp.url = amqp.to_string();
         config.amqp.prefix = prefix.clone();
@@ -98,7 +104,12 @@ impl TestEnv {
             database: database.clone(),
             connection,
             publisher,
-            cleanup: Some(Cleanup { database, prefix, amqp: amqp.to_string() }),
+            cleanup: Some(Cleanup {
+                database,
+                database_server: database_server.to_string(),
+                prefix,
+                amqp: amqp.to_string(),
+            }),
         }
     }
 
@@ -187,8 +198,12 @@ impl TestEnv {
     /// Waits until `sql` (a count) reaches `expected`; returns the last count.
     pub async fn wait_count(&self, sql: &'static str, expected: i64, timeout: Duration) -> i64 {
         let deadline = tokio::time::Instant::now() + timeout;
+        let mut n = 0;
         loop {
-            let n: i64 = sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect("count query");
+            // A database a test restarts fails the first query on each old connection: keep asking.
+            if let Ok(count) = sqlx::query_scalar::<_, i64>(sql).fetch_one(&self.pool).await {
+                n = count;
+            }
             if n >= expected || tokio::time::Instant::now() >= deadline {
                 return n;
             }
@@ -219,7 +234,7 @@ impl Drop for TestEnv {
                 return;
             };
             runtime.block_on(async move {
-                if let Ok(server) = MySqlPoolOptions::new().max_connections(1).connect(&database_server_url()).await {
+                if let Ok(server) = MySqlPoolOptions::new().max_connections(1).connect(&cleanup.database_server).await {
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("drop database if exists `{}`", cleanup.database)))
                         .execute(&server)
                         .await;
@@ -314,4 +329,5 @@ impl NotificationTap {
     }
 }
 
+pub mod private_mariadb;
 pub mod private_rabbitmq;
