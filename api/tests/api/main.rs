@@ -3,9 +3,9 @@
 #![expect(clippy::expect_used, reason = "test support: a failed set-up stops the test with its message")]
 
 mod auth;
-mod broker_down;
 mod dead_letters;
 mod flows;
 mod http;
 mod jwt;
+mod outages;
 mod support;

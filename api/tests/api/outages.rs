@@ -1,6 +1,7 @@
-//! With the broker stopped, unreachable or blocked by an alarm, writes answer 503 with
-//! Retry-After and never 202; readiness says why; the API recovers by itself. A private
-//! RabbitMQ node is stopped, so the tests beside this one are not disturbed.
+//! Outages of the broker and the database. With the broker stopped, unreachable or blocked by an
+//! alarm, writes answer 503 with Retry-After and never 202; with the database gone, reads answer
+//! 503; readiness says why; the API recovers by itself. Private RabbitMQ and MariaDB instances
+//! are stopped, so the tests beside these are not disturbed.
 
 use std::time::Duration;
 
@@ -78,5 +79,33 @@ async fn with_the_broker_down_or_blocked_writes_answer_503_never_202_and_recover
         assert!(tokio::time::Instant::now() < deadline, "writes resume once the alarm clears");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    api.stop().await;
+}
+
+#[tokio::test]
+async fn with_mariadb_restarted_the_api_answers_503_meanwhile_and_recovers_by_itself() {
+    use automation_shared::testing::private_mariadb::PrivateMariaDb;
+    let mut mariadb = PrivateMariaDb::start().await;
+    let env = TestEnv::on(&mariadb.url(), &automation_shared::testing::amqp_url()).await;
+    let api = TestApi::start(&env.config).await;
+    let viewer = api.user(Role::Viewer).await;
+    let read = || api.request(Method::GET, "/workflows", &viewer.token).send();
+    assert_eq!(read().await.expect("answer").status(), 200);
+
+    mariadb.stop().await;
+    let (status, body) = json(api.client.get(api.url("/health/ready")).send().await.expect("answer")).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["dependencies"]["mysql"]["status"], "unavailable", "{body}");
+    let r = read().await.expect("answer");
+    assert_eq!(r.status(), 503, "a read without its database is a 503, not a 500");
+    assert!(r.headers().get("retry-after").is_some());
+
+    mariadb.restart().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while read().await.expect("answer").status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "reads recover without a restart of the API");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    api.wait_ready().await;
     api.stop().await;
 }
