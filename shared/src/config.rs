@@ -48,6 +48,7 @@ pub struct Config {
     pub jwt: JwtConfig,
     pub worker: WorkerConfig,
     pub audit: AuditConfig,
+    pub tasks: TasksConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -324,6 +325,78 @@ impl WorkerConfig {
     }
 }
 
+/// The HMAC key `webhook.call` signs with when none is configured. Refused in production.
+pub const DEV_WEBHOOK_SECRET: &str = "automation-engine-development-webhook-secret";
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TasksConfig {
+    /// HMAC-SHA-256 key for the `X-Automation-Signature` header of `webhook.call`.
+    pub webhook_secret: Option<String>,
+    /// Per-request timeout of `webhook.call` unless its params say otherwise.
+    pub webhook_timeout_secs: u64,
+    /// Periodic automations, fired once per tick however many workers run (more can be added
+    /// in the `schedules` table).
+    pub schedules: Vec<ScheduleConfig>,
+}
+
+impl fmt::Debug for TasksConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TasksConfig")
+            .field("webhook_secret", &self.webhook_secret.as_ref().map(|_| "<redacted>"))
+            .field("webhook_timeout_secs", &self.webhook_timeout_secs)
+            .field("schedules", &self.schedules)
+            .finish()
+    }
+}
+
+impl TasksConfig {
+    pub fn effective_webhook_secret(&self) -> &str {
+        self.webhook_secret.as_deref().unwrap_or(DEV_WEBHOOK_SECRET)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleConfig {
+    pub name: String,
+    /// Five fields (minute granularity) or six (seconds first), e.g. `*/5 * * * *`.
+    pub cron: String,
+    pub automation: String,
+    #[serde(default)]
+    pub params: Option<serde_json::Value>,
+    #[serde(default = "enabled")]
+    pub enabled: bool,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            webhook_secret: None,
+            webhook_timeout_secs: 10,
+            schedules: vec![
+                ScheduleConfig {
+                    name: "insights".into(),
+                    cron: "*/5 * * * *".into(),
+                    automation: "insights.recompute".into(),
+                    params: None,
+                    enabled: true,
+                },
+                ScheduleConfig {
+                    name: "escalate-stale-approvals".into(),
+                    cron: "*/15 * * * *".into(),
+                    automation: "approvals.escalate_stale".into(),
+                    params: None,
+                    enabled: true,
+                },
+            ],
+        }
+    }
+}
+
 #[derive(Clone, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct AuditConfig {
@@ -352,6 +425,7 @@ impl Default for Config {
             jwt: JwtConfig::default(),
             worker: WorkerConfig::default(),
             audit: AuditConfig::default(),
+            tasks: TasksConfig::default(),
         }
     }
 }
@@ -528,6 +602,17 @@ impl Config {
                 "give one or more delays above 0, e.g. [1000, 10000, 60000, 600000]",
             ));
         }
+        for schedule in &self.tasks.schedules {
+            if schedule.name.is_empty() || schedule.automation.is_empty() {
+                return Err(ConfigError::key(
+                    "AUTOMATION_TASKS__SCHEDULES",
+                    "every schedule needs a name and an automation",
+                ));
+            }
+        }
+        if self.tasks.webhook_timeout_secs == 0 || self.tasks.webhook_timeout_secs > 300 {
+            return Err(ConfigError::key("AUTOMATION_TASKS__WEBHOOK_TIMEOUT_SECS", "must be 1 to 300"));
+        }
         if w.max_message_bytes < 1024 {
             return Err(ConfigError::key("AUTOMATION_WORKER__MAX_MESSAGE_BYTES", "must be ≥ 1024"));
         }
@@ -537,6 +622,20 @@ impl Config {
     fn validate_production(&self, component: Component) -> Result<(), ConfigError> {
         if self.debug {
             return Err(ConfigError::key("DEBUG", "must not be true in production"));
+        }
+        if component == Component::Worker
+            && self
+                .tasks
+                .webhook_secret
+                .as_deref()
+                .is_none_or(|s| s == DEV_WEBHOOK_SECRET || s.len() < MIN_JWT_SECRET_BYTES)
+        {
+            return Err(ConfigError::key(
+                "AUTOMATION_TASKS__WEBHOOK_SECRET",
+                format!(
+                    "set a random secret of at least {MIN_JWT_SECRET_BYTES} bytes in production (webhooks are signed with it)"
+                ),
+            ));
         }
         if component != Component::Api {
             return Ok(());

@@ -18,9 +18,10 @@ use futures_util::FutureExt;
 use serde_json::json;
 use sqlx::MySqlPool;
 
-use crate::announce;
+use crate::announce::{self, Cause};
 use crate::entities::{Entities, Needs};
 use crate::handlers::{self, Context, RejectCode, Rejection, reject};
+use crate::rules::RuleSet;
 use crate::tasks::Registry;
 
 /// One event of a batch.
@@ -107,13 +108,14 @@ pub async fn apply(
     pool: &MySqlPool,
     registry: &Registry,
     chain: &mut AuditChain,
+    rules: &mut RuleSet,
     items: &[Item<'_>],
     check_all: bool,
 ) -> Result<Committed, BatchError> {
     let current = AtomicUsize::new(0);
     let committing = std::sync::atomic::AtomicBool::new(false);
-    let work =
-        AssertUnwindSafe(apply_inner(pool, registry, chain, items, check_all, &current, &committing)).catch_unwind();
+    let work = AssertUnwindSafe(apply_inner(pool, registry, chain, rules, items, check_all, &current, &committing))
+        .catch_unwind();
     match work.await {
         Ok(Ok((committed, staged))) => {
             chain.advance(&staged);
@@ -146,6 +148,7 @@ async fn apply_inner(
     pool: &MySqlPool,
     registry: &Registry,
     chain: &AuditChain,
+    rules: &mut RuleSet,
     items: &[Item<'_>],
     check_all: bool,
     current: &AtomicUsize,
@@ -166,6 +169,7 @@ async fn apply_inner(
         needs.add(item.envelope);
     }
     let mut entities = Entities::load(&mut tx, &needs).await?;
+    rules.refresh(&mut tx).await?;
 
     for (index, item) in items.iter().enumerate() {
         current.store(index, Ordering::Relaxed);
@@ -209,6 +213,7 @@ async fn apply_inner(
         };
         match result {
             Ok(applied) => {
+                let fired = rules.evaluate(envelope, &applied);
                 staged.push(NewRecord {
                     entity: applied.entity.clone(),
                     entity_id: applied.entity_id.clone(),
@@ -219,7 +224,23 @@ async fn apply_inner(
                     correlation_id: Some(envelope.correlation_id.clone()),
                     details: applied.audit_details,
                 });
-                outbox.push(announce::notification(envelope, applied.notification, applied.state));
+                outbox.push(announce::notification(&Cause::from(envelope), applied.notification, applied.state));
+                outbox.extend(fired.outbox);
+                for (rule_id, details) in fired.matched {
+                    staged.push(NewRecord {
+                        entity: "rule".into(),
+                        entity_id: rule_id.to_string(),
+                        action: "rule.fired".into(),
+                        actor_id: Some(rule_id.to_string()),
+                        actor_type: ActorType::Rule,
+                        event_id: Some(envelope.id.clone()),
+                        correlation_id: Some(envelope.correlation_id.clone()),
+                        details: Some(details),
+                    });
+                }
+                if !fired.evaluations.is_empty() {
+                    entry.rules = serde_json::to_value(&fired.evaluations).ok();
+                }
                 entry.entity = Some(applied.entity);
                 entry.entity_id = Some(applied.entity_id);
                 outcomes.push(Outcome::Applied);

@@ -27,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{self, BatchError, Item, Outcome};
 use crate::failures::{self, DeathKind, Unapplied};
+use crate::rules::RuleSet;
 use crate::service::Worker;
+use crate::tasks;
 
 /// Immediate re-runs of a batch that hit a deadlock, a lock wait timeout or an inbox race.
 const CONFLICT_RETRIES: u32 = 3;
@@ -53,8 +55,12 @@ pub async fn run(worker: Arc<Worker>, queue: WorkQueue, shutdown: CancellationTo
         )
         .await?;
     tracing::info!(queue = %worker.names.work_queue(queue), prefetch, batch.size = batch_size, "consuming");
-    let mut state =
-        QueueConsumer { chain: AuditChain::new(worker.config.audit.key.as_deref()), worker: worker.clone(), queue };
+    let mut state = QueueConsumer {
+        chain: AuditChain::new(worker.config.audit.key.as_deref()),
+        worker: worker.clone(),
+        queue,
+        rules: RuleSet::default(),
+    };
     let mut cancelled = false;
     loop {
         let next = tokio::select! {
@@ -120,6 +126,7 @@ struct QueueConsumer {
     worker: Arc<Worker>,
     queue: WorkQueue,
     chain: AuditChain,
+    rules: RuleSet,
 }
 
 impl QueueConsumer {
@@ -133,7 +140,14 @@ impl QueueConsumer {
             publishers: &self.worker.config.worker.publishers,
         };
         let mut parsed = Vec::with_capacity(deliveries.len());
+        let mut executes = Vec::new();
         for delivery in deliveries {
+            if self.queue == WorkQueue::Tasks
+                && delivery.properties.kind().as_ref().is_some_and(|k| k.as_str() == tasks::EXECUTE)
+            {
+                executes.push(delivery);
+                continue;
+            }
             let routing_key = failures::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
             match Envelope::parse(&routing_key, &delivery.properties, &delivery.data, limits) {
                 Ok(envelope) => {
@@ -161,6 +175,9 @@ impl QueueConsumer {
         }
         if !parsed.is_empty() {
             self.apply_and_settle(parsed, received_at, shutdown).await;
+        }
+        if !executes.is_empty() {
+            crate::runner::execute_all(&self.worker, &mut self.chain, executes, shutdown).await;
         }
         self.worker.health.release(held);
         metrics::histogram!("automation_worker_batch_seconds").record(started.elapsed().as_secs_f64());
@@ -233,8 +250,15 @@ impl QueueConsumer {
         let mut check_all = false;
         loop {
             let started = Instant::now();
-            let result =
-                apply::apply(&self.worker.pool, &self.worker.registry, &mut self.chain, items, check_all).await;
+            let result = apply::apply(
+                &self.worker.pool,
+                &self.worker.registry,
+                &mut self.chain,
+                &mut self.rules,
+                items,
+                check_all,
+            )
+            .await;
             metrics::histogram!("automation_worker_apply_seconds").record(started.elapsed().as_secs_f64());
             match result {
                 Ok(committed) => {

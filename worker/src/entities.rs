@@ -46,6 +46,9 @@ impl Needs {
             EventData::ApprovalDecided(d) => {
                 self.approvals.insert(d.approval_id);
             }
+            EventData::ApprovalEscalate(d) => {
+                self.approvals.insert(d.approval_id);
+            }
             EventData::AuditRecorded(_) => {}
             EventData::RuleUpserted(d) => {
                 self.rules.insert(d.id.unwrap_or_else(|| derived_id("rule", id)));

@@ -19,5 +19,8 @@ pub mod faults;
 pub mod handlers;
 pub mod health;
 pub mod outbox;
+pub mod rules;
+pub mod runner;
+pub mod scheduler;
 pub mod service;
 pub mod tasks;

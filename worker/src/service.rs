@@ -42,6 +42,8 @@ pub struct Worker {
     outbox_receiver: std::sync::Mutex<Option<mpsc::Receiver<Vec<OutboxMessage>>>>,
     /// Exchange and queue names the relay publishes to, computed once.
     pub exchanges: Exchanges,
+    /// For tasks that call out (`webhook.call`).
+    pub http: reqwest::Client,
 }
 
 /// Where outbox messages go.
@@ -57,6 +59,8 @@ impl Worker {
     pub async fn connect(config: Arc<Config>) -> anyhow::Result<Arc<Worker>> {
         // Installed before the first counter is touched; `/metrics` renders it.
         automation_shared::telemetry::metrics();
+        // rustls on ring, chosen once per process (a no-op when `main` or an embedder did).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let pool = db::lazy_pool(&config.database)?;
         let connection = messaging::connect_with_patience(&config.amqp.url, "automation-worker", BROKER_PATIENCE)
             .await
@@ -83,6 +87,10 @@ impl Worker {
             outbox,
             outbox_receiver: std::sync::Mutex::new(Some(receiver)),
             exchanges,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .context("could not build the HTTP client")?,
         }))
     }
 
@@ -177,6 +185,7 @@ pub async fn run(worker: Arc<Worker>, listener: TcpListener, shutdown: Cancellat
         });
     }
     tracker.spawn(seal_periodically(worker.clone(), background.clone()));
+    tracker.spawn(crate::scheduler::run(worker.clone(), background.clone()));
     tracker.close();
     tracing::info!(prefix = %worker.names.prefix(), "worker running");
 

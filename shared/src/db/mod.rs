@@ -5,6 +5,7 @@ pub mod approvals;
 pub mod audit;
 pub mod dead_letters;
 pub mod events;
+pub mod insights;
 pub mod rules;
 pub mod runs;
 pub mod workflows;

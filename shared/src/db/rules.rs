@@ -88,7 +88,9 @@ pub async fn enabled<'e>(executor: impl MySqlExecutor<'e>) -> sqlx::Result<Vec<S
 
 /// The newest `updated_at` and the number of rules: cheap to ask, changes whenever a rule does.
 pub async fn fingerprint<'e>(executor: impl MySqlExecutor<'e>) -> sqlx::Result<(Option<DateTime<Utc>>, i64, i64)> {
-    sqlx::query_as("select max(updated_at), count(*), coalesce(sum(version), 0) from rules").fetch_one(executor).await
+    sqlx::query_as("select max(updated_at), count(*), cast(coalesce(sum(version), 0) as signed) from rules")
+        .fetch_one(executor)
+        .await
 }
 
 pub async fn insert<'e>(executor: impl MySqlExecutor<'e>, r: &Rule) -> sqlx::Result<()> {

@@ -80,6 +80,7 @@ event_types! {
     WorkflowStatusChanged => "workflow.status_changed", Commands;
     ApprovalRequested => "approval.requested", Commands;
     ApprovalDecided => "approval.decided", Commands;
+    ApprovalEscalate => "approval.escalate", Commands;
     AuditRecorded => "audit.recorded", Commands;
     RuleUpserted => "rule.upserted", Commands;
     RuleDeleted => "rule.deleted", Commands;
@@ -185,6 +186,24 @@ pub struct ApprovalDecided {
     pub expected_version: Option<u32>,
 }
 
+/// `approval.escalate`: hand a `PENDING` approval to a role or a user. Sent by rules and by
+/// `approvals.escalate_stale` (an extension of the v1 types).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Validate)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalEscalate {
+    #[garde(skip)]
+    pub approval_id: Uuid,
+    #[garde(length(min = 1, max = 32))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_role: Option<String>,
+    #[garde(length(min = 1, max = 64))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_user: Option<String>,
+    #[garde(length(chars, max = 4000))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// `audit.recorded`
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Validate)]
 #[serde(rename_all = "camelCase")]
@@ -247,6 +266,7 @@ pub enum EventData {
     WorkflowStatusChanged(WorkflowStatusChanged),
     ApprovalRequested(ApprovalRequested),
     ApprovalDecided(ApprovalDecided),
+    ApprovalEscalate(ApprovalEscalate),
     AuditRecorded(AuditRecorded),
     RuleUpserted(RuleDefinition),
     RuleDeleted(RuleDeleted),
@@ -287,6 +307,7 @@ impl EventData {
             EventType::WorkflowStatusChanged => EventData::WorkflowStatusChanged(typed(data)?),
             EventType::ApprovalRequested => EventData::ApprovalRequested(typed(data)?),
             EventType::ApprovalDecided => EventData::ApprovalDecided(typed(data)?),
+            EventType::ApprovalEscalate => EventData::ApprovalEscalate(typed(data)?),
             EventType::AuditRecorded => EventData::AuditRecorded(typed(data)?),
             EventType::RuleUpserted => EventData::RuleUpserted(typed(data)?),
             EventType::RuleDeleted => EventData::RuleDeleted(typed(data)?),
@@ -301,6 +322,7 @@ impl EventData {
             EventData::WorkflowStatusChanged(_) => EventType::WorkflowStatusChanged,
             EventData::ApprovalRequested(_) => EventType::ApprovalRequested,
             EventData::ApprovalDecided(_) => EventType::ApprovalDecided,
+            EventData::ApprovalEscalate(_) => EventType::ApprovalEscalate,
             EventData::AuditRecorded(_) => EventType::AuditRecorded,
             EventData::RuleUpserted(_) => EventType::RuleUpserted,
             EventData::RuleDeleted(_) => EventType::RuleDeleted,
@@ -315,6 +337,7 @@ impl EventData {
             EventData::WorkflowStatusChanged(d) => serde_json::to_value(d),
             EventData::ApprovalRequested(d) => serde_json::to_value(d),
             EventData::ApprovalDecided(d) => serde_json::to_value(d),
+            EventData::ApprovalEscalate(d) => serde_json::to_value(d),
             EventData::AuditRecorded(d) => serde_json::to_value(d),
             EventData::RuleUpserted(d) => serde_json::to_value(d),
             EventData::RuleDeleted(d) => serde_json::to_value(d),

@@ -6,8 +6,8 @@ use schemars::{JsonSchema, schema_for};
 use serde_json::{Map, Value, json};
 
 use super::{
-    ApprovalDecided, ApprovalRequested, AuditRecorded, AutomationCancelled, AutomationRequested, EventType,
-    RuleDeleted, WorkflowCreated, WorkflowStatusChanged,
+    ApprovalDecided, ApprovalEscalate, ApprovalRequested, AuditRecorded, AutomationCancelled, AutomationRequested,
+    EventType, RuleDeleted, WorkflowCreated, WorkflowStatusChanged,
 };
 use crate::rules::RuleDefinition;
 
@@ -23,6 +23,7 @@ fn data_schema(event_type: EventType) -> Value {
         EventType::WorkflowStatusChanged => of::<WorkflowStatusChanged>(),
         EventType::ApprovalRequested => of::<ApprovalRequested>(),
         EventType::ApprovalDecided => of::<ApprovalDecided>(),
+        EventType::ApprovalEscalate => of::<ApprovalEscalate>(),
         EventType::AuditRecorded => of::<AuditRecorded>(),
         EventType::RuleUpserted => of::<RuleDefinition>(),
         EventType::RuleDeleted => of::<RuleDeleted>(),

@@ -48,7 +48,12 @@ pub fn handle(ctx: &mut Context<'_>, data: &AutomationRequested) -> Result<Appli
         finished_at: None,
         updated_at: ctx.now,
     };
-    let notification = if run.state == RunState::Queued { "automation.queued" } else { "automation.scheduled" };
+    let notification = if run.state == RunState::Queued {
+        ctx.outbox.push(crate::tasks::start_message(run.id, 1));
+        "automation.queued"
+    } else {
+        "automation.scheduled"
+    };
     let applied = Applied::new("automation_run", id, notification, &run);
     ctx.entities.runs.insert(id, run);
     Ok(applied)

@@ -8,6 +8,7 @@
 //! in a committed transaction.
 
 mod approval_decided;
+mod approval_escalate;
 mod approval_requested;
 mod audit_recorded;
 mod automation_cancelled;
@@ -132,6 +133,7 @@ pub fn dispatch(ctx: &mut Context<'_>) -> Result<Applied, Rejection> {
         EventData::WorkflowStatusChanged(data) => workflow_status_changed::handle(ctx, data),
         EventData::ApprovalRequested(data) => approval_requested::handle(ctx, data),
         EventData::ApprovalDecided(data) => approval_decided::handle(ctx, data),
+        EventData::ApprovalEscalate(data) => approval_escalate::handle(ctx, data),
         EventData::AuditRecorded(data) => audit_recorded::handle(ctx, data),
         EventData::RuleUpserted(data) => rule_upserted::handle(ctx, data),
         EventData::RuleDeleted(data) => rule_deleted::handle(ctx, data),

@@ -1,0 +1,263 @@
+//! Executing automation runs: one attempt per `automation.execute` message on the tasks queue.
+//!
+//! An attempt is claimed in a transaction (the run moves to `running`), the task runs outside any
+//! transaction within its time limit, and its outcome is written in a second transaction with the
+//! run's notification, audit record and follow-up events. A run that failed and may try again is
+//! set to `retrying` with a time; the scheduler queues the next attempt then, so a waiting run
+//! holds no consumer. A worker killed mid-attempt leaves the run `running`; the message comes back
+//! and the attempt runs again (a task's effects outside the database are at least once).
+
+use std::sync::Arc;
+
+use automation_shared::db::audit::{ActorType, AuditChain, NewRecord};
+use automation_shared::db::events::{self as event_rows, OutboxMessage};
+use automation_shared::db::runs::{self, Run, RunState};
+use automation_shared::db::{self, Failure};
+use automation_shared::events::{WorkQueue, derived_id};
+use chrono::Utc;
+use futures_util::future::join_all;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use serde_json::{Value, json};
+use sqlx::types::Json;
+use tokio_util::sync::CancellationToken;
+
+use crate::announce::{self, Actor, Cause};
+use crate::failures::{self, DeathKind, Unapplied};
+use crate::service::Worker;
+use crate::tasks::{self, Execute, TaskContext, TaskError, TaskOutput};
+
+/// Runs the attempts these deliveries ask for, side by side, and settles each delivery.
+pub async fn execute_all(
+    worker: &Arc<Worker>,
+    chain: &mut AuditChain,
+    deliveries: Vec<Delivery>,
+    shutdown: &CancellationToken,
+) {
+    let outcomes = join_all(deliveries.iter().map(|d| attempt(worker, d, shutdown))).await;
+    for (delivery, outcome) in deliveries.iter().zip(outcomes) {
+        match outcome {
+            Attempted::Done(record) => {
+                if let Some(record) = record
+                    && let Err(error) = finish(worker, chain, record, shutdown).await
+                {
+                    tracing::warn!(error = %error, "a run's outcome could not be recorded; the attempt will run again");
+                    let _ =
+                        delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+                    continue;
+                }
+                if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                    tracing::info!(%error, "an ack was lost; the attempt's message will come back and be skipped");
+                }
+            }
+            Attempted::Leave => {}
+        }
+    }
+}
+
+enum Attempted {
+    /// Settle the delivery; record this outcome first (none: nothing ran).
+    Done(Option<Finished>),
+    /// Shutting down while the database is away: leave the delivery to another worker.
+    Leave,
+}
+
+/// An attempt that ran.
+struct Finished {
+    run: Run,
+    attempt: u32,
+    outcome: Result<TaskOutput, TaskError>,
+}
+
+async fn attempt(worker: &Arc<Worker>, delivery: &Delivery, shutdown: &CancellationToken) -> Attempted {
+    let Ok(request) = serde_json::from_slice::<Execute>(&delivery.data) else {
+        let message = Unapplied {
+            queue: WorkQueue::Tasks,
+            routing_key: delivery.routing_key.as_str(),
+            properties: &delivery.properties,
+            body: &delivery.data,
+            event_id: None,
+            event_type: Some(tasks::EXECUTE),
+        };
+        let _ =
+            failures::dead_letter(worker, &message, DeathKind::Poison, "invalid_execute: not an execute message", None)
+                .await;
+        return Attempted::Done(None);
+    };
+    let run = loop {
+        match claim(worker, &request).await {
+            Ok(run) => break run,
+            Err(error) if db::classify(&error) == Failure::Unavailable => {
+                if !worker.wait_for_database(shutdown).await {
+                    return Attempted::Leave;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, run.id = %request.run_id, "could not claim a run; trying again shortly");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let Some(run) = run else { return Attempted::Done(None) };
+    let Some(spec) = worker.registry.get(&run.automation).cloned() else {
+        let outcome =
+            Err(TaskError::fatal(format!("no automation is registered as {:?} in this worker", run.automation)));
+        return Attempted::Done(Some(Finished { run, attempt: request.attempt, outcome }));
+    };
+    let context = TaskContext {
+        run_id: run.id,
+        attempt: request.attempt,
+        params: run.params.as_ref().map(|p| p.0.clone()).unwrap_or(Value::Null),
+        pool: worker.pool.clone(),
+        http: worker.http.clone(),
+        config: worker.config.clone(),
+    };
+    let started = std::time::Instant::now();
+    tracing::info!(run.id = %run.id, automation = %run.automation, attempt = request.attempt, "running");
+    let outcome = match tokio::time::timeout(spec.time_limit, (spec.run)(context)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(TaskError::retryable(format!("stopped after its time limit of {:?}", spec.time_limit))),
+    };
+    metrics::histogram!("automation_worker_task_seconds", "automation" => run.automation.clone())
+        .record(started.elapsed().as_secs_f64());
+    Attempted::Done(Some(Finished { run, attempt: request.attempt, outcome }))
+}
+
+/// Moves the run to `running` for this attempt, or says there is nothing to run.
+async fn claim(worker: &Worker, request: &Execute) -> sqlx::Result<Option<Run>> {
+    let mut tx = worker.pool.begin().await?;
+    let Some(mut run) = runs::find_for_update(&mut *tx, request.run_id).await? else {
+        return Ok(None);
+    };
+    let current = match run.state {
+        RunState::Queued => request.attempt > run.attempts,
+        // The worker running this attempt died: the message came back; run it again.
+        RunState::Running => request.attempt == run.attempts,
+        _ => false,
+    };
+    if !current {
+        tracing::debug!(run.id = %run.id, state = %run.state, attempt = request.attempt, "nothing to run for this message");
+        return Ok(None);
+    }
+    let now = Utc::now();
+    run.state = RunState::Running;
+    run.attempts = request.attempt;
+    run.started_at = Some(now);
+    run.updated_at = now;
+    runs::update(&mut *tx, &run).await?;
+    tx.commit().await?;
+    Ok(Some(run))
+}
+
+/// Writes an attempt's outcome, waiting out database outages.
+async fn finish(
+    worker: &Worker,
+    chain: &mut AuditChain,
+    finished: Finished,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        match record(worker, chain, &finished).await {
+            Ok(outbox) => {
+                if !outbox.is_empty() {
+                    let _ = worker.outbox.send(outbox).await;
+                }
+                return Ok(());
+            }
+            Err(error) if db::classify(&error) == Failure::Unavailable => {
+                if !worker.wait_for_database(shutdown).await {
+                    anyhow::bail!("stopped while the database was away");
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+async fn record(worker: &Worker, chain: &mut AuditChain, finished: &Finished) -> sqlx::Result<Vec<OutboxMessage>> {
+    let mut tx = worker.pool.begin().await?;
+    let Some(mut run) = runs::find_for_update(&mut *tx, finished.run.id).await? else {
+        return Ok(Vec::new());
+    };
+    if run.attempts != finished.attempt || run.state != RunState::Running {
+        // Cancelled meanwhile (kept cancelled; the result is kept for the record), or superseded.
+        if run.state == RunState::Cancelled {
+            if let Ok(output) = &finished.outcome {
+                run.result = Some(Json(output.result.clone()));
+            }
+            runs::update(&mut *tx, &run).await?;
+            tx.commit().await?;
+        }
+        return Ok(Vec::new());
+    }
+    let now = Utc::now();
+    let cause = Cause {
+        id: run.event_id.clone().unwrap_or_else(|| run.id.to_string()),
+        correlation_id: run.event_id.clone().unwrap_or_else(|| run.id.to_string()),
+        traceparent: None,
+        chain_depth: 0,
+    };
+    let mut outbox = Vec::new();
+    let kind = match &finished.outcome {
+        Ok(output) => {
+            run.state = RunState::Succeeded;
+            run.result = Some(Json(output.result.clone()));
+            run.error = None;
+            run.finished_at = Some(now);
+            let actor = Actor {
+                id: format!("run:{}", run.id),
+                actor_type: ActorType::System,
+                source: "/automation-engine/tasks",
+            };
+            for (id, event_type, data) in &output.events {
+                outbox.push(announce::follow_up(&cause, id, *event_type, data.clone(), &actor));
+            }
+            Some("automation.succeeded")
+        }
+        Err(error) if error.retryable && finished.attempt < run.max_attempts => {
+            run.state = RunState::Retrying;
+            run.error = Some(error.message.clone());
+            run.run_at = Some(now + tasks::backoff(finished.attempt + 1));
+            None
+        }
+        Err(error) => {
+            run.state = RunState::Failed;
+            run.error = Some(error.message.clone());
+            run.finished_at = Some(now);
+            Some("automation.failed")
+        }
+    };
+    run.updated_at = now;
+    runs::update(&mut *tx, &run).await?;
+    let mut staged = chain.stage();
+    if let Some(kind) = kind {
+        let data = serde_json::to_value(&run).unwrap_or(Value::Null);
+        outbox.push(announce::notification_with_id(
+            derived_id(&format!("notification:{kind}"), &run.id.to_string()),
+            &cause,
+            kind,
+            data,
+        ));
+        staged.push(NewRecord {
+            entity: "automation_run".into(),
+            entity_id: run.id.to_string(),
+            action: kind.into(),
+            actor_id: run.requested_by.clone(),
+            actor_type: ActorType::System,
+            event_id: run.event_id.clone(),
+            correlation_id: None,
+            details: Some(json!({"automation": run.automation, "attempts": run.attempts, "error": run.error})),
+        });
+    }
+    staged.write(&mut tx).await?;
+    event_rows::insert_outbox(&mut tx, &outbox).await?;
+    match tx.commit().await {
+        Ok(()) => chain.advance(&staged),
+        Err(error) => {
+            chain.abandon();
+            return Err(error);
+        }
+    }
+    tracing::info!(run.id = %run.id, automation = %run.automation, state = %run.state, attempt = finished.attempt, error = run.error, "attempt finished");
+    Ok(outbox)
+}
