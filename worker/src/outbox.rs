@@ -125,18 +125,29 @@ fn outgoing<'a>(
     routing_key: &'a str,
     body: &'a [u8],
 ) -> Outgoing<'a> {
-    let (exchange, routing_key, mandatory) = match destination {
-        Destination::Notifications => (worker.exchanges.notifications.as_str(), routing_key, false),
-        Destination::Events => (worker.exchanges.events.as_str(), routing_key, false),
-        // Straight into the tasks queue through the default exchange; it must exist.
-        Destination::Tasks => ("", worker.exchanges.tasks_queue.as_str(), true),
-    };
-    Outgoing {
-        exchange,
-        routing_key,
-        body,
-        properties: messaging::cloud_event_properties(message_id, routing_key),
-        mandatory,
+    // The AMQP `type` is the row's own key (`approval.approved`, `automation.execute`), whatever
+    // the message is routed by.
+    let properties = messaging::cloud_event_properties(message_id, routing_key);
+    match destination {
+        Destination::Notifications => Outgoing {
+            exchange: worker.exchanges.notifications.as_str(),
+            routing_key,
+            body,
+            properties,
+            mandatory: false,
+        },
+        Destination::Events => {
+            Outgoing { exchange: worker.exchanges.events.as_str(), routing_key, body, properties, mandatory: false }
+        }
+        // Straight into the tasks queue through the default exchange; it must exist. The body is
+        // an internal message, not a CloudEvent.
+        Destination::Tasks => Outgoing {
+            exchange: "",
+            routing_key: worker.exchanges.tasks_queue.as_str(),
+            body,
+            properties: properties.with_content_type("application/json".into()),
+            mandatory: true,
+        },
     }
 }
 

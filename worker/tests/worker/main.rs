@@ -3,10 +3,12 @@
 #![expect(clippy::expect_used, reason = "test support: a failed set-up stops the test with its message")]
 
 mod audit;
+mod automations;
 mod concurrency;
 mod dlq;
 mod pipeline;
 mod poison;
 mod rejections;
 mod retries;
+mod rules;
 mod support;
