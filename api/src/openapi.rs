@@ -8,7 +8,9 @@ use utoipa_axum::routes;
 
 use crate::app::AppState;
 use crate::auth::login;
-use crate::routes::{approvals, audit_logs, dead_letters, events, health, users, workflows};
+use crate::routes::{
+    approvals, audit_logs, automation, dead_letters, events, health, insights, rules, users, workflows,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,7 +22,8 @@ use crate::routes::{approvals, audit_logs, dead_letters, events, health, users, 
     ),
     tags(
         (name = "auth", description = "Login and logout"),
-        (name = "approvals"), (name = "workflows"), (name = "audit"), (name = "events"), (name = "users"), (name = "dead letters", description = "The dead-letter store (admins)"),
+        (name = "approvals"), (name = "workflows"), (name = "audit"), (name = "events"), (name = "users"), (name = "rules", description = "Business rules (CEL) and their dry run"),
+        (name = "automation", description = "Named background tasks and their runs"), (name = "insights"), (name = "dead letters", description = "The dead-letter store (admins)"),
         (name = "health", description = "Probes, build information, metrics"),
     )
 )]
@@ -45,6 +48,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(audit_logs::list, audit_logs::create))
         .routes(routes!(events::publish))
         .routes(routes!(events::status))
+        .routes(routes!(rules::list, rules::create))
+        .routes(routes!(rules::get, rules::replace, rules::delete))
+        .routes(routes!(rules::test))
+        .routes(routes!(automation::execute))
+        .routes(routes!(automation::list))
+        .routes(routes!(automation::get))
+        .routes(routes!(automation::cancel))
+        .routes(routes!(insights::latest))
         .routes(routes!(dead_letters::list))
         .routes(routes!(dead_letters::get))
         .routes(routes!(dead_letters::replay))

@@ -6,8 +6,7 @@
 use automation_shared::db::audit::ActorType;
 use automation_shared::db::events::OutboxMessage;
 use automation_shared::db::rules as rule_rows;
-use automation_shared::events::{Envelope, EventType, derived_id};
-use automation_shared::rules::RuleAction;
+use automation_shared::events::{Envelope, derived_id};
 use automation_shared::rules::engine::{self, ConditionCache, Evaluation, StoredRule};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -68,19 +67,20 @@ impl RuleSet {
         let mut described: std::collections::HashMap<Uuid, Vec<String>> = std::collections::HashMap::new();
         for (rule_id, action) in actions {
             let index = index_in_rule.entry(rule_id).or_default();
-            let description = match plan(&action, applied) {
-                Ok((event_type, data)) => {
-                    let id = derived_id(&format!("rule:{rule_id}:{index}"), &envelope.id).to_string();
-                    let actor = Actor {
-                        id: rule_id.to_string(),
-                        actor_type: ActorType::Rule,
-                        source: "/automation-engine/rules",
-                    };
-                    fired.outbox.push(announce::follow_up(&cause, &id, event_type, data, &actor));
-                    format!("{} → {event_type} {id}", action.kind())
-                }
-                Err(why) => format!("{} skipped: {why}", action.kind()),
-            };
+            let description =
+                match automation_shared::rules::plan(&action, &applied.entity, &applied.entity_id, &applied.state) {
+                    Ok((event_type, data)) => {
+                        let id = derived_id(&format!("rule:{rule_id}:{index}"), &envelope.id).to_string();
+                        let actor = Actor {
+                            id: rule_id.to_string(),
+                            actor_type: ActorType::Rule,
+                            source: "/automation-engine/rules",
+                        };
+                        fired.outbox.push(announce::follow_up(&cause, &id, event_type, data, &actor));
+                        format!("{} → {event_type} {id}", action.kind())
+                    }
+                    Err(why) => format!("{} skipped: {why}", action.kind()),
+                };
             *index += 1;
             described.entry(rule_id).or_default().push(description);
         }
@@ -97,46 +97,4 @@ impl RuleSet {
         fired.evaluations = evaluations;
         fired
     }
-}
-
-/// The event an action asks for, given what the triggering event changed.
-fn plan(action: &RuleAction, applied: &Applied) -> Result<(EventType, Value), String> {
-    let approval = || {
-        (applied.entity == "approval")
-            .then(|| applied.entity_id.clone())
-            .ok_or_else(|| "the event is not about an approval".to_string())
-    };
-    Ok(match action {
-        RuleAction::ApprovalDecide { status, reason } => {
-            (EventType::ApprovalDecided, json!({"approvalId": approval()?, "status": status, "reason": reason}))
-        }
-        RuleAction::ApprovalEscalate { to_role, to_user, reason } => (
-            EventType::ApprovalEscalate,
-            json!({"approvalId": approval()?, "toRole": to_role, "toUser": to_user, "reason": reason}),
-        ),
-        RuleAction::WorkflowSetStatus { status } => {
-            let workflow = match applied.entity.as_str() {
-                "workflow" => applied.entity_id.clone(),
-                "approval" => applied.state["workflowId"].as_str().unwrap_or_default().to_string(),
-                _ => return Err("the event is about neither a workflow nor an approval".into()),
-            };
-            (EventType::WorkflowStatusChanged, json!({"workflowId": workflow, "status": status}))
-        }
-        RuleAction::AutomationRun { automation, params, countdown_seconds } => (
-            EventType::AutomationRequested,
-            json!({"automation": automation, "params": params, "countdownSeconds": countdown_seconds}),
-        ),
-        RuleAction::AuditNote { action, details } => (
-            EventType::AuditRecorded,
-            json!({"entity": applied.entity, "entityId": applied.entity_id, "action": action, "details": details}),
-        ),
-    })
-    .map(|(t, data)| (t, strip_nulls(data)))
-}
-
-fn strip_nulls(mut value: Value) -> Value {
-    if let Some(object) = value.as_object_mut() {
-        object.retain(|_, v| !v.is_null());
-    }
-    value
 }

@@ -2,9 +2,12 @@
 
 pub mod approvals;
 pub mod audit_logs;
+pub mod automation;
 pub mod dead_letters;
 pub mod events;
 pub mod health;
+pub mod insights;
+pub mod rules;
 pub mod users;
 pub mod workflows;
 

@@ -8,4 +8,5 @@ mod flows;
 mod http;
 mod jwt;
 mod outages;
+mod rules_and_automation;
 mod support;

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use serde_json::json;
+
+use crate::events::EventType;
 use crate::lifecycle::{Decision, WorkflowStatus};
 
 /// Longest accepted `when` expression: keeps compilation and evaluation cost bounded.
@@ -127,6 +130,46 @@ impl RuleAction {
             RuleAction::AuditNote { .. } => "audit.note",
         }
     }
+}
+
+/// The event an action asks for, given the entity the triggering event changed (its kind, id,
+/// and state after the change). An action that does not fit the entity says why.
+pub fn plan(action: &RuleAction, entity: &str, entity_id: &str, state: &Value) -> Result<(EventType, Value), String> {
+    let approval = || {
+        (entity == "approval")
+            .then(|| entity_id.to_string())
+            .ok_or_else(|| "the event is not about an approval".to_string())
+    };
+    let (event_type, data) = match action {
+        RuleAction::ApprovalDecide { status, reason } => {
+            (EventType::ApprovalDecided, json!({"approvalId": approval()?, "status": status, "reason": reason}))
+        }
+        RuleAction::ApprovalEscalate { to_role, to_user, reason } => (
+            EventType::ApprovalEscalate,
+            json!({"approvalId": approval()?, "toRole": to_role, "toUser": to_user, "reason": reason}),
+        ),
+        RuleAction::WorkflowSetStatus { status } => {
+            let workflow = match entity {
+                "workflow" => entity_id.to_string(),
+                "approval" => state["workflowId"].as_str().unwrap_or_default().to_string(),
+                _ => return Err("the event is about neither a workflow nor an approval".into()),
+            };
+            (EventType::WorkflowStatusChanged, json!({"workflowId": workflow, "status": status}))
+        }
+        RuleAction::AutomationRun { automation, params, countdown_seconds } => (
+            EventType::AutomationRequested,
+            json!({"automation": automation, "params": params, "countdownSeconds": countdown_seconds}),
+        ),
+        RuleAction::AuditNote { action, details } => (
+            EventType::AuditRecorded,
+            json!({"entity": entity, "entityId": entity_id, "action": action, "details": details}),
+        ),
+    };
+    let mut data = data;
+    if let Some(object) = data.as_object_mut() {
+        object.retain(|_, v| !v.is_null());
+    }
+    Ok((event_type, data))
 }
 
 /// Does `pattern` (`approval.*`, `*`, or an exact type) cover `event_type`?

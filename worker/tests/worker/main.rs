@@ -6,6 +6,7 @@ mod audit;
 mod automations;
 mod concurrency;
 mod dlq;
+mod insights;
 mod pipeline;
 mod poison;
 mod rejections;
