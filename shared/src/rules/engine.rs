@@ -251,6 +251,37 @@ mod tests {
         assert!(compile(&"x".repeat(MAX_CONDITION_CHARS + 1)).is_err());
     }
 
+    /// The examples of docs/rules.md, as written there.
+    #[test]
+    fn the_documented_conditions_compile_and_mean_what_the_docs_say() {
+        let event = json!({
+            "type": "approval.decided",
+            "data": {"amount": 12000.5, "currency": "EUR", "title": "New Monitor for the laptop",
+                     "details": {"tags": ["urgent", "it"]}}
+        });
+        let entity = json!({"status": "REJECTED"});
+        let cases = [
+            ("event.data.amount < 100", false),
+            ("entity.status == 'PENDING' && event.data.currency == 'USD'", false),
+            ("has(event.data.amount) && event.data.amount > 10000.0", true),
+            ("event.data.title.contains('laptop') || event.data.title.matches('(?i)monitor')", true),
+            ("event.type == 'approval.decided' && entity.status == 'REJECTED'", true),
+            ("event.data.details.tags.exists(t, t == 'urgent')", true),
+            ("event.data.amount < 100 && event.data.currency == 'EUR'", false),
+        ];
+        for (condition, expected) in cases {
+            let compiled = compile(condition).unwrap_or_else(|e| panic!("{condition}: {e}"));
+            assert_eq!(compiled.evaluate(&event, &entity), Ok(expected), "{condition}");
+        }
+        let no_amount = json!({"data": {}});
+        assert_eq!(
+            compile("has(event.data.amount) && event.data.amount > 10000.0")
+                .expect("compiles")
+                .evaluate(&no_amount, &json!({})),
+            Ok(false)
+        );
+    }
+
     #[test]
     fn a_non_bool_result_is_an_error_not_a_match() {
         let condition = compile("event.data.amount").expect("compiles");
