@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use automation_shared::db::audit::{ActorType, AuditChain, NewRecord, Staged};
 use automation_shared::db::events::{self as event_rows, InboxEntry, OutboxMessage, Outcome as RowOutcome};
@@ -112,17 +112,15 @@ pub async fn apply(
     items: &[Item<'_>],
     check_all: bool,
 ) -> Result<Committed, BatchError> {
-    let current = AtomicUsize::new(0);
-    let committing = std::sync::atomic::AtomicBool::new(false);
-    let work = AssertUnwindSafe(apply_inner(pool, registry, chain, rules, items, check_all, &current, &committing))
-        .catch_unwind();
+    let progress = Progress::default();
+    let work = AssertUnwindSafe(apply_inner(pool, registry, chain, rules, items, check_all, &progress)).catch_unwind();
     match work.await {
         Ok(Ok((committed, staged))) => {
             chain.advance(&staged);
             Ok(committed)
         }
         Ok(Err(error)) => {
-            if committing.load(Ordering::Relaxed) {
+            if progress.committing.load(Ordering::Relaxed) {
                 chain.abandon();
             }
             Err(error)
@@ -133,7 +131,7 @@ pub async fn apply(
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            let item = current.load(Ordering::Relaxed);
+            let item = progress.current.load(Ordering::Relaxed);
             tracing::error!(
                 event.id = items.get(item).map(|i| i.envelope.id.as_str()),
                 panic = %message,
@@ -144,6 +142,15 @@ pub async fn apply(
     }
 }
 
+/// How far a batch got, readable after a panic or an error.
+#[derive(Default)]
+struct Progress {
+    /// The item being handled.
+    current: AtomicUsize,
+    /// Set just before the commit: from then on its outcome is unknown, so the audit chain must be reloaded.
+    committing: AtomicBool,
+}
+
 async fn apply_inner(
     pool: &MySqlPool,
     registry: &Registry,
@@ -151,8 +158,7 @@ async fn apply_inner(
     rules: &mut RuleSet,
     items: &[Item<'_>],
     check_all: bool,
-    current: &AtomicUsize,
-    committing: &std::sync::atomic::AtomicBool,
+    progress: &Progress,
 ) -> Result<(Committed, Staged), BatchError> {
     let mut tx = pool.begin().await?;
     let ids: Vec<&str> = items.iter().filter(|i| check_all || i.suspect).map(|i| i.envelope.id.as_str()).collect();
@@ -172,7 +178,7 @@ async fn apply_inner(
     rules.refresh(&mut tx).await?;
 
     for (index, item) in items.iter().enumerate() {
-        current.store(index, Ordering::Relaxed);
+        progress.current.store(index, Ordering::Relaxed);
         let envelope = item.envelope;
         if seen.contains(&envelope.id) || !in_batch.insert(envelope.id.as_str()) {
             outcomes.push(Outcome::Duplicate);
@@ -273,7 +279,7 @@ async fn apply_inner(
     event_rows::insert_outbox(&mut tx, &outbox).await?;
     event_rows::insert_inbox(&mut tx, &inbox).await?;
     event_rows::clear_attempts(&mut tx, &retried).await?;
-    committing.store(true, Ordering::Relaxed);
+    progress.committing.store(true, Ordering::Relaxed);
     tx.commit().await?;
     #[cfg(feature = "fault-injection")]
     crate::faults::after_commit();

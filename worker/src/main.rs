@@ -44,7 +44,7 @@ enum Command {
     /// Inspect, replay and discard dead letters.
     Dlq {
         #[command(subcommand)]
-        command: cli::dlq::Command,
+        command: Box<cli::dlq::Command>,
     },
     /// The audit log.
     Audit {
@@ -82,7 +82,7 @@ async fn main() -> ExitCode {
         Some(Command::Migrate { json }) => cli::migrate(&config, json).await.map(|()| true),
         Some(Command::Topology { json, delete: false, .. }) => cli::topology(&config, json).await.map(|()| true),
         Some(Command::Topology { delete: true, yes, .. }) => cli::delete_topology(&config, yes).await.map(|()| true),
-        Some(Command::Dlq { command }) => cli::dlq::run(&config, command).await,
+        Some(Command::Dlq { command }) => cli::dlq::run(&config, *command).await,
         Some(Command::Audit { command: AuditCommand::Verify { json } }) => cli::audit_verify(&config, json).await,
     };
     match result {

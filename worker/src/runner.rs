@@ -39,7 +39,7 @@ pub async fn execute_all(
         match outcome {
             Attempted::Done(record) => {
                 if let Some(record) = record
-                    && let Err(error) = finish(worker, chain, record, shutdown).await
+                    && let Err(error) = finish(worker, chain, *record, shutdown).await
                 {
                     tracing::warn!(error = %error, "a run's outcome could not be recorded; the attempt will run again");
                     let _ =
@@ -57,7 +57,7 @@ pub async fn execute_all(
 
 enum Attempted {
     /// Settle the delivery; record this outcome first (none: nothing ran).
-    Done(Option<Finished>),
+    Done(Option<Box<Finished>>),
     /// Shutting down while the database is away: leave the delivery to another worker.
     Leave,
 }
@@ -102,7 +102,7 @@ async fn attempt(worker: &Arc<Worker>, delivery: &Delivery, shutdown: &Cancellat
     let Some(spec) = worker.registry.get(&run.automation).cloned() else {
         let outcome =
             Err(TaskError::fatal(format!("no automation is registered as {:?} in this worker", run.automation)));
-        return Attempted::Done(Some(Finished { run, attempt: request.attempt, outcome }));
+        return Attempted::Done(Some(Box::new(Finished { run, attempt: request.attempt, outcome })));
     };
     let context = TaskContext {
         run_id: run.id,
@@ -120,7 +120,7 @@ async fn attempt(worker: &Arc<Worker>, delivery: &Delivery, shutdown: &Cancellat
     };
     metrics::histogram!("automation_worker_task_seconds", "automation" => run.automation.clone())
         .record(started.elapsed().as_secs_f64());
-    Attempted::Done(Some(Finished { run, attempt: request.attempt, outcome }))
+    Attempted::Done(Some(Box::new(Finished { run, attempt: request.attempt, outcome })))
 }
 
 /// Moves the run to `running` for this attempt, or says there is nothing to run.

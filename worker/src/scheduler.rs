@@ -85,13 +85,23 @@ pub async fn promote_due(worker: &Worker) -> sqlx::Result<usize> {
     Ok(due.len())
 }
 
+/// A row of the `schedules` table.
+#[derive(sqlx::FromRow)]
+struct ScheduleRow {
+    name: String,
+    cron: String,
+    automation: String,
+    params: Option<Json<Value>>,
+    enabled: bool,
+}
+
 /// Schedules from configuration, then from the `schedules` table (which wins on a name).
 async fn load(worker: &Worker) -> sqlx::Result<Vec<ScheduleConfig>> {
     let mut all: HashMap<String, ScheduleConfig> =
         worker.config.tasks.schedules.iter().map(|s| (s.name.clone(), s.clone())).collect();
-    let rows: Vec<(String, String, String, Option<Json<Value>>, bool)> =
+    let rows: Vec<ScheduleRow> =
         sqlx::query_as("select name, cron, automation, params, enabled from schedules").fetch_all(&worker.pool).await?;
-    for (name, cron, automation, params, enabled) in rows {
+    for ScheduleRow { name, cron, automation, params, enabled } in rows {
         all.insert(name.clone(), ScheduleConfig { name, cron, automation, params: params.map(|p| p.0), enabled });
     }
     Ok(all.into_values().filter(|s| s.enabled).collect())

@@ -12,7 +12,7 @@ use crate::support::{TestApi, TestUser, TestWorker, json};
 struct Setup {
     env: TestEnv,
     api: TestApi,
-    _worker: TestWorker,
+    worker: TestWorker,
     admin: TestUser,
     requester: TestUser,
     approver: TestUser,
@@ -25,7 +25,7 @@ async fn setup() -> Setup {
     let admin = api.user(Role::Admin).await;
     let requester = api.user(Role::Requester).await;
     let approver = api.user(Role::Approver).await;
-    Setup { env, api, _worker: worker, admin, requester, approver }
+    Setup { env, api, worker, admin, requester, approver }
 }
 
 impl Setup {
@@ -101,6 +101,7 @@ async fn an_approver_decides_with_prefer_wait_and_reads_back_the_change_and_its_
     assert_eq!(audit[0]["actorId"], s.approver.id);
     assert_eq!(audit[0]["actorType"], "user");
     assert_eq!(audit[0]["details"]["reason"], "within budget");
+    s.worker.stop().await;
 }
 
 #[tokio::test]

@@ -125,11 +125,12 @@ impl TestWorker {
         TestWorker { shutdown, handle: Some(handle) }
     }
 
-    /// Drains and waits, closing its connections.
+    /// Drains and waits, closing its connections; the worker must exit cleanly.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(handle) = self.handle.take() {
-            let _ = handle.await;
+            let exit = tokio::time::timeout(std::time::Duration::from_secs(30), handle).await;
+            assert!(matches!(exit, Ok(Ok(Ok(())))), "the worker did not stop cleanly: {exit:?}");
         }
     }
 }

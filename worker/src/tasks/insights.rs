@@ -312,6 +312,19 @@ pub fn rule_candidates(decided: &[Decided], now: DateTime<Utc>) -> Vec<Insight> 
         .collect()
 }
 
+/// A decided approval as read for [`Decided`].
+#[derive(sqlx::FromRow)]
+struct DecidedRow {
+    id: String,
+    workflow_id: String,
+    workflow_name: String,
+    amount: Option<f64>,
+    status: String,
+    decided_by: Option<String>,
+    created_at: DateTime<Utc>,
+    decided_at: DateTime<Utc>,
+}
+
 async fn run(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
     let window_days = match ctx.params.get("windowDays").and_then(Value::as_u64) {
         Some(d) if (1..=3650).contains(&d) => d as u32,
@@ -320,8 +333,8 @@ async fn run(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
     };
     let db = |e: sqlx::Error| TaskError::retryable(format!("could not read the data: {e}"));
     let now = Utc::now();
-    let decided: Vec<(String, String, String, Option<f64>, String, Option<String>, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "select a.id, a.workflow_id, w.name, cast(a.amount as double), a.status, a.decided_by, a.created_at, a.decided_at \
+    let decided: Vec<DecidedRow> = sqlx::query_as(
+        "select a.id, a.workflow_id, w.name as workflow_name, cast(a.amount as double) as amount, a.status, a.decided_by, a.created_at, a.decided_at \
          from approvals a join workflows w on w.id = a.workflow_id \
          where a.decided_at is not null and a.decided_at >= now(6) - interval ? day order by a.seq",
     )
@@ -331,14 +344,14 @@ async fn run(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
     .map_err(db)?;
     let decided: Vec<Decided> = decided
         .into_iter()
-        .map(|(id, workflow_id, workflow_name, amount, status, decided_by, created, decided)| Decided {
-            id,
-            workflow_id,
-            workflow_name,
-            amount,
-            approved: status == "APPROVED",
-            decided_by,
-            hours: (decided - created).num_milliseconds() as f64 / 3_600_000.0,
+        .map(|row| Decided {
+            id: row.id,
+            workflow_id: row.workflow_id,
+            workflow_name: row.workflow_name,
+            amount: row.amount,
+            approved: row.status == "APPROVED",
+            decided_by: row.decided_by,
+            hours: (row.decided_at - row.created_at).num_milliseconds() as f64 / 3_600_000.0,
         })
         .collect();
     let amounts: Vec<(String, String, String, f64)> = sqlx::query_as(

@@ -53,10 +53,13 @@ async fn request(env: &TestEnv, data: Value) -> Uuid {
     run
 }
 
+/// State, result, attempts, started and created, as `automation_runs` holds them.
+type RunRow = (String, Option<sqlx::types::Json<Value>>, u32, Option<DateTime<Utc>>, DateTime<Utc>);
+
 async fn wait_state(env: &TestEnv, run: Uuid, state: &str, timeout: Duration) -> Value {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let row: Option<(String, Option<sqlx::types::Json<Value>>, u32, Option<DateTime<Utc>>, DateTime<Utc>)> =
+        let row: Option<RunRow> =
             sqlx::query_as("select state, result, attempts, started_at, created_at from automation_runs where id = ?")
                 .bind(run.to_string())
                 .fetch_optional(&env.pool)
