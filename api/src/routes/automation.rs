@@ -117,7 +117,8 @@ pub async fn execute(
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct ListRuns {
-    #[garde(length(max = 128))]
+    /// Automation names are ASCII.
+    #[garde(ascii, length(max = 128))]
     pub automation: Option<String>,
     /// `queued`, `scheduled`, `running`, `succeeded`, `failed`, `retrying`, `cancelled`.
     #[garde(skip)]

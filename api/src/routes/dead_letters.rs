@@ -81,6 +81,9 @@ pub async fn list(
         since: query.since,
         until: query.until,
     };
+    if let Some((field, message)) = filter.invalid_field() {
+        return Err(ApiError::field(field, message));
+    }
     let rows = dead_letters::list(&state.pool, &filter, limit, before).await?;
     let last = rows.last().map(|r| r.seq);
     Ok(Page::new(rows, last, limit as usize, "/api/v1/admin/dead-letters", raw.as_deref().unwrap_or_default())
@@ -157,6 +160,9 @@ async fn act(
     let ids = request.ids.unwrap_or_default();
     let filter = request.filter.unwrap_or_default();
     let all = request.all.unwrap_or(false);
+    if let Some((field, message)) = filter.invalid_field() {
+        return Err(ApiError::field(format!("filter.{field}"), message));
+    }
     let filtered = filter.event_type.is_some()
         || filter.reason.is_some()
         || filter.error_kind.is_some()

@@ -106,3 +106,39 @@ async fn an_admin_lists_shows_and_replays_a_dead_letter_after_its_cause_is_fixed
     .await;
     assert_eq!(status, 422, "a selection is required: {problem}");
 }
+
+/// Found by `make fuzz-api`: a non-ASCII filter on an ASCII column was a database error (500).
+#[tokio::test]
+async fn filters_that_cannot_be_used_as_written_are_422_naming_the_field() {
+    let env = TestEnv::new().await;
+    let api = TestApi::start(&env.config).await;
+    let admin = api.user(Role::Admin).await;
+    let cases = [
+        ("/api/v1/admin/dead-letters?errorKind=%C3%86", "errorKind"),
+        ("/api/v1/admin/dead-letters?state=buried", "state"),
+        ("/api/v1/admin/dead-letters?type=approval.d%C3%A9cided", "type"),
+        ("/api/v1/admin/dead-letters?originQueue=%F0%9F%90%87", "originQueue"),
+        ("/api/v1/automation/runs?automation=webhook.c%C3%A0ll", "automation"),
+    ];
+    for (path, field) in cases {
+        let (status, problem) = json(api.request(Method::GET, path, &admin.token).send().await.expect("answer")).await;
+        assert_eq!((status, problem["errors"][0]["field"].as_str()), (422, Some(field)), "{path}: {problem}");
+    }
+    let (status, problem) = json(
+        api.request(Method::POST, "/api/v1/admin/dead-letters/replay", &admin.token)
+            .json(&json!({"filter": {"errorKind": "pöison"}, "dryRun": true}))
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_eq!((status, problem["errors"][0]["field"].as_str()), (422, Some("filter.errorKind")), "{problem}");
+    let (status, _) = json(
+        api.request(Method::GET, "/api/v1/admin/dead-letters?errorKind=delivery_limit&state=replayed", &admin.token)
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_eq!(status, 200, "valid filters still answer");
+}

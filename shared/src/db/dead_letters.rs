@@ -135,7 +135,26 @@ pub struct Filter {
     pub until: Option<DateTime<Utc>>,
 }
 
+/// The states a dead letter moves through.
+pub const STATES: [&str; 3] = ["dead", "replayed", "discarded"];
+
 impl Filter {
+    /// The first field that cannot be used as written, by its API name, and what it must be.
+    /// Error kinds, event types and queue names are ASCII identifiers, kept in ASCII columns.
+    pub fn invalid_field(&self) -> Option<(&'static str, String)> {
+        if let Some(state) = &self.state
+            && !STATES.contains(&state.as_str())
+        {
+            return Some(("state", format!("must be one of {}", STATES.join(", "))));
+        }
+        let identifiers =
+            [("type", &self.event_type), ("errorKind", &self.error_kind), ("originQueue", &self.origin_queue)];
+        identifiers
+            .into_iter()
+            .find(|(_, value)| value.as_deref().is_some_and(|v| !v.is_ascii()))
+            .map(|(field, _)| (field, "must be ASCII, as event types, error kinds and queue names are".to_string()))
+    }
+
     fn push_where(&self, query: &mut QueryBuilder<MySql>) {
         query.push(" where 1 = 1");
         if let Some(t) = &self.event_type {

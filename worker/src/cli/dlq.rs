@@ -76,8 +76,9 @@ pub struct FilterArgs {
 }
 
 impl FilterArgs {
-    fn to_filter(&self) -> Filter {
-        Filter {
+    /// The filter, or which flag cannot be used as written.
+    fn to_filter(&self) -> anyhow::Result<Filter> {
+        let filter = Filter {
             event_type: self.event_type.clone(),
             reason: self.reason.clone(),
             error_kind: self.kind.clone(),
@@ -85,6 +86,18 @@ impl FilterArgs {
             state: self.state.clone(),
             since: self.since,
             until: self.until,
+        };
+        match filter.invalid_field() {
+            None => Ok(filter),
+            Some((field, message)) => {
+                let flag = match field {
+                    "type" => "--type",
+                    "errorKind" => "--kind",
+                    "originQueue" => "--origin",
+                    _ => "--state",
+                };
+                anyhow::bail!("{flag} {message}")
+            }
         }
     }
 
@@ -127,7 +140,7 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<bool> {
         .await
         .context("could not connect to MySQL (check DATABASE_URL)")?;
     match command {
-        Command::List { filter, limit, json } => list(&pool, &filter.to_filter(), limit, json).await,
+        Command::List { filter, limit, json } => list(&pool, &filter.to_filter()?, limit, json).await,
         Command::Show { id, json, raw } => show(&pool, id, json, raw).await,
         Command::Replay { selection, rate } => act(config, &pool, selection, Action::Replay { rate }).await,
         Command::Discard { selection } => act(config, &pool, selection, Action::Discard).await,
@@ -240,7 +253,7 @@ async fn act(config: &Config, pool: &sqlx::MySqlPool, selection: Selection, acti
         Action::Replay { .. } => "replay",
         Action::Discard => "discard",
     };
-    let selected = actions::select(pool, &selection.ids, &selection.filter.to_filter(), selection.limit).await?;
+    let selected = actions::select(pool, &selection.ids, &selection.filter.to_filter()?, selection.limit).await?;
     let mut report =
         ActionReport { matched: selected.len() as u64, dry_run: selection.dry_run, ..ActionReport::default() };
     if selection.dry_run {
