@@ -5,6 +5,8 @@ use axum::Json;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use sqlx::mysql::MySqlRow;
+use sqlx::{Encode, FromRow, MySql, MySqlPool, QueryBuilder, Type};
 
 use crate::problem::ApiError;
 
@@ -25,6 +27,48 @@ pub fn decode_cursor(cursor: Option<&str>) -> Result<Option<u64>, ApiError> {
 
 fn encode_cursor(position: u64) -> String {
     format!("c{position}")
+}
+
+/// A list read newest first and paged by `seq`: `<select> where seq < <cursor> [and ...]
+/// order by seq desc limit <limit>`. Every list of the API pages the same way through this.
+pub struct Keyset {
+    sql: QueryBuilder<MySql>,
+    limit: u32,
+}
+
+impl Keyset {
+    /// `select` ends before the `where`; a bad cursor is a 422 naming `cursor`.
+    pub fn new(select: &str, cursor: Option<&str>, limit: Option<u32>) -> Result<Keyset, ApiError> {
+        let before = decode_cursor(cursor)?.unwrap_or(u64::MAX);
+        let mut sql = QueryBuilder::new(select);
+        sql.push(" where seq < ").push_bind(before);
+        Ok(Keyset { sql, limit: limit.unwrap_or(DEFAULT_LIMIT) })
+    }
+
+    /// Narrows the list when a filter is given: `and <condition><value>`, e.g. `"status = "`.
+    pub fn and<'t, T: Encode<'t, MySql> + Type<MySql>>(&mut self, condition: &str, value: Option<T>) -> &mut Keyset {
+        if let Some(value) = value {
+            self.sql.push(" and ").push(condition).push_bind(value);
+        }
+        self
+    }
+
+    /// Runs the query; `path` and the request's raw query make the next page's link.
+    pub async fn fetch<T>(
+        mut self,
+        pool: &MySqlPool,
+        position: impl Fn(&T) -> u64,
+        path: &str,
+        raw_query: Option<&str>,
+    ) -> Result<Page<T>, ApiError>
+    where
+        T: Serialize + Send + Unpin + for<'r> FromRow<'r, MySqlRow>,
+    {
+        self.sql.push(" order by seq desc limit ").push_bind(self.limit);
+        let rows: Vec<T> = self.sql.build_query_as().fetch_all(pool).await?;
+        let last = rows.last().map(position);
+        Ok(Page::new(rows, last, self.limit as usize, path, raw_query.unwrap_or_default()))
+    }
 }
 
 /// A page of items and the link to the next one.

@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use garde::Validate;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use sqlx::{MySql, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -19,7 +18,7 @@ use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::commands::{self, Submitted};
 use crate::extract::{ValidJson, ValidQuery};
-use crate::pagination::{self, Page};
+use crate::pagination::Keyset;
 use crate::problem::{ApiError, ApiResult, Problem};
 
 #[derive(Debug, Deserialize, Validate, IntoParams)]
@@ -60,22 +59,11 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     user.require(Permission::Read)?;
-    let limit = query.limit.unwrap_or(pagination::DEFAULT_LIMIT);
-    let mut sql: QueryBuilder<MySql> = QueryBuilder::new(approvals::SELECT);
-    sql.push(" where seq < ").push_bind(pagination::decode_cursor(query.cursor.as_deref())?.unwrap_or(u64::MAX));
-    if let Some(status) = query.status {
-        sql.push(" and status = ").push_bind(status.as_str());
-    }
-    if let Some(workflow) = query.workflow_id {
-        sql.push(" and workflow_id = ").push_bind(workflow.to_string());
-    }
-    if let Some(requester) = query.requester_id {
-        sql.push(" and requester_id = ").push_bind(requester.to_string());
-    }
-    sql.push(" order by seq desc limit ").push_bind(limit);
-    let rows: Vec<Approval> = sql.build_query_as().fetch_all(&state.pool).await?;
-    let last = rows.last().map(|a| a.seq);
-    Ok(Page::new(rows, last, limit as usize, "/approvals", raw.as_deref().unwrap_or_default()).into_response())
+    let mut list = Keyset::new(approvals::SELECT, query.cursor.as_deref(), query.limit)?;
+    list.and("status = ", query.status.map(ApprovalStatus::as_str))
+        .and("workflow_id = ", query.workflow_id.map(|w| w.to_string()))
+        .and("requester_id = ", query.requester_id.map(|r| r.to_string()));
+    Ok(list.fetch(&state.pool, |a: &Approval| a.seq, "/approvals", raw.as_deref()).await?.into_response())
 }
 
 #[utoipa::path(

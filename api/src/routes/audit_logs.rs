@@ -9,7 +9,6 @@ use chrono::{DateTime, Utc};
 use garde::Validate;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::{MySql, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 
 use super::approvals::strip_nulls;
@@ -17,7 +16,7 @@ use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::commands::{self, Submitted};
 use crate::extract::{ValidJson, ValidQuery};
-use crate::pagination::{self, Page};
+use crate::pagination::Keyset;
 use crate::problem::{ApiResult, Problem};
 
 #[derive(Debug, Deserialize, Validate, IntoParams)]
@@ -62,28 +61,13 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     user.require(Permission::Read)?;
-    let limit = query.limit.unwrap_or(pagination::DEFAULT_LIMIT);
-    let mut sql: QueryBuilder<MySql> = QueryBuilder::new(audit::SELECT);
-    sql.push(" where seq < ").push_bind(pagination::decode_cursor(query.cursor.as_deref())?.unwrap_or(u64::MAX));
-    if let Some(entity) = query.entity {
-        sql.push(" and entity = ").push_bind(entity);
-    }
-    if let Some(entity_id) = query.entity_id {
-        sql.push(" and entity_id = ").push_bind(entity_id);
-    }
-    if let Some(actor) = query.actor_id {
-        sql.push(" and actor_id = ").push_bind(actor);
-    }
-    if let Some(since) = query.since {
-        sql.push(" and created_at >= ").push_bind(since);
-    }
-    if let Some(until) = query.until {
-        sql.push(" and created_at < ").push_bind(until);
-    }
-    sql.push(" order by seq desc limit ").push_bind(limit);
-    let rows: Vec<AuditRecord> = sql.build_query_as().fetch_all(&state.pool).await?;
-    let last = rows.last().map(|r| r.seq);
-    Ok(Page::new(rows, last, limit as usize, "/auditLogs", raw.as_deref().unwrap_or_default()).into_response())
+    let mut list = Keyset::new(audit::SELECT, query.cursor.as_deref(), query.limit)?;
+    list.and("entity = ", query.entity)
+        .and("entity_id = ", query.entity_id)
+        .and("actor_id = ", query.actor_id)
+        .and("created_at >= ", query.since)
+        .and("created_at < ", query.until);
+    Ok(list.fetch(&state.pool, |r: &AuditRecord| r.seq, "/auditLogs", raw.as_deref()).await?.into_response())
 }
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]

@@ -11,7 +11,6 @@ use chrono::{DateTime, Utc};
 use garde::Validate;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use sqlx::{MySql, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -21,7 +20,7 @@ use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::commands::{self, Submitted};
 use crate::extract::{ValidJson, ValidQuery};
-use crate::pagination::{self, Page};
+use crate::pagination::Keyset;
 use crate::problem::{ApiError, ApiResult, Problem};
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
@@ -149,20 +148,9 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     user.require(Permission::RunAutomations)?;
-    let limit = query.limit.unwrap_or(pagination::DEFAULT_LIMIT);
-    let mut sql: QueryBuilder<MySql> = QueryBuilder::new(runs::SELECT);
-    sql.push(" where seq < ").push_bind(pagination::decode_cursor(query.cursor.as_deref())?.unwrap_or(u64::MAX));
-    if let Some(automation) = query.automation {
-        sql.push(" and automation = ").push_bind(automation);
-    }
-    if let Some(run_state) = query.state {
-        sql.push(" and state = ").push_bind(run_state.as_str());
-    }
-    sql.push(" order by seq desc limit ").push_bind(limit);
-    let rows: Vec<Run> = sql.build_query_as().fetch_all(&state.pool).await?;
-    let last = rows.last().map(|r| r.seq);
-    Ok(Page::new(rows, last, limit as usize, "/api/v1/automation/runs", raw.as_deref().unwrap_or_default())
-        .into_response())
+    let mut list = Keyset::new(runs::SELECT, query.cursor.as_deref(), query.limit)?;
+    list.and("automation = ", query.automation).and("state = ", query.state.map(RunState::as_str));
+    Ok(list.fetch(&state.pool, |r: &Run| r.seq, "/api/v1/automation/runs", raw.as_deref()).await?.into_response())
 }
 
 #[utoipa::path(

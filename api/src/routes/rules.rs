@@ -15,7 +15,6 @@ use axum::response::{IntoResponse, Response};
 use garde::Validate;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::{MySql, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -24,7 +23,7 @@ use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::commands::{self, Submitted};
 use crate::extract::{ValidQuery, parse_json, validate};
-use crate::pagination::{self, Page};
+use crate::pagination::Keyset;
 use crate::problem::{ApiError, ApiResult, FieldError, Problem};
 
 /// The fields a rule may carry: anything else is refused, so no client sets `version` or dates.
@@ -97,16 +96,9 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     user.require(Permission::Read)?;
-    let limit = query.limit.unwrap_or(pagination::DEFAULT_LIMIT);
-    let mut sql: QueryBuilder<MySql> = QueryBuilder::new(rule_rows::SELECT);
-    sql.push(" where seq < ").push_bind(pagination::decode_cursor(query.cursor.as_deref())?.unwrap_or(u64::MAX));
-    if let Some(enabled) = query.enabled {
-        sql.push(" and enabled = ").push_bind(enabled);
-    }
-    sql.push(" order by seq desc limit ").push_bind(limit);
-    let rows: Vec<Rule> = sql.build_query_as().fetch_all(&state.pool).await?;
-    let last = rows.last().map(|r| r.seq);
-    Ok(Page::new(rows, last, limit as usize, "/api/v1/rules", raw.as_deref().unwrap_or_default()).into_response())
+    let mut list = Keyset::new(rule_rows::SELECT, query.cursor.as_deref(), query.limit)?;
+    list.and("enabled = ", query.enabled);
+    Ok(list.fetch(&state.pool, |r: &Rule| r.seq, "/api/v1/rules", raw.as_deref()).await?.into_response())
 }
 
 #[utoipa::path(

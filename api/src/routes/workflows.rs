@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Response};
 use garde::Validate;
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::{MySql, QueryBuilder};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -19,7 +18,7 @@ use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::commands::{self, Submitted};
 use crate::extract::{ValidJson, ValidQuery};
-use crate::pagination::{self, Page};
+use crate::pagination::Keyset;
 use crate::problem::{ApiError, ApiResult, Problem};
 
 #[derive(Debug, Deserialize, Validate, IntoParams)]
@@ -55,16 +54,9 @@ pub async fn list(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     user.require(Permission::Read)?;
-    let limit = query.limit.unwrap_or(pagination::DEFAULT_LIMIT);
-    let mut sql: QueryBuilder<MySql> = QueryBuilder::new(workflows::SELECT);
-    sql.push(" where seq < ").push_bind(pagination::decode_cursor(query.cursor.as_deref())?.unwrap_or(u64::MAX));
-    if let Some(status) = query.status {
-        sql.push(" and status = ").push_bind(status.as_str());
-    }
-    sql.push(" order by seq desc limit ").push_bind(limit);
-    let rows: Vec<Workflow> = sql.build_query_as().fetch_all(&state.pool).await?;
-    let last = rows.last().map(|w| w.seq);
-    Ok(Page::new(rows, last, limit as usize, "/workflows", raw.as_deref().unwrap_or_default()).into_response())
+    let mut list = Keyset::new(workflows::SELECT, query.cursor.as_deref(), query.limit)?;
+    list.and("status = ", query.status.map(WorkflowStatus::as_str));
+    Ok(list.fetch(&state.pool, |w: &Workflow| w.seq, "/workflows", raw.as_deref()).await?.into_response())
 }
 
 #[utoipa::path(
