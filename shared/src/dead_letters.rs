@@ -62,6 +62,21 @@ pub struct ActionReport {
     pub failed: Vec<ActionFailure>,
 }
 
+impl ActionReport {
+    /// Counts one dead letter's outcome: done (`true`), already acted on by someone else
+    /// (`false`), or failed with why.
+    pub fn record(&mut self, id: Uuid, outcome: anyhow::Result<bool>) {
+        match outcome {
+            Ok(true) => {
+                self.done += 1;
+                self.ids.push(id);
+            }
+            Ok(false) => {}
+            Err(error) => self.failed.push(ActionFailure { id, error: format!("{error:#}") }),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionFailure {

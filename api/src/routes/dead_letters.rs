@@ -4,7 +4,7 @@
 
 use automation_shared::db::audit::ActorType;
 use automation_shared::db::dead_letters::{self, DeadLetter, DeadLetterSummary, Filter};
-use automation_shared::dead_letters::{self as actions, ActionFailure, ActionReport, Operator};
+use automation_shared::dead_letters::{self as actions, ActionReport, Operator};
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
@@ -200,14 +200,7 @@ async fn act(
             }
             None => actions::discard(&state.pool, &mut chain, dead, &operator).await,
         };
-        match outcome {
-            Ok(true) => {
-                report.done += 1;
-                report.ids.push(dead.summary.id);
-            }
-            Ok(false) => {}
-            Err(error) => report.failed.push(ActionFailure { id: dead.summary.id, error: format!("{error:#}") }),
-        }
+        report.record(dead.summary.id, outcome);
     }
     tracing::info!(user.id = %user.id, matched = report.matched, done = report.done, failed = report.failed.len(), "dead letters acted on");
     Ok(Json(report))

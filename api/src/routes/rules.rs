@@ -151,16 +151,7 @@ pub async fn create(
     let mut rule = read_rule(&body, "")?;
     let event_id = commands::event_id(&user, "POST /api/v1/rules", &headers)?;
     let id = *rule.id.get_or_insert_with(|| derived_id("rule", &event_id));
-    let submitted = commands::submit(
-        &state,
-        &user,
-        &headers,
-        event_id,
-        EventType::RuleUpserted,
-        serde_json::to_value(&rule).unwrap_or_default(),
-    )
-    .await?;
-    respond(&state, submitted, id).await
+    upsert(&state, &user, &headers, event_id, id, rule).await
 }
 
 #[utoipa::path(
@@ -200,16 +191,7 @@ pub async fn replace(
     }
     rule.id = Some(id);
     let event_id = commands::event_id(&user, &format!("PUT /api/v1/rules/{id}"), &headers)?;
-    let submitted = commands::submit(
-        &state,
-        &user,
-        &headers,
-        event_id,
-        EventType::RuleUpserted,
-        serde_json::to_value(&rule).unwrap_or_default(),
-    )
-    .await?;
-    respond(&state, submitted, id).await
+    upsert(&state, &user, &headers, event_id, id, rule).await
 }
 
 #[utoipa::path(
@@ -242,6 +224,20 @@ pub async fn delete(
     let submitted =
         commands::submit(&state, &user, &headers, event_id, EventType::RuleDeleted, json!({"ruleId": id})).await?;
     Ok(commands::accepted(submitted.event_id()))
+}
+
+/// Publishes `rule.upserted` for rule `id` (already set in `rule`), and answers for it.
+async fn upsert(
+    state: &AppState,
+    user: &AuthUser,
+    headers: &HeaderMap,
+    event_id: String,
+    id: Uuid,
+    rule: RuleDefinition,
+) -> ApiResult<Response> {
+    let data = serde_json::to_value(&rule).unwrap_or_default();
+    let submitted = commands::submit(state, user, headers, event_id, EventType::RuleUpserted, data).await?;
+    respond(state, submitted, id).await
 }
 
 async fn respond(state: &AppState, submitted: Submitted, id: Uuid) -> ApiResult<Response> {

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use automation_shared::config::Config;
 use automation_shared::db::audit::{ActorType, AuditChain};
 use automation_shared::db::dead_letters::{self, DeadLetterSummary, Filter};
-use automation_shared::dead_letters::{self as actions, ActionFailure, ActionReport, Operator};
+use automation_shared::dead_letters::{self as actions, ActionReport, Operator};
 use automation_shared::messaging::{self, Names, Publisher};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
@@ -312,14 +312,7 @@ async fn act(config: &Config, pool: &sqlx::MySqlPool, selection: Selection, acti
             }
             _ => actions::discard(pool, &mut chain, dead, &operator).await,
         };
-        match outcome {
-            Ok(true) => {
-                report.done += 1;
-                report.ids.push(dead.summary.id);
-            }
-            Ok(false) => {}
-            Err(error) => report.failed.push(ActionFailure { id: dead.summary.id, error: format!("{error:#}") }),
-        }
+        report.record(dead.summary.id, outcome);
         if !selection.json && (last_progress.elapsed() >= Duration::from_secs(1) || i + 1 == selected.len()) {
             let rate = (i + 1) as f64 / started.elapsed().as_secs_f64().max(0.001);
             eprintln!("  {}/{}  ({:.0}/s, {} failed)", i + 1, selected.len(), rate, report.failed.len());
