@@ -60,6 +60,7 @@ pub async fn run(worker: Arc<Worker>, queue: WorkQueue, shutdown: CancellationTo
         worker: worker.clone(),
         queue,
         rules: RuleSet::default(),
+        left_unsettled: false,
     };
     let mut cancelled = false;
     loop {
@@ -127,6 +128,9 @@ struct QueueConsumer {
     queue: WorkQueue,
     chain: AuditChain,
     rules: RuleSet,
+    /// Some delivery of this channel was left for the broker to hand to another worker (shutting
+    /// down while the database is away): from then on a `multiple` ack could settle it too.
+    left_unsettled: bool,
 }
 
 impl QueueConsumer {
@@ -174,20 +178,27 @@ impl QueueConsumer {
             }
         }
         if !parsed.is_empty() {
-            self.apply_and_settle(parsed, received_at, shutdown).await;
+            // Execute messages of this batch are settled after the events: until then a
+            // `multiple` ack of the events could settle them before their tasks ran.
+            let multiple = executes.is_empty() && !self.left_unsettled;
+            self.apply_and_settle(parsed, received_at, multiple, shutdown).await;
         }
         if !executes.is_empty() {
-            crate::runner::execute_all(&self.worker, &mut self.chain, executes, shutdown).await;
+            let left = crate::runner::execute_all(&self.worker, &mut self.chain, executes, shutdown).await;
+            self.left_unsettled |= left;
         }
         self.worker.health.release(held);
         metrics::histogram!("automation_worker_batch_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("automation_worker_batch_size").record(held as f64);
     }
 
+    /// `multiple`: every earlier delivery of this channel is settled once these are, so one
+    /// `multiple` ack may settle them all.
     async fn apply_and_settle(
         &mut self,
         parsed: Vec<Parsed>,
         received_at: chrono::DateTime<Utc>,
+        multiple: bool,
         shutdown: &CancellationToken,
     ) {
         let items: Vec<Item<'_>> = parsed
@@ -202,6 +213,7 @@ impl QueueConsumer {
         let Some(results) = self.apply_with_recovery(&items, shutdown).await else {
             // Shutting down while the database is away: leave the deliveries unacked; the broker
             // gives them to another worker when this channel closes.
+            self.left_unsettled = true;
             return;
         };
         let mut acks = Vec::with_capacity(parsed.len());
@@ -215,7 +227,7 @@ impl QueueConsumer {
                 Err(error) => self.route_failure(p, &error).await,
             }
         }
-        ack_all(&acks).await;
+        ack_all(&acks, multiple).await;
     }
 
     /// Applies the batch, waiting out database outages. `None` when shutdown came first.
@@ -345,7 +357,7 @@ impl QueueConsumer {
 /// Acks a delivery whose copy the broker confirmed; otherwise hands it back to the queue.
 async fn settle_after_publish(delivery: &Delivery, published: Result<(), automation_shared::messaging::PublishError>) {
     match published {
-        Ok(()) => ack_all(&[delivery]).await,
+        Ok(()) => ack_all(&[delivery], false).await,
         Err(error) => {
             tracing::warn!(%error, "could not move the message; returning it to the queue");
             let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
@@ -353,14 +365,25 @@ async fn settle_after_publish(delivery: &Delivery, published: Result<(), automat
     }
 }
 
-/// Acks deliveries after their effects committed: one `multiple` ack on the highest tag, which
-/// is safe because every earlier delivery on this channel is settled by then (poison and
-/// retried messages are settled one by one before). An ack that fails (the channel went away
-/// after the commit) is harmless: the message comes back and the inbox recognises it.
-async fn ack_all(deliveries: &[&Delivery]) {
-    let Some(last) = deliveries.iter().max_by_key(|d| d.delivery_tag) else { return };
-    let options = BasicAckOptions { multiple: deliveries.len() > 1 };
-    if let Err(error) = last.acker.ack(options).await {
+/// Acks deliveries after their effects committed. With `multiple` (the caller knows every
+/// earlier delivery of this channel is settled: poison and retried messages one by one before,
+/// nothing left over), one ack on the highest tag settles them all; otherwise each is acked. An
+/// ack that fails (the channel went away after the commit) is harmless: the message comes back
+/// and the inbox recognises it.
+async fn ack_all(deliveries: &[&Delivery], multiple: bool) {
+    let lost = if multiple && deliveries.len() > 1 {
+        let Some(last) = deliveries.iter().max_by_key(|d| d.delivery_tag) else { return };
+        last.acker.ack(BasicAckOptions { multiple: true }).await.err()
+    } else {
+        let mut lost = None;
+        for delivery in deliveries {
+            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+                lost = Some(error);
+            }
+        }
+        lost
+    };
+    if let Some(error) = lost {
         tracing::info!(%error, "an ack was lost; the messages will be redelivered and skipped as duplicates");
     }
 }

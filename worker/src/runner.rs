@@ -27,13 +27,16 @@ use crate::failures::{self, DeathKind, Unapplied};
 use crate::service::Worker;
 use crate::tasks::{self, Execute, TaskContext, TaskError, TaskOutput};
 
-/// Runs the attempts these deliveries ask for, side by side, and settles each delivery.
+/// Runs the attempts these deliveries ask for, side by side, and settles each delivery. True
+/// when some were left unsettled for the broker to hand to another worker (shutting down while
+/// the database is away).
 pub async fn execute_all(
     worker: &Arc<Worker>,
     chain: &mut AuditChain,
     deliveries: Vec<Delivery>,
     shutdown: &CancellationToken,
-) {
+) -> bool {
+    let mut left = false;
     let outcomes = join_all(deliveries.iter().map(|d| attempt(worker, d, shutdown))).await;
     for (delivery, outcome) in deliveries.iter().zip(outcomes) {
         match outcome {
@@ -50,9 +53,10 @@ pub async fn execute_all(
                     tracing::info!(%error, "an ack was lost; the attempt's message will come back and be skipped");
                 }
             }
-            Attempted::Leave => {}
+            Attempted::Leave => left = true,
         }
     }
+    left
 }
 
 enum Attempted {

@@ -11,3 +11,4 @@ mod kills;
 mod outages;
 mod poison;
 mod support;
+mod tasks;
