@@ -146,11 +146,13 @@ impl Broker {
         tokio::spawn(async move {
             loop {
                 match consumer.next().await {
-                    Some(Ok(delivery)) => {
+                    // Parsed only while a request waits: every notification of the system passes here.
+                    Some(Ok(delivery)) if waiters.any() => {
                         if let Ok(notification) = serde_json::from_slice::<serde_json::Value>(&delivery.data) {
                             waiters.deliver(notification);
                         }
                     }
+                    Some(Ok(_)) => {}
                     Some(Err(error)) => {
                         if channel.wait_for_recovery(error).await.is_err() {
                             return;

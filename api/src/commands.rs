@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use automation_shared::db::events as event_rows;
-use automation_shared::events::{CloudEvent, EventType, ID_NAMESPACE, extension};
+use automation_shared::events::{CloudEvent, EventData, ID_NAMESPACE, extension};
 use automation_shared::messaging::{self, Outgoing};
 use automation_shared::telemetry::TraceParent;
 use axum::Json;
@@ -24,6 +24,8 @@ use crate::problem::{ApiError, ApiResult};
 pub const SOURCE: &str = "/automation-engine/api";
 /// The longest `Prefer: wait` honoured.
 pub const MAX_WAIT_SECS: u64 = 30;
+/// Time kept between the end of a wait and the request timeout, for the read back and the answer.
+const ANSWER_MARGIN: Duration = Duration::from_secs(3);
 
 /// The answer to an accepted write.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -46,9 +48,24 @@ pub enum Submitted {
 }
 
 impl Submitted {
-    pub fn event_id(&self) -> &str {
+    /// The answer: 202 until the event is known to be applied, then 200 with the resource `read`
+    /// finds. The broker confirmed the event by now, so a failed read answers 202 as well: an
+    /// error here would tell the client that nothing was accepted, and invite a second write.
+    pub async fn respond<T: Serialize>(
+        self,
+        location: &str,
+        read: impl Future<Output = sqlx::Result<Option<T>>>,
+    ) -> Response {
         match self {
-            Submitted::Accepted { event_id } | Submitted::Applied { event_id } => event_id,
+            Submitted::Accepted { event_id } => accepted(&event_id),
+            Submitted::Applied { event_id } => match read.await {
+                Ok(Some(resource)) => applied(resource, location),
+                Ok(None) => accepted(&event_id),
+                Err(error) => {
+                    tracing::warn!(%error, event.id = %event_id, "could not read back an applied change; answering 202");
+                    accepted(&event_id)
+                }
+            },
         }
     }
 }
@@ -81,31 +98,39 @@ pub fn event_id(user: &AuthUser, endpoint: &str, headers: &HeaderMap) -> ApiResu
     }
 }
 
-/// Publishes one event as the caller and, with `Prefer: wait`, waits for the worker.
+/// Publishes one event as the caller and, with `Prefer: wait`, waits for the worker. Once the
+/// broker confirmed, nothing but the worker's refusal is an error.
 pub async fn submit(
     state: &AppState,
     user: &AuthUser,
     headers: &HeaderMap,
     event_id: String,
-    event_type: EventType,
-    data: Value,
+    data: EventData,
 ) -> ApiResult<Submitted> {
-    let wait = requested_wait(headers);
-    let waiter = wait.map(|_| state.waiters.register(&event_id));
-    publish(state, user, headers, &event_id, event_type.as_str(), data).await?;
-    let Some(wait) = wait else {
+    let started = tokio::time::Instant::now();
+    let event_type = data.event_type().as_str();
+    let Some(wait) = requested_wait(headers) else {
+        publish(state, user, headers, &event_id, event_type, data.to_value()).await?;
         return Ok(Submitted::Accepted { event_id });
     };
-    // A retried request may find its event already done.
-    if let Some(done) = settled(state, &event_id).await? {
-        return done;
+    // Registered before the publish, so the quickest notification is not missed.
+    let waiter = state.waiters.register(&event_id);
+    publish(state, user, headers, &event_id, event_type, data.to_value()).await?;
+    // A request retried with its Idempotency-Key may find its event done long ago.
+    if headers.contains_key("idempotency-key") {
+        match settled(state, &event_id).await {
+            Ok(Some(done)) => return done,
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, event.id = %event_id, "could not look the event up; waiting for it"),
+        }
     }
-    match waiter {
-        Some(waiter) => match waiter.wait(wait).await {
-            Some(notification) if notification["type"] == "event.rejected" => Err(refusal(&notification, event_id)),
-            Some(_) => Ok(Submitted::Applied { event_id }),
-            None => Ok(Submitted::Accepted { event_id }),
-        },
+    // The answer must beat the request timeout: a 408 after the confirm would read as a failure.
+    let room = Duration::from_secs(state.config.api.request_timeout_secs)
+        .saturating_sub(started.elapsed())
+        .saturating_sub(ANSWER_MARGIN);
+    match waiter.wait(wait.min(room)).await {
+        Some(notification) if notification["type"] == "event.rejected" => Err(refusal(&notification, event_id)),
+        Some(_) => Ok(Submitted::Applied { event_id }),
         None => Ok(Submitted::Accepted { event_id }),
     }
 }
@@ -120,7 +145,7 @@ fn refusal(notification: &Value, event_id: String) -> ApiError {
 }
 
 /// The outcome if the worker already processed the event.
-async fn settled(state: &AppState, event_id: &str) -> ApiResult<Option<ApiResult<Submitted>>> {
+async fn settled(state: &AppState, event_id: &str) -> sqlx::Result<Option<ApiResult<Submitted>>> {
     let mut conn = state.pool.acquire().await?;
     let status = event_rows::status(&mut conn, event_id).await?;
     Ok(match status.status {

@@ -1,7 +1,7 @@
 //! `automation-api`: serves HTTP (the default) or bootstraps a user.
 
 use std::io::Read;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -82,9 +82,9 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let address: SocketAddr = format!("{}:{}", config.api.host, config.api.port)
-        .parse()
-        .with_context(|| format!("API_HOST {:?} is not an IP address", config.api.host))?;
+    let host: IpAddr =
+        config.api.host.parse().with_context(|| format!("API_HOST {:?} is not an IP address", config.api.host))?;
+    let address = SocketAddr::new(host, config.api.port);
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("could not listen on {address} (API_HOST/API_PORT)"))?;

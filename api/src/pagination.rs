@@ -10,8 +10,8 @@ use sqlx::{Encode, FromRow, MySql, MySqlPool, QueryBuilder, Type};
 
 use crate::problem::ApiError;
 
+/// Items per page when `limit` is not given (each list's query type caps it at 500).
 pub const DEFAULT_LIMIT: u32 = 50;
-pub const MAX_LIMIT: u32 = 500;
 
 /// The position after which the next page starts.
 pub fn decode_cursor(cursor: Option<&str>) -> Result<Option<u64>, ApiError> {

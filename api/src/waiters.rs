@@ -47,6 +47,11 @@ impl Waiters {
         }
     }
 
+    /// Whether any request waits (registered before its event was published).
+    pub fn any(&self) -> bool {
+        !self.lock().is_empty()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

@@ -2,14 +2,14 @@
 
 use automation_shared::db::approvals::{self, Approval};
 use automation_shared::db::workflows;
-use automation_shared::events::{EventType, derived_id};
+use automation_shared::events::{ApprovalDecided, ApprovalRequested, EventData, derived_id};
 use automation_shared::lifecycle::{ApprovalStatus, Decision};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use garde::Validate;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -147,13 +147,17 @@ pub async fn create(
     }
     let event_id = commands::event_id(&user, "POST /approvals", &headers)?;
     let approval_id = derived_id("approval", &event_id);
-    let data = json!({
-        "approvalId": approval_id, "workflowId": body.workflow_id, "title": body.title, "amount": body.amount,
-        "currency": body.currency, "requesterId": requester, "details": body.details,
+    let data = EventData::ApprovalRequested(ApprovalRequested {
+        approval_id: Some(approval_id),
+        workflow_id: body.workflow_id,
+        title: body.title,
+        amount: body.amount,
+        currency: body.currency,
+        requester_id: requester,
+        details: body.details,
     });
-    let submitted =
-        commands::submit(&state, &user, &headers, event_id, EventType::ApprovalRequested, strip_nulls(data)).await?;
-    respond(&state, submitted, approval_id).await
+    let submitted = commands::submit(&state, &user, &headers, event_id, data).await?;
+    Ok(respond(&state, submitted, approval_id).await)
 }
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
@@ -204,26 +208,16 @@ pub async fn decide(
     user.require(Permission::DecideApproval)?;
     let approval = find(&state, &id).await?;
     let event_id = commands::event_id(&user, &format!("PATCH /approvals/{}", approval.id), &headers)?;
-    let data = json!({"approvalId": approval.id, "status": body.status, "reason": body.reason, "expectedVersion": body.expected_version});
-    let submitted =
-        commands::submit(&state, &user, &headers, event_id, EventType::ApprovalDecided, strip_nulls(data)).await?;
-    respond(&state, submitted, approval.id).await
+    let data = EventData::ApprovalDecided(ApprovalDecided {
+        approval_id: approval.id,
+        status: body.status,
+        reason: body.reason,
+        expected_version: body.expected_version,
+    });
+    let submitted = commands::submit(&state, &user, &headers, event_id, data).await?;
+    Ok(respond(&state, submitted, approval.id).await)
 }
 
-async fn respond(state: &AppState, submitted: Submitted, approval: Uuid) -> ApiResult<Response> {
-    match submitted {
-        Submitted::Accepted { event_id } => Ok(commands::accepted(&event_id)),
-        Submitted::Applied { event_id } => match approvals::find(&state.pool, approval).await? {
-            Some(approval) => Ok(commands::applied(&approval, &format!("/approvals/{}", approval.id))),
-            None => Ok(commands::accepted(&event_id)),
-        },
-    }
-}
-
-/// Optional fields the client left out are left out of the event too.
-pub fn strip_nulls(mut value: Value) -> Value {
-    if let Some(object) = value.as_object_mut() {
-        object.retain(|_, v| !v.is_null());
-    }
-    value
+async fn respond(state: &AppState, submitted: Submitted, approval: Uuid) -> Response {
+    submitted.respond(&format!("/approvals/{approval}"), approvals::find(&state.pool, approval)).await
 }

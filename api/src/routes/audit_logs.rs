@@ -1,20 +1,19 @@
 //! The audit log: list with filters, and `POST /auditLogs` (`audit.recorded`) for services.
 
 use automation_shared::db::audit::{self, AuditRecord};
-use automation_shared::events::EventType;
+use automation_shared::events::{AuditRecorded, EventData};
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use garde::Validate;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
-use super::approvals::strip_nulls;
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
-use crate::commands::{self, Submitted};
+use crate::commands;
 use crate::extract::{ValidJson, ValidQuery};
 use crate::pagination::Keyset;
 use crate::problem::{ApiResult, Problem};
@@ -114,16 +113,17 @@ pub async fn create(
 ) -> ApiResult<Response> {
     user.require(Permission::WriteAudit)?;
     let event_id = commands::event_id(&user, "POST /auditLogs", &headers)?;
-    let data =
-        json!({"entity": body.entity, "entityId": body.entity_id, "action": body.action, "details": body.details});
-    match commands::submit(&state, &user, &headers, event_id, EventType::AuditRecorded, strip_nulls(data)).await? {
-        Submitted::Accepted { event_id } => Ok(commands::accepted(&event_id)),
-        Submitted::Applied { event_id } => match audit::for_event(&state.pool, &event_id).await?.into_iter().next() {
-            Some(record) => {
-                let location = format!("/auditLogs?entity={}&entityId={}", record.entity, record.entity_id);
-                Ok(commands::applied(record, &location))
-            }
-            None => Ok(commands::accepted(&event_id)),
-        },
-    }
+    let location = form_urlencoded::Serializer::new(String::from("/auditLogs?"))
+        .append_pair("entity", &body.entity)
+        .append_pair("entityId", &body.entity_id)
+        .finish();
+    let data = EventData::AuditRecorded(AuditRecorded {
+        entity: body.entity,
+        entity_id: body.entity_id,
+        action: body.action,
+        details: body.details,
+    });
+    let submitted = commands::submit(&state, &user, &headers, event_id.clone(), data).await?;
+    let record = async { Ok(audit::for_event(&state.pool, &event_id).await?.into_iter().next()) };
+    Ok(submitted.respond(&location, record).await)
 }

@@ -2,7 +2,7 @@
 //! read runs, cancel one (`automation.cancelled`).
 
 use automation_shared::db::runs::{self, Run, RunState};
-use automation_shared::events::{EventType, derived_id};
+use automation_shared::events::{AutomationCancelled, AutomationRequested, EventData, derived_id};
 use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -10,11 +10,10 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use garde::Validate;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::approvals::strip_nulls;
 use super::parse_id;
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -87,11 +86,16 @@ pub async fn execute(
     user.require(Permission::RunAutomations)?;
     let event_id = commands::event_id(&user, "POST /api/v1/automation/execute", &headers)?;
     let run_id = derived_id("run", &event_id);
-    let data = json!({"runId": run_id, "automation": body.automation, "params": body.params, "countdownSeconds": body.countdown_seconds, "runAt": body.run_at});
-    match commands::submit(&state, &user, &headers, event_id, EventType::AutomationRequested, strip_nulls(data)).await?
-    {
+    let data = EventData::AutomationRequested(AutomationRequested {
+        run_id: Some(run_id),
+        automation: body.automation,
+        params: body.params,
+        countdown_seconds: body.countdown_seconds,
+        run_at: body.run_at,
+    });
+    let run_url = format!("/api/v1/automation/runs/{run_id}");
+    match commands::submit(&state, &user, &headers, event_id, data).await? {
         Submitted::Accepted { event_id } => {
-            let run_url = format!("/api/v1/automation/runs/{run_id}");
             let body = RunAccepted {
                 status_url: commands::status_url(&event_id),
                 event_id,
@@ -105,10 +109,7 @@ pub async fn execute(
             }
             Ok(response)
         }
-        Submitted::Applied { event_id } => match runs::find(&state.pool, run_id).await? {
-            Some(run) => Ok(commands::applied(&run, &format!("/api/v1/automation/runs/{run_id}"))),
-            None => Ok(commands::accepted(&event_id)),
-        },
+        applied => Ok(applied.respond(&run_url, runs::find(&state.pool, run_id)).await),
     }
 }
 
@@ -202,13 +203,7 @@ pub async fn cancel(
         return Err(ApiError::Conflict(format!("run {id} is already {}", run.state)));
     }
     let event_id = commands::event_id(&user, &format!("POST /api/v1/automation/runs/{id}/cancel"), &headers)?;
-    match commands::submit(&state, &user, &headers, event_id, EventType::AutomationCancelled, json!({"runId": id}))
-        .await?
-    {
-        Submitted::Accepted { event_id } => Ok(commands::accepted(&event_id)),
-        Submitted::Applied { event_id } => match runs::find(&state.pool, id).await? {
-            Some(run) => Ok(commands::applied(&run, &format!("/api/v1/automation/runs/{id}"))),
-            None => Ok(commands::accepted(&event_id)),
-        },
-    }
+    let data = EventData::AutomationCancelled(AutomationCancelled { run_id: id });
+    let submitted = commands::submit(&state, &user, &headers, event_id, data).await?;
+    Ok(submitted.respond(&format!("/api/v1/automation/runs/{id}"), runs::find(&state.pool, id)).await)
 }

@@ -159,13 +159,15 @@ pub async fn status(
     Path(id): Path<String>,
 ) -> ApiResult<Json<EventStatus>> {
     let mut conn = state.pool.acquire().await?;
-    let status = event_rows::status(&mut conn, &id).await?;
+    let mut status = event_rows::status(&mut conn, &id).await?;
     // Only the event's actor and admins see it; to anyone else it does not exist.
-    if let Some(actor) = &status.actor_id
-        && *actor != user.id
-        && user.role != Role::Admin
-    {
-        return Err(ApiError::NotFound(format!("no event {id} of yours")));
+    if user.role != Role::Admin {
+        match &status.actor_id {
+            Some(actor) if *actor != user.id => return Err(ApiError::NotFound(format!("no event {id} of yours"))),
+            Some(_) => {}
+            // Not applied yet, so whose it is is not known: only where it stands, no details.
+            None => status = status.bare(),
+        }
     }
     Ok(Json(status))
 }

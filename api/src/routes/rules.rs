@@ -4,7 +4,7 @@
 
 use automation_shared::db::rules::{self as rule_rows, Rule};
 use automation_shared::db::{approvals, workflows};
-use automation_shared::events::{EventData, EventType, derived_id};
+use automation_shared::events::{EventData, EventType, RuleDeleted, derived_id};
 use automation_shared::rules::engine::{self, ConditionCache, Evaluation, StoredRule};
 use automation_shared::rules::{self, RuleDefinition};
 use axum::Json;
@@ -221,9 +221,11 @@ pub async fn delete(
         return Err(ApiError::NotFound(format!("no rule with id {id}")));
     }
     let event_id = commands::event_id(&user, &format!("DELETE /api/v1/rules/{id}"), &headers)?;
-    let submitted =
-        commands::submit(&state, &user, &headers, event_id, EventType::RuleDeleted, json!({"ruleId": id})).await?;
-    Ok(commands::accepted(submitted.event_id()))
+    let data = EventData::RuleDeleted(RuleDeleted { rule_id: id });
+    // There is nothing left to show: 202 whether or not the wait saw it done.
+    match commands::submit(&state, &user, &headers, event_id, data).await? {
+        Submitted::Accepted { event_id } | Submitted::Applied { event_id } => Ok(commands::accepted(&event_id)),
+    }
 }
 
 /// Publishes `rule.upserted` for rule `id` (already set in `rule`), and answers for it.
@@ -235,19 +237,8 @@ async fn upsert(
     id: Uuid,
     rule: RuleDefinition,
 ) -> ApiResult<Response> {
-    let data = serde_json::to_value(&rule).unwrap_or_default();
-    let submitted = commands::submit(state, user, headers, event_id, EventType::RuleUpserted, data).await?;
-    respond(state, submitted, id).await
-}
-
-async fn respond(state: &AppState, submitted: Submitted, id: Uuid) -> ApiResult<Response> {
-    match submitted {
-        Submitted::Accepted { event_id } => Ok(commands::accepted(&event_id)),
-        Submitted::Applied { event_id } => match rule_rows::find(&state.pool, id).await? {
-            Some(rule) => Ok(commands::applied(&rule, &format!("/api/v1/rules/{id}"))),
-            None => Ok(commands::accepted(&event_id)),
-        },
-    }
+    let submitted = commands::submit(state, user, headers, event_id, EventData::RuleUpserted(rule)).await?;
+    Ok(submitted.respond(&format!("/api/v1/rules/{id}"), rule_rows::find(&state.pool, id)).await)
 }
 
 fn require_json(headers: &HeaderMap) -> ApiResult<()> {

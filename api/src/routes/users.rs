@@ -15,7 +15,7 @@ use uuid::Uuid;
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission, Role, password};
 use crate::extract::ValidJson;
-use crate::pagination::{self, Page};
+use crate::pagination::Keyset;
 use crate::problem::{ApiError, ApiResult, Problem};
 
 #[derive(Debug, Clone, FromRow)]
@@ -31,9 +31,11 @@ pub struct UserRow {
 }
 
 /// A user as clients see it (never with the password hash).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserView {
+    #[serde(skip)]
+    pub seq: u64,
     pub id: String,
     pub email: String,
     pub name: String,
@@ -42,9 +44,13 @@ pub struct UserView {
     pub created_at: DateTime<Utc>,
 }
 
+/// The columns of a [`UserView`]: never the password hash.
+const VIEW_SELECT: &str = "select seq, id, email, name, role, active, created_at from users";
+
 impl UserRow {
     pub fn view(&self) -> UserView {
         UserView {
+            seq: self.seq,
             id: self.id.clone(),
             email: self.email.clone(),
             name: self.name.clone(),
@@ -141,17 +147,8 @@ pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery, head
     let user = crate::auth::authenticate(&state, &headers).await?;
     user.require(Permission::ManageUsers)?;
     let params: ListUsers = crate::extract::parse_query(&query)?;
-    let limit = params.limit.unwrap_or(pagination::DEFAULT_LIMIT);
-    let before = pagination::decode_cursor(params.cursor.as_deref())?;
-    let rows: Vec<UserRow> = sqlx::query_as(
-        "select seq, id, email, name, role, password_hash, active, created_at from users where seq < ? order by seq desc limit ?",
-    )
-    .bind(before.unwrap_or(u64::MAX))
-    .bind(limit)
-    .fetch_all(&state.pool)
-    .await?;
-    let views: Vec<UserView> = rows.iter().map(UserRow::view).collect();
-    Ok(Page::new(views, rows.last().map(|r| r.seq), limit as usize, "/users", &query).into_response())
+    let list = Keyset::new(VIEW_SELECT, params.cursor.as_deref(), params.limit)?;
+    Ok(list.fetch(&state.pool, |u: &UserView| u.seq, "/users", Some(&query)).await?.into_response())
 }
 
 #[utoipa::path(

@@ -1,18 +1,16 @@
 //! Workflows: list, read, create (`workflow.created`) and move (`workflow.status_changed`).
 
 use automation_shared::db::workflows::{self, Workflow};
-use automation_shared::events::{EventType, derived_id};
+use automation_shared::events::{EventData, WorkflowCreated, WorkflowStatusChanged, derived_id};
 use automation_shared::lifecycle::{InitialWorkflowStatus, WorkflowStatus};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use garde::Validate;
 use serde::Deserialize;
-use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::approvals::strip_nulls;
 use super::parse_id;
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
@@ -132,13 +130,15 @@ pub async fn create(
     user.require(Permission::ManageWorkflows)?;
     let event_id = commands::event_id(&user, "POST /workflows", &headers)?;
     let workflow_id = derived_id("workflow", &event_id);
-    let data = json!({
-        "workflowId": workflow_id, "name": body.name, "description": body.description,
-        "status": body.status, "approvalSlaHours": body.approval_sla_hours,
+    let data = EventData::WorkflowCreated(WorkflowCreated {
+        workflow_id: Some(workflow_id),
+        name: body.name,
+        description: body.description,
+        status: body.status,
+        approval_sla_hours: body.approval_sla_hours,
     });
-    let submitted =
-        commands::submit(&state, &user, &headers, event_id, EventType::WorkflowCreated, strip_nulls(data)).await?;
-    respond(&state, submitted, workflow_id).await
+    let submitted = commands::submit(&state, &user, &headers, event_id, data).await?;
+    Ok(respond(&state, submitted, workflow_id).await)
 }
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
@@ -184,19 +184,15 @@ pub async fn change(
     user.require(Permission::ManageWorkflows)?;
     let workflow = find(&state, &id).await?;
     let event_id = commands::event_id(&user, &format!("PATCH /workflows/{}", workflow.id), &headers)?;
-    let data = json!({"workflowId": workflow.id, "status": body.status, "expectedVersion": body.expected_version});
-    let submitted =
-        commands::submit(&state, &user, &headers, event_id, EventType::WorkflowStatusChanged, strip_nulls(data))
-            .await?;
-    respond(&state, submitted, workflow.id).await
+    let data = EventData::WorkflowStatusChanged(WorkflowStatusChanged {
+        workflow_id: workflow.id,
+        status: body.status,
+        expected_version: body.expected_version,
+    });
+    let submitted = commands::submit(&state, &user, &headers, event_id, data).await?;
+    Ok(respond(&state, submitted, workflow.id).await)
 }
 
-async fn respond(state: &AppState, submitted: Submitted, workflow: Uuid) -> ApiResult<Response> {
-    match submitted {
-        Submitted::Accepted { event_id } => Ok(commands::accepted(&event_id)),
-        Submitted::Applied { event_id } => match workflows::find(&state.pool, workflow).await? {
-            Some(workflow) => Ok(commands::applied(&workflow, &format!("/workflows/{}", workflow.id))),
-            None => Ok(commands::accepted(&event_id)),
-        },
-    }
+async fn respond(state: &AppState, submitted: Submitted, workflow: Uuid) -> Response {
+    submitted.respond(&format!("/workflows/{workflow}"), workflows::find(&state.pool, workflow)).await
 }

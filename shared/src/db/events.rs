@@ -301,6 +301,24 @@ pub struct EventStatus {
     pub entity_id: Option<String>,
 }
 
+impl EventStatus {
+    /// Only the id and where it stands: for callers who may not see what the event was.
+    pub fn bare(self) -> EventStatus {
+        EventStatus {
+            event_id: self.event_id,
+            event_type: None,
+            status: self.status,
+            detail: None,
+            reason_code: None,
+            rules: None,
+            processed_at: None,
+            actor_id: None,
+            entity: None,
+            entity_id: None,
+        }
+    }
+}
+
 #[derive(FromRow)]
 struct InboxStatusRow {
     #[sqlx(rename = "type")]
