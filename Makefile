@@ -40,7 +40,7 @@ check: ## formatting, clippy, and the rustls-on-ring-only dependency rule
 check-deploy: ## the Dockerfile, docker-compose.yml and k8s/ manifests, checked offline
 	@scripts/check-deploy.sh
 
-bench: deps ## throughput of the worker: one transaction per event against batches of 100
+bench: deps ## worker throughput: one event per transaction against batches of 100; competing against partitioned
 	cargo bench -p automation-worker --bench throughput
 
 schemas: ## regenerate schemas/ (JSON Schemas and AsyncAPI) from the Rust types

@@ -102,10 +102,7 @@ impl Broker {
     async fn connect(&self, waiters: &Arc<Waiters>) -> anyhow::Result<Link> {
         let connection = Arc::new(messaging::connect(&self.config.amqp.url, "automation-api").await?);
         let channel = connection.create_channel().await?;
-        let settings = TopologySettings {
-            retry_delays_ms: &self.config.worker.retry_delays_ms,
-            delivery_limit: self.config.worker.delivery_limit,
-        };
+        let settings = TopologySettings::of(&self.config.worker);
         topology::declare(&channel, &self.names, &settings).await?;
         let _ = channel.close(200, "topology declared".into()).await;
         let publisher =

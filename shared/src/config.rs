@@ -293,6 +293,29 @@ pub struct WorkerConfig {
     /// Broker-side bound on redeliveries (quorum `x-delivery-limit`): catches a message that
     /// kills the worker every time, so it cannot crash-loop the fleet.
     pub delivery_limit: u32,
+    /// How the `commands` queue is consumed: `partitioned` (events on one entity are applied in
+    /// the order they entered the queue, however many workers run) or `competing` (every
+    /// consumer takes from one queue; no order between consumers).
+    pub ordering: Ordering,
+    /// Partition queues behind `commands` in the `partitioned` layout: the most consumers that
+    /// work at once, across all processes. Every worker and the topology must agree on it;
+    /// change it only with the partitions drained (docs/operations.md).
+    pub partitions: u16,
+    /// How long an event that names an entity not created yet (an approval requested on a
+    /// workflow created a moment ago) waits for it before it is refused `not_found`.
+    pub entity_wait_ms: u64,
+}
+
+/// How the `commands` queue is consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Per-entity order: a sequencer spreads events over partition queues by entity, each
+    /// consumed by one worker at a time.
+    #[default]
+    Partitioned,
+    /// Every consumer competes on the one queue: no order between consumers.
+    Competing,
 }
 
 impl Default for WorkerConfig {
@@ -311,6 +334,9 @@ impl Default for WorkerConfig {
             publishers: BTreeMap::new(),
             outbox_sweep_ms: 2_000,
             delivery_limit: 20,
+            ordering: Ordering::Partitioned,
+            partitions: 16,
+            entity_wait_ms: 10_000,
         }
     }
 }
@@ -589,6 +615,12 @@ impl Config {
         }
         if w.consumers == 0 || w.consumers > 32 {
             return Err(ConfigError::key("AUTOMATION_WORKER__CONSUMERS", "must be 1 to 32"));
+        }
+        if w.partitions == 0 || w.partitions > 256 {
+            return Err(ConfigError::key("AUTOMATION_WORKER__PARTITIONS", "must be 1 to 256"));
+        }
+        if w.entity_wait_ms > 3_600_000 {
+            return Err(ConfigError::key("AUTOMATION_WORKER__ENTITY_WAIT_MS", "must be at most 3600000 (an hour)"));
         }
         if w.task_concurrency == 0 {
             return Err(ConfigError::key("AUTOMATION_WORKER__TASK_CONCURRENCY", "must be ≥ 1"));

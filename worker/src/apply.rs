@@ -3,12 +3,18 @@
 //! in memory, and then the entity changes, audit records, notifications and inbox rows are
 //! written with multi-row statements before one commit. A failure of any statement rolls the
 //! whole batch back, and the consumer decides what to do from the error.
+//!
+//! In the partitioned layout each item also carries its entity key, and the batch keeps
+//! per-entity order: an event whose key is held queues behind it, an event that names an entity
+//! not created yet waits for it (holding its key), and events that waited are applied from the
+//! deferral store in their order (docs/architecture.md, "Ordering").
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use automation_shared::db::audit::{ActorType, AuditChain, NewRecord, Staged};
+use automation_shared::db::deferrals::{self, DeferredState, NewDeferred};
 use automation_shared::db::events::{self as event_rows, InboxEntry, OutboxMessage, Outcome as RowOutcome};
 use automation_shared::db::{self, Failure};
 use automation_shared::events::Envelope;
@@ -20,7 +26,7 @@ use sqlx::MySqlPool;
 
 use crate::announce::{self, Cause};
 use crate::entities::{Entities, Needs};
-use crate::handlers::{self, Context, RejectCode, Rejection, reject};
+use crate::handlers::{self, Context, EntityKey, RejectCode, Rejection, reject};
 use crate::rules::RuleSet;
 use crate::tasks::Registry;
 
@@ -33,7 +39,35 @@ pub struct Item<'a> {
     pub retried: bool,
     /// It may have been seen before (redelivered, or retried): looked up in the inbox first.
     pub suspect: bool,
+    /// Per-entity order (the partitioned layout); `None` in the competing layout.
+    pub order: Option<Ordered<'a>>,
 }
+
+/// What keeping an item in its entity's order needs.
+#[derive(Debug, Clone, Copy)]
+pub struct Ordered<'a> {
+    pub key: &'a EntityKey,
+    /// The message as delivered, stored whole if it has to wait.
+    pub message: Message<'a>,
+    /// Its row in the deferral store when it comes from there; `None` when fresh from a
+    /// partition queue.
+    pub deferred: Option<u64>,
+    /// The attempt it is.
+    pub attempt: u32,
+    /// Until when a `not_found` makes it wait rather than refuses it.
+    pub wait_until: DateTime<Utc>,
+}
+
+/// A message whole: what the deferral store keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub routing_key: &'a str,
+    pub properties: &'a lapin::BasicProperties,
+    pub body: &'a [u8],
+}
+
+/// How soon an event that waits for an entity is tried again.
+pub const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// What a committed batch did: each event's outcome, and the outbox messages it wrote (to be
 /// published at once by the relay).
@@ -50,6 +84,9 @@ pub enum Outcome {
     Rejected,
     /// Already in the inbox (or twice in this batch): skipped.
     Duplicate,
+    /// Waits in the deferral store: for an entity it names, or behind an earlier event on its
+    /// key. Its delivery is settled; it will be applied from the store.
+    Deferred,
 }
 
 impl Outcome {
@@ -58,6 +95,7 @@ impl Outcome {
             Outcome::Applied => "applied",
             Outcome::Rejected => "rejected",
             Outcome::Duplicate => "duplicate",
+            Outcome::Deferred => "deferred",
         }
     }
 }
@@ -174,18 +212,42 @@ async fn apply_inner(
     for item in items.iter().filter(|i| !seen.contains(&i.envelope.id)) {
         needs.add(item.envelope);
     }
+    // Per-entity order: which keys are held (locked until the commit, so the deferral store's
+    // sweeper and this batch take turns), and which stored events are still there to apply.
+    let mut order = OrderState::default();
+    let keys: BTreeSet<&str> = items.iter().filter_map(|i| i.order.map(|o| o.key.as_str())).collect();
+    if !keys.is_empty() {
+        let keys: Vec<&str> = keys.into_iter().collect();
+        order.held = deferrals::lock_held(&mut tx, &keys).await?.into_iter().collect();
+        let stored: Vec<u64> = items.iter().filter_map(|i| i.order.and_then(|o| o.deferred)).collect();
+        order.present = deferrals::present(&mut tx, &stored).await?;
+    }
     let mut entities = Entities::load(&mut tx, &needs).await?;
     rules.refresh(&mut tx).await?;
 
     for (index, item) in items.iter().enumerate() {
         progress.current.store(index, Ordering::Relaxed);
         let envelope = item.envelope;
-        if seen.contains(&envelope.id) || !in_batch.insert(envelope.id.as_str()) {
+        if let Some(ordered) = item.order
+            && let Some(seq) = ordered.deferred
+            && !order.present.contains(&seq)
+        {
+            // Applied from the store by another worker meanwhile.
             outcomes.push(Outcome::Duplicate);
             continue;
         }
-        if item.retried {
-            retried.push(envelope.id.as_str());
+        if seen.contains(&envelope.id) || !in_batch.insert(envelope.id.as_str()) {
+            order.settled(item);
+            outcomes.push(Outcome::Duplicate);
+            continue;
+        }
+        if let Some(ordered) = item.order
+            && order.must_queue(&ordered)
+        {
+            order.queue_behind(&ordered, envelope, item.received_at, now);
+            in_batch.remove(envelope.id.as_str());
+            outcomes.push(Outcome::Deferred);
+            continue;
         }
         let result = if envelope.chain_depth > MAX_CHAIN_DEPTH {
             Err(reject(
@@ -199,6 +261,21 @@ async fn apply_inner(
             let mut ctx = Context { entities: &mut entities, envelope, now, registry, outbox: &mut outbox };
             handlers::dispatch(&mut ctx)
         };
+        // A `not_found` may mean the entity's creating event is still on its way (on another
+        // key): the event waits for it, holding its own key, until `wait_until`.
+        if let (Err(rejection), Some(ordered)) = (&result, item.order)
+            && rejection.code == RejectCode::NotFound
+            && now < ordered.wait_until
+        {
+            order.wait(&ordered, envelope, item.received_at, now, &rejection.reason);
+            in_batch.remove(envelope.id.as_str());
+            outcomes.push(Outcome::Deferred);
+            continue;
+        }
+        order.settled(item);
+        if item.retried {
+            retried.push(envelope.id.as_str());
+        }
         let mut entry = InboxEntry {
             event_id: envelope.id.clone(),
             event_type: envelope.event_type.as_str().to_string(),
@@ -279,11 +356,124 @@ async fn apply_inner(
     event_rows::insert_outbox(&mut tx, &outbox).await?;
     event_rows::insert_inbox(&mut tx, &inbox).await?;
     event_rows::clear_attempts(&mut tx, &retried).await?;
+    order.write(&mut tx).await?;
     progress.committing.store(true, Ordering::Relaxed);
     tx.commit().await?;
     #[cfg(feature = "fault-injection")]
     crate::faults::after_commit();
     Ok((Committed { outcomes, outbox }, staged))
+}
+
+/// What a batch does to keep per-entity order.
+#[derive(Default)]
+struct OrderState {
+    /// Keys held when the batch began, or by an event of this batch that began to wait.
+    held: HashSet<String>,
+    /// Stored events (by seq) still in the store.
+    present: HashSet<u64>,
+    /// Keys whose stored event waits again in this batch: the stored events after it stay.
+    blocked: HashSet<String>,
+    new_holds: Vec<(String, DateTime<Utc>)>,
+    queued: Vec<NewDeferred>,
+    /// Stored events that were applied, refused or found duplicate.
+    done: Vec<u64>,
+    /// Stored events that wait again: seq, detail, due.
+    postponed: Vec<(u64, String, DateTime<Utc>)>,
+    /// Keys of stored events this batch handled: their holds are refreshed.
+    touched: BTreeSet<String>,
+}
+
+impl OrderState {
+    /// A fresh event whose key is held, or a stored event behind one that waits again.
+    fn must_queue(&self, ordered: &Ordered<'_>) -> bool {
+        match ordered.deferred {
+            None => self.held.contains(ordered.key.as_str()),
+            Some(_) => self.blocked.contains(ordered.key.as_str()),
+        }
+    }
+
+    /// Behind the events that wait on its key (a stored event simply stays where it is).
+    fn queue_behind(
+        &mut self,
+        ordered: &Ordered<'_>,
+        envelope: &Envelope,
+        received_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) {
+        if ordered.deferred.is_none() {
+            self.queued.push(new_deferred(ordered, envelope, received_at, now, None));
+        }
+    }
+
+    /// It names an entity that does not exist yet: it waits, and holds its key.
+    fn wait(
+        &mut self,
+        ordered: &Ordered<'_>,
+        envelope: &Envelope,
+        received_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        reason: &str,
+    ) {
+        let due = now + chrono::Duration::from_std(WAIT_POLL).unwrap_or_default();
+        let key = ordered.key.as_str().to_string();
+        match ordered.deferred {
+            None => {
+                if self.held.insert(key.clone()) {
+                    self.new_holds.push((key, due));
+                }
+                self.queued.push(new_deferred(ordered, envelope, received_at, due, Some(reason)));
+            }
+            Some(seq) => {
+                self.postponed.push((seq, reason.to_string(), due));
+                self.touched.insert(key.clone());
+                self.blocked.insert(key);
+            }
+        }
+    }
+
+    /// Applied, refused or a duplicate: a stored event leaves the store.
+    fn settled(&mut self, item: &Item<'_>) {
+        if let Some(ordered) = item.order
+            && let Some(seq) = ordered.deferred
+        {
+            self.done.push(seq);
+            self.touched.insert(ordered.key.as_str().to_string());
+        }
+    }
+
+    async fn write(&self, conn: &mut sqlx::MySqlConnection) -> sqlx::Result<()> {
+        let holds: Vec<(&str, DateTime<Utc>)> = self.new_holds.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+        deferrals::insert(conn, &holds, &self.queued).await?;
+        deferrals::remove(conn, &self.done).await?;
+        for (seq, detail, due) in &self.postponed {
+            deferrals::postpone(conn, *seq, None, DeferredState::Waiting, Some(detail), *due, None).await?;
+        }
+        let touched: Vec<&str> = self.touched.iter().map(String::as_str).collect();
+        deferrals::refresh_holds(conn, &touched).await
+    }
+}
+
+fn new_deferred(
+    ordered: &Ordered<'_>,
+    envelope: &Envelope,
+    received_at: DateTime<Utc>,
+    due: DateTime<Utc>,
+    reason: Option<&str>,
+) -> NewDeferred {
+    NewDeferred {
+        entity_key: ordered.key.as_str().to_string(),
+        event_id: envelope.id.clone(),
+        event_type: envelope.event_type.as_str().to_string(),
+        routing_key: ordered.message.routing_key.to_string(),
+        properties: serde_json::to_value(ordered.message.properties).unwrap_or_default(),
+        body: ordered.message.body.to_vec(),
+        attempt: ordered.attempt,
+        state: DeferredState::Waiting,
+        detail: reason.map(str::to_string),
+        not_before: due,
+        wait_until: ordered.wait_until,
+        received_at,
+    }
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {

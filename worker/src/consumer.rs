@@ -9,7 +9,13 @@
 //! batch into single-event transactions, so one bad event never fails the others; the culprit
 //! goes to a retry queue with its attempt counted, and is dead-lettered with its history when
 //! the attempts run out.
+//!
+//! Consuming partitions (the partitioned layout, `partitions.rs`), a batch mixes deliveries of
+//! several partition channels and keeps per-entity order: a failing event does not go to a retry
+//! queue, where its successors would overtake it, but waits in the deferral store holding its key
+//! (`deferrals.rs`).
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +31,10 @@ use lapin::types::FieldTable;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::{self, BatchError, Item, Outcome};
+use crate::apply::{self, BatchError, Item, Message, Ordered, Outcome};
+use crate::deferrals::SetAside;
 use crate::failures::{self, DeathKind, Unapplied};
+use crate::handlers::{self, EntityKey};
 use crate::rules::RuleSet;
 use crate::service::Worker;
 use crate::tasks;
@@ -55,13 +63,7 @@ pub async fn run(worker: Arc<Worker>, queue: WorkQueue, shutdown: CancellationTo
         )
         .await?;
     tracing::info!(queue = %worker.names.work_queue(queue), prefetch, batch.size = batch_size, "consuming");
-    let mut state = QueueConsumer {
-        chain: AuditChain::new(worker.config.audit.key.as_deref()),
-        worker: worker.clone(),
-        queue,
-        rules: RuleSet::default(),
-        left_unsettled: false,
-    };
+    let mut state = Applier::new(worker.clone(), queue, false);
     let mut cancelled = false;
     loop {
         let next = tokio::select! {
@@ -90,12 +92,12 @@ pub async fn run(worker: Arc<Worker>, queue: WorkQueue, shutdown: CancellationTo
                 continue;
             }
         };
-        let mut batch = vec![first];
+        let mut batch = vec![Incoming { delivery: first, channel: 0 }];
         let mut pending_error = None;
         let deadline = Instant::now() + settings.batch_timeout();
         while batch.len() < batch_size {
             match tokio::time::timeout_at(deadline, consumer.next()).await {
-                Ok(Some(Ok(delivery))) => batch.push(delivery),
+                Ok(Some(Ok(delivery))) => batch.push(Incoming { delivery, channel: 0 }),
                 Ok(Some(Err(error))) => {
                     pending_error = Some(error);
                     break;
@@ -115,26 +117,72 @@ pub async fn run(worker: Arc<Worker>, queue: WorkQueue, shutdown: CancellationTo
     Ok(())
 }
 
+/// A delivery and the channel it came on: its partition in the partitioned layout, 0 otherwise.
+/// Delivery tags, and so `multiple` acks, are per channel.
+pub struct Incoming {
+    pub delivery: Delivery,
+    pub channel: u16,
+}
+
 /// A delivery read into an envelope.
 struct Parsed {
-    delivery: Delivery,
+    incoming: Incoming,
     envelope: Envelope,
     routing_key: String,
     attempt: u32,
+    /// Its entity key, when order is kept.
+    key: Option<EntityKey>,
 }
 
-struct QueueConsumer {
+impl Parsed {
+    fn delivery(&self) -> &Delivery {
+        &self.incoming.delivery
+    }
+}
+
+/// What became of one event of a batch, for its delivery.
+enum Settled {
+    /// Committed (applied, refused, a duplicate, or waiting in the deferral store): ack.
+    Done(Outcome),
+    /// Failed: a retry queue, or a dead letter once out of attempts.
+    Failed(BatchError),
+    /// Hand it back to the queue: it could not be applied nor set aside now, and whatever comes
+    /// after it on its channel must not overtake it.
+    Requeue,
+}
+
+/// Applies batches of deliveries and settles them: what every consumer of events shares.
+pub struct Applier {
     worker: Arc<Worker>,
     queue: WorkQueue,
     chain: AuditChain,
     rules: RuleSet,
-    /// Some delivery of this channel was left for the broker to hand to another worker (shutting
-    /// down while the database is away): from then on a `multiple` ack could settle it too.
-    left_unsettled: bool,
+    /// Keep per-entity order (consuming partitions).
+    ordered: bool,
+    /// Channels on which some delivery was left for the broker to hand to another worker
+    /// (shutting down while the database is away): from then on a `multiple` ack there could
+    /// settle it too.
+    left_unsettled: HashSet<u16>,
 }
 
-impl QueueConsumer {
-    async fn process(&mut self, deliveries: Vec<Delivery>, shutdown: &CancellationToken) {
+impl Applier {
+    pub fn new(worker: Arc<Worker>, queue: WorkQueue, ordered: bool) -> Applier {
+        Applier {
+            chain: AuditChain::new(worker.config.audit.key.as_deref()),
+            worker,
+            queue,
+            rules: RuleSet::default(),
+            ordered,
+            left_unsettled: HashSet::new(),
+        }
+    }
+
+    /// Forgets a channel that was closed (its deliveries went back to the queue).
+    pub fn forget_channel(&mut self, channel: u16) {
+        self.left_unsettled.remove(&channel);
+    }
+
+    pub async fn process(&mut self, deliveries: Vec<Incoming>, shutdown: &CancellationToken) {
         let started = Instant::now();
         let held = deliveries.len();
         self.worker.health.hold(held);
@@ -145,18 +193,20 @@ impl QueueConsumer {
         };
         let mut parsed = Vec::with_capacity(deliveries.len());
         let mut executes = Vec::new();
-        for delivery in deliveries {
+        for incoming in deliveries {
+            let delivery = &incoming.delivery;
             if self.queue == WorkQueue::Tasks
                 && delivery.properties.kind().as_ref().is_some_and(|k| k.as_str() == tasks::EXECUTE)
             {
-                executes.push(delivery);
+                executes.push(incoming.delivery);
                 continue;
             }
             let routing_key = failures::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
             match Envelope::parse(&routing_key, &delivery.properties, &delivery.data, limits) {
                 Ok(envelope) => {
                     let attempt = failures::attempt_of(&delivery.properties);
-                    parsed.push(Parsed { delivery, envelope, routing_key, attempt });
+                    let key = self.ordered.then(|| handlers::entity_key(&envelope));
+                    parsed.push(Parsed { incoming, envelope, routing_key, attempt, key });
                 }
                 Err(poison) => {
                     let message = Unapplied {
@@ -173,27 +223,29 @@ impl QueueConsumer {
                             .await;
                     metrics::counter!("automation_worker_dead_lettered_total", "kind" => "poison", "reason" => poison.code.as_str())
                         .increment(1);
-                    settle_after_publish(&delivery, result.map(|_| ())).await;
+                    settle_after_publish(delivery, result.map(|_| ())).await;
                 }
             }
         }
         if !parsed.is_empty() {
             // Execute messages of this batch are settled after the events: until then a
             // `multiple` ack of the events could settle them before their tasks ran.
-            let multiple = executes.is_empty() && !self.left_unsettled;
+            let multiple = executes.is_empty();
             self.apply_and_settle(parsed, received_at, multiple, shutdown).await;
         }
         if !executes.is_empty() {
             let left = crate::runner::execute_all(&self.worker, &mut self.chain, executes, shutdown).await;
-            self.left_unsettled |= left;
+            if left {
+                self.left_unsettled.insert(0);
+            }
         }
         self.worker.health.release(held);
         metrics::histogram!("automation_worker_batch_seconds").record(started.elapsed().as_secs_f64());
         metrics::histogram!("automation_worker_batch_size").record(held as f64);
     }
 
-    /// `multiple`: every earlier delivery of this channel is settled once these are, so one
-    /// `multiple` ack may settle them all.
+    /// `multiple`: every earlier delivery of these channels is settled once these are, so one
+    /// `multiple` ack per channel may settle them all.
     async fn apply_and_settle(
         &mut self,
         parsed: Vec<Parsed>,
@@ -201,59 +253,102 @@ impl QueueConsumer {
         multiple: bool,
         shutdown: &CancellationToken,
     ) {
+        let wait = chrono::Duration::milliseconds(self.worker.config.worker.entity_wait_ms as i64);
         let items: Vec<Item<'_>> = parsed
             .iter()
             .map(|p| Item {
                 envelope: &p.envelope,
                 received_at,
                 retried: p.attempt > 1,
-                suspect: p.attempt > 1 || p.delivery.redelivered,
+                suspect: p.attempt > 1 || p.delivery().redelivered,
+                order: p.key.as_ref().map(|key| Ordered {
+                    key,
+                    message: Message {
+                        routing_key: &p.routing_key,
+                        properties: &p.delivery().properties,
+                        body: &p.delivery().data,
+                    },
+                    deferred: None,
+                    attempt: p.attempt,
+                    wait_until: received_at + wait,
+                }),
             })
             .collect();
         let Some(results) = self.apply_with_recovery(&items, shutdown).await else {
             // Shutting down while the database is away: leave the deliveries unacked; the broker
             // gives them to another worker when this channel closes.
-            self.left_unsettled = true;
+            self.left_unsettled.extend(parsed.iter().map(|p| p.incoming.channel));
             return;
         };
         let mut acks = Vec::with_capacity(parsed.len());
+        let mut requeued = false;
         for (p, result) in parsed.iter().zip(results) {
             match result {
-                Ok(outcome) => {
+                Settled::Done(outcome) => {
                     metrics::counter!("automation_worker_events_total", "type" => p.envelope.event_type.as_str(), "outcome" => outcome.as_str())
                         .increment(1);
-                    acks.push(&p.delivery);
+                    acks.push(&p.incoming);
                 }
-                Err(error) => self.route_failure(p, &error).await,
+                Settled::Failed(error) => self.route_failure(p, &error).await,
+                Settled::Requeue => {
+                    requeued = true;
+                    let _ = p
+                        .delivery()
+                        .acker
+                        .nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() })
+                        .await;
+                }
             }
         }
-        ack_all(&acks, multiple).await;
+        ack_all(&acks, multiple && !requeued, &self.left_unsettled).await;
     }
 
     /// Applies the batch, waiting out database outages. `None` when shutdown came first.
-    async fn apply_with_recovery(
-        &mut self,
-        items: &[Item<'_>],
-        shutdown: &CancellationToken,
-    ) -> Option<Vec<Result<Outcome, BatchError>>> {
+    async fn apply_with_recovery(&mut self, items: &[Item<'_>], shutdown: &CancellationToken) -> Option<Vec<Settled>> {
         let error = match self.apply_one_batch(items, shutdown).await? {
-            Ok(outcomes) => return Some(outcomes.into_iter().map(Ok).collect()),
+            Ok(outcomes) => return Some(outcomes.into_iter().map(Settled::Done).collect()),
             Err(error) => error,
         };
-        if items.len() == 1 {
-            return Some(vec![Err(error)]);
+        if items.len() == 1 && !self.ordered {
+            return Some(vec![Settled::Failed(error)]);
         }
-        tracing::warn!(%error, batch.size = items.len(), "the batch failed; applying its events one at a time");
+        if items.len() > 1 {
+            tracing::warn!(%error, batch.size = items.len(), "the batch failed; applying its events one at a time");
+        }
         let mut results = Vec::with_capacity(items.len());
-        for item in items {
-            let result = self.apply_one_batch(std::slice::from_ref(item), shutdown).await?;
-            results.push(result.map(|mut outcomes| outcomes.remove(0)));
+        let mut first_error = Some(error);
+        for (index, item) in items.iter().enumerate() {
+            let result = match (index, items.len(), first_error.take()) {
+                // One event that failed alone: no need to run it again.
+                (0, 1, Some(error)) => Err(error),
+                _ => self.apply_one_batch(std::slice::from_ref(item), shutdown).await?.map(|mut o| o.remove(0)),
+            };
+            let settled = match (result, item.order) {
+                (Ok(outcome), _) => Settled::Done(outcome),
+                (Err(error), None) => Settled::Failed(error),
+                // In order: the event waits in the deferral store, holding its key, before the
+                // next event of the batch is applied (which then queues behind it).
+                (Err(error), Some(ordered)) => {
+                    match crate::deferrals::defer_failed(&self.worker, item, &ordered, &error, shutdown).await {
+                        Some(Ok(SetAside::Deferred)) => Settled::Done(Outcome::Deferred),
+                        // Dead-lettered by `route_failure`; the events after it go on.
+                        Some(Ok(SetAside::OutOfAttempts)) => Settled::Failed(error),
+                        Some(Err(defer_error)) => {
+                            tracing::warn!(error = %defer_error, event.id = %item.envelope.id, "could not set a failed event aside; returning it and the rest of its batch to the queue");
+                            results.extend(std::iter::repeat_with(|| Settled::Requeue).take(items.len() - index));
+                            return Some(results);
+                        }
+                        None => return None,
+                    }
+                }
+            };
+            results.push(settled);
         }
         Some(results)
     }
 
     /// One transaction, re-run through outages and conflicts.
-    async fn apply_one_batch(
+    pub(crate) async fn apply_one_batch(
         &mut self,
         items: &[Item<'_>],
         shutdown: &CancellationToken,
@@ -310,8 +405,8 @@ impl QueueConsumer {
         let message = Unapplied {
             queue: self.queue,
             routing_key: &p.routing_key,
-            properties: &p.delivery.properties,
-            body: &p.delivery.data,
+            properties: &p.delivery().properties,
+            body: &p.delivery().data,
             event_id: Some(&p.envelope.id),
             event_type: Some(p.envelope.event_type.as_str()),
         };
@@ -350,14 +445,14 @@ impl QueueConsumer {
                 Err(error) => Err(error),
             }
         };
-        settle_after_publish(&p.delivery, result).await;
+        settle_after_publish(p.delivery(), result).await;
     }
 }
 
 /// Acks a delivery whose copy the broker confirmed; otherwise hands it back to the queue.
 async fn settle_after_publish(delivery: &Delivery, published: Result<(), automation_shared::messaging::PublishError>) {
     match published {
-        Ok(()) => ack_all(&[delivery], false).await,
+        Ok(()) => ack_one(delivery).await,
         Err(error) => {
             tracing::warn!(%error, "could not move the message; returning it to the queue");
             let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
@@ -366,24 +461,42 @@ async fn settle_after_publish(delivery: &Delivery, published: Result<(), automat
 }
 
 /// Acks deliveries after their effects committed. With `multiple` (the caller knows every
-/// earlier delivery of this channel is settled: poison and retried messages one by one before,
-/// nothing left over), one ack on the highest tag settles them all; otherwise each is acked. An
-/// ack that fails (the channel went away after the commit) is harmless: the message comes back
-/// and the inbox recognises it.
-async fn ack_all(deliveries: &[&Delivery], multiple: bool) {
-    let lost = if multiple && deliveries.len() > 1 {
-        let Some(last) = deliveries.iter().max_by_key(|d| d.delivery_tag) else { return };
-        last.acker.ack(BasicAckOptions { multiple: true }).await.err()
-    } else {
-        let mut lost = None;
-        for delivery in deliveries {
-            if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-                lost = Some(error);
+/// earlier delivery of these channels is settled: poison and retried messages one by one before,
+/// nothing left over), one ack on the highest tag of each channel settles them all; otherwise
+/// each is acked. A channel in `unsettled` still has a delivery left for the broker: its
+/// deliveries are acked one by one. An ack that fails (the channel went away after the commit)
+/// is harmless: the message comes back and the inbox recognises it.
+async fn ack_all(deliveries: &[&Incoming], multiple: bool, unsettled: &HashSet<u16>) {
+    let mut highest: BTreeMap<u16, &Delivery> = BTreeMap::new();
+    let mut singles = Vec::new();
+    for incoming in deliveries {
+        if multiple && !unsettled.contains(&incoming.channel) {
+            let entry = highest.entry(incoming.channel).or_insert(&incoming.delivery);
+            if incoming.delivery.delivery_tag > entry.delivery_tag {
+                *entry = &incoming.delivery;
             }
+        } else {
+            singles.push(&incoming.delivery);
         }
-        lost
-    };
+    }
+    let mut lost = None;
+    for last in highest.values() {
+        if let Err(error) = last.acker.ack(BasicAckOptions { multiple: true }).await {
+            lost = Some(error);
+        }
+    }
+    for delivery in singles {
+        if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+            lost = Some(error);
+        }
+    }
     if let Some(error) = lost {
         tracing::info!(%error, "an ack was lost; the messages will be redelivered and skipped as duplicates");
+    }
+}
+
+async fn ack_one(delivery: &Delivery) {
+    if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+        tracing::info!(%error, "an ack was lost; the message will be redelivered and skipped as a duplicate");
     }
 }

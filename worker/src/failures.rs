@@ -117,6 +117,18 @@ pub async fn retry_later(
     let attempt = message.attempt();
     let delays = &worker.config.worker.retry_delays_ms;
     let delay = delays[(attempt as usize - 1).min(delays.len() - 1)];
+    let properties = retried_properties(message, attempt, kind, error);
+    let queue = worker.names.retry_queue(message.queue, delay);
+    worker
+        .publisher
+        .publish(Outgoing { exchange: "", routing_key: &queue, body: message.body, properties, mandatory: true })
+        .await?;
+    Ok(delay)
+}
+
+/// The message's properties for its next attempt after failing attempt `attempt`: the attempt
+/// counter, the original routing key, and the failure added to the history.
+pub fn retried_properties(message: &Unapplied<'_>, attempt: u32, kind: &str, error: &str) -> BasicProperties {
     let mut history = message.history();
     with_failure(&mut history, attempt, kind, error);
     let mut properties = message.properties.clone();
@@ -125,13 +137,7 @@ pub async fn retry_later(
     properties = messaging::set_header(properties, headers::FIRST_FAILED_AT, message.first_failed_at().to_rfc3339());
     properties =
         messaging::set_header(properties, headers::HISTORY, serde_json::to_string(&history).unwrap_or_default());
-    properties = properties.with_delivery_mode(messaging::PERSISTENT);
-    let queue = worker.names.retry_queue(message.queue, delay);
-    worker
-        .publisher
-        .publish(Outgoing { exchange: "", routing_key: &queue, body: message.body, properties, mandatory: true })
-        .await?;
-    Ok(delay)
+    properties.with_delivery_mode(messaging::PERSISTENT)
 }
 
 /// Why a message is dead.

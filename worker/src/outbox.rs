@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use automation_shared::db::events::{self as event_rows, Destination, OutboxMessage};
-use automation_shared::db::{self, Failure};
+use automation_shared::db::through_conflicts;
 use automation_shared::messaging::{self, Outgoing};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -30,8 +30,6 @@ const SWEEP_AFTER_SECS: u32 = 10;
 /// Long enough to publish a lease's rows through a slow broker; short enough that a crashed
 /// relay's rows go out soon.
 const LEASE_SECS: u32 = 30;
-/// Attempts of a short statement through lock conflicts.
-const CONFLICT_ATTEMPTS: u32 = 20;
 
 pub async fn run(worker: Arc<Worker>, mut fresh: mpsc::Receiver<Vec<OutboxMessage>>, stop: CancellationToken) {
     let relay = Uuid::new_v4();
@@ -148,23 +146,5 @@ fn outgoing<'a>(
             properties: properties.with_content_type("application/json".into()),
             mandatory: true,
         },
-    }
-}
-
-/// Runs a short statement again while it loses lock conflicts.
-async fn through_conflicts<T, F, Fut>(mut operation: F) -> Result<T, sqlx::Error>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
-{
-    let mut attempt = 0;
-    loop {
-        match operation().await {
-            Err(error) if db::classify(&error) == Failure::Conflict && attempt < CONFLICT_ATTEMPTS => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(2 + u64::from(attempt) * 3)).await;
-            }
-            result => return result,
-        }
     }
 }

@@ -39,19 +39,20 @@ pub async fn execute_all(
     let mut left = false;
     let outcomes = join_all(deliveries.iter().map(|d| attempt(worker, d, shutdown))).await;
     for (delivery, outcome) in deliveries.iter().zip(outcomes) {
+        let outcome = match outcome {
+            Attempted::Done(Some(finished)) => finish(worker, chain, &finished, shutdown).await,
+            other => other,
+        };
         match outcome {
-            Attempted::Done(record) => {
-                if let Some(record) = record
-                    && let Err(error) = finish(worker, chain, *record, shutdown).await
-                {
-                    tracing::warn!(error = %error, "a run's outcome could not be recorded; the attempt will run again");
-                    let _ =
-                        delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
-                    continue;
-                }
+            Attempted::Done(_) => {
                 if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
                     tracing::info!(%error, "an ack was lost; the attempt's message will come back and be skipped");
                 }
+            }
+            // Back to the queue: the quorum queue's delivery limit dead-letters a message that
+            // keeps failing this way.
+            Attempted::Requeue => {
+                let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
             }
             Attempted::Leave => left = true,
         }
@@ -62,6 +63,9 @@ pub async fn execute_all(
 enum Attempted {
     /// Settle the delivery; record this outcome first (none: nothing ran).
     Done(Option<Box<Finished>>),
+    /// Hand the delivery back: it could not be taken now (the database refused, or its dead
+    /// letter was not confirmed).
+    Requeue,
     /// Shutting down while the database is away: leave the delivery to another worker.
     Leave,
 }
@@ -83,23 +87,21 @@ async fn attempt(worker: &Arc<Worker>, delivery: &Delivery, shutdown: &Cancellat
             event_id: None,
             event_type: Some(tasks::EXECUTE),
         };
-        let _ =
-            failures::dead_letter(worker, &message, DeathKind::Poison, "invalid_execute: not an execute message", None)
-                .await;
-        return Attempted::Done(None);
-    };
-    let run = loop {
-        match claim(worker, &request).await {
-            Ok(run) => break run,
-            Err(error) if db::classify(&error) == Failure::Unavailable => {
-                if !worker.wait_for_database(shutdown).await {
-                    return Attempted::Leave;
-                }
-            }
+        let reason = "invalid_execute: not an execute message";
+        return match failures::dead_letter(worker, &message, DeathKind::Poison, reason, None).await {
+            Ok(_) => Attempted::Done(None),
             Err(error) => {
-                tracing::warn!(%error, run.id = %request.run_id, "could not claim a run; trying again shortly");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                tracing::warn!(%error, "could not dead-letter an invalid execute message; returning it to the queue");
+                Attempted::Requeue
             }
+        };
+    };
+    let run = match worker.through_outages(shutdown, || claim(worker, &request, delivery.redelivered)).await {
+        None => return Attempted::Leave,
+        Some(Ok(run)) => run,
+        Some(Err(error)) => {
+            tracing::warn!(%error, run.id = %request.run_id, "could not claim a run; returning its message to the queue");
+            return Attempted::Requeue;
         }
     };
     let Some(run) = run else { return Attempted::Done(None) };
@@ -127,8 +129,10 @@ async fn attempt(worker: &Arc<Worker>, delivery: &Delivery, shutdown: &Cancellat
     Attempted::Done(Some(Box::new(Finished { run, attempt: request.attempt, outcome })))
 }
 
-/// Moves the run to `running` for this attempt, or says there is nothing to run.
-async fn claim(worker: &Worker, request: &Execute) -> sqlx::Result<Option<Run>> {
+/// Moves the run to `running` for this attempt, or says there is nothing to run. A run already
+/// `running` this attempt is taken over only from a redelivered message (its worker died); a
+/// fresh copy of the start message (a republished outbox row) finds it taken.
+async fn claim(worker: &Worker, request: &Execute, redelivered: bool) -> sqlx::Result<Option<Run>> {
     let mut tx = worker.pool.begin().await?;
     let Some(mut run) = runs::find_for_update(&mut *tx, request.run_id).await? else {
         return Ok(None);
@@ -136,7 +140,7 @@ async fn claim(worker: &Worker, request: &Execute) -> sqlx::Result<Option<Run>> 
     let current = match run.state {
         RunState::Queued => request.attempt > run.attempts,
         // The worker running this attempt died: the message came back; run it again.
-        RunState::Running => request.attempt == run.attempts,
+        RunState::Running => redelivered && request.attempt == run.attempts,
         _ => false,
     };
     if !current {
@@ -153,31 +157,43 @@ async fn claim(worker: &Worker, request: &Execute) -> sqlx::Result<Option<Run>> 
     Ok(Some(run))
 }
 
-/// Writes an attempt's outcome, waiting out database outages.
+/// Records an attempt's outcome through outages and lock conflicts, so a lost write does not run
+/// the task again; what cannot be written is handed back (the attempt then runs again). Written
+/// out rather than through `Worker::through_outages`: the write borrows the audit chain mutably.
 async fn finish(
     worker: &Worker,
     chain: &mut AuditChain,
-    finished: Finished,
+    finished: &Finished,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> Attempted {
+    let mut conflicts = 0;
     loop {
-        match record(worker, chain, &finished).await {
+        let error = match record(worker, chain, finished).await {
             Ok(outbox) => {
                 if !outbox.is_empty() {
                     let _ = worker.outbox.send(outbox).await;
                 }
-                return Ok(());
+                return Attempted::Done(None);
             }
-            Err(error) if db::classify(&error) == Failure::Unavailable => {
-                if !worker.wait_for_database(shutdown).await {
-                    anyhow::bail!("stopped while the database was away");
-                }
+            Err(error) => error,
+        };
+        match db::classify(&error) {
+            Failure::Unavailable if worker.wait_for_database(shutdown).await => {}
+            Failure::Unavailable => return Attempted::Leave,
+            Failure::Conflict if conflicts < db::CONFLICT_ATTEMPTS => {
+                conflicts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(5 * u64::from(conflicts))).await;
             }
-            Err(error) => return Err(error.into()),
+            _ => {
+                tracing::warn!(%error, run.id = %finished.run.id, "a run's outcome could not be recorded; the attempt will run again");
+                return Attempted::Requeue;
+            }
         }
     }
 }
 
+/// Writes an attempt's outcome, its notification, audit record and follow-up events in one
+/// transaction.
 async fn record(worker: &Worker, chain: &mut AuditChain, finished: &Finished) -> sqlx::Result<Vec<OutboxMessage>> {
     let mut tx = worker.pool.begin().await?;
     let Some(mut run) = runs::find_for_update(&mut *tx, finished.run.id).await? else {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use automation_shared::config::Config;
+use automation_shared::config::{Config, Ordering};
 use automation_shared::db;
 use automation_shared::db::events::OutboxMessage;
 use automation_shared::events::WorkQueue;
@@ -15,13 +15,14 @@ use automation_shared::messaging::{self, Names, Publisher};
 use lapin::Connection;
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::health::Health;
+use crate::membership::Assignment;
 use crate::tasks::Registry;
-use crate::{consumer, dead_letter_store, health, outbox};
+use crate::{consumer, dead_letter_store, deferrals, health, membership, outbox, partitions, sequencer};
 
 /// How long start-up waits for RabbitMQ before giving up with a clear error.
 const BROKER_PATIENCE: Duration = Duration::from_secs(60);
@@ -114,12 +115,35 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Runs a database operation through outages (waiting, spending nothing) and lock conflicts
+    /// (run again a few times). `None` when shutdown came while the database was away.
+    pub async fn through_outages<T, F, Fut>(
+        &self,
+        stop: &CancellationToken,
+        mut operation: F,
+    ) -> Option<sqlx::Result<T>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = sqlx::Result<T>>,
+    {
+        loop {
+            match db::through_conflicts(&mut operation).await {
+                Err(error) if db::classify(&error) == db::Failure::Unavailable => {
+                    tracing::warn!(%error, "MySQL is unavailable; waiting for it");
+                    if !self.wait_for_database(stop).await {
+                        return None;
+                    }
+                }
+                result => return Some(result),
+            }
+        }
+    }
+}
+
 pub async fn declare_topology(connection: &Connection, names: &Names, config: &Config) -> anyhow::Result<()> {
     let channel = connection.create_channel().await?;
-    let settings = TopologySettings {
-        retry_delays_ms: &config.worker.retry_delays_ms,
-        delivery_limit: config.worker.delivery_limit,
-    };
+    let settings = TopologySettings::of(&config.worker);
     topology::declare(&channel, names, &settings).await.context(
         "could not declare the RabbitMQ topology; if a queue exists with other arguments, see docs/operations.md",
     )?;
@@ -154,21 +178,45 @@ pub async fn run(worker: Arc<Worker>, listener: TcpListener, shutdown: Cancellat
     });
 
     let mut consumers = Vec::new();
-    let commands = std::iter::repeat_n(WorkQueue::Commands, worker.config.worker.consumers as usize);
-    for queue in commands.chain([WorkQueue::Tasks]) {
-        let (worker, shutdown, failed) = (worker.clone(), shutdown.clone(), failed.clone());
-        consumers.push(tracker.spawn(async move {
-            if let Err(error) = consumer::run(worker, queue, shutdown.clone()).await {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    queue = queue.suffix(),
-                    "a consumer failed; stopping the worker"
-                );
-                failed.cancel();
-                shutdown.cancel();
+    let mut spawn_consumer =
+        |name: &'static str, work: futures_util::future::BoxFuture<'static, anyhow::Result<()>>| {
+            let (shutdown, failed) = (shutdown.clone(), failed.clone());
+            consumers.push(tracker.spawn(async move {
+                if let Err(error) = work.await {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        consumer = name,
+                        "a consumer failed; stopping the worker"
+                    );
+                    failed.cancel();
+                    shutdown.cancel();
+                }
+            }));
+        };
+    let lanes = worker.config.worker.consumers;
+    match worker.config.worker.ordering {
+        Ordering::Partitioned => {
+            let instance = uuid::Uuid::new_v4();
+            let (assign, assignment) = watch::channel(Assignment::default());
+            tracker.spawn(membership::run(worker.clone(), instance, assign, shutdown.clone()));
+            spawn_consumer("sequencer", Box::pin(sequencer::run(worker.clone(), assignment.clone(), shutdown.clone())));
+            for lane in 0..lanes {
+                let work = partitions::run(worker.clone(), lane, lanes, assignment.clone(), shutdown.clone());
+                spawn_consumer("partitions", Box::pin(work));
             }
-        }));
+            tracker.spawn(deferrals::run(worker.clone(), background.clone()));
+            tracing::info!(%instance, partitions = worker.config.worker.partitions, lanes, "per-entity order: partitioned layout");
+        }
+        Ordering::Competing => {
+            for _ in 0..lanes {
+                spawn_consumer(
+                    "commands",
+                    Box::pin(consumer::run(worker.clone(), WorkQueue::Commands, shutdown.clone())),
+                );
+            }
+        }
     }
+    spawn_consumer("tasks", Box::pin(consumer::run(worker.clone(), WorkQueue::Tasks, shutdown.clone())));
     let fresh = worker
         .outbox_receiver
         .lock()

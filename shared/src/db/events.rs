@@ -388,6 +388,22 @@ pub async fn status(conn: &mut MySqlConnection, event_id: &str) -> sqlx::Result<
         status.status = "retrying";
         status.event_type = event_type;
         status.detail = Some(format!("attempt {attempts} failed: {error}"));
+        return Ok(status);
+    }
+    // Waiting in order, for an entity it names or behind an earlier event on its entity.
+    let waiting: Option<(String, String, Option<String>)> = sqlx::query_as(
+        "select type, entity_key, detail from deferred_events where event_id = ? and state = 'waiting' \
+         order by seq limit 1",
+    )
+    .bind(event_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some((event_type, key, detail)) = waiting {
+        status.event_type = Some(event_type);
+        status.detail = Some(match detail {
+            Some(reason) => format!("waiting for what it names to appear: {reason}"),
+            None => format!("waiting behind an earlier event on {key}"),
+        });
     }
     Ok(status)
 }

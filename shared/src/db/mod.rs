@@ -4,8 +4,10 @@
 pub mod approvals;
 pub mod audit;
 pub mod dead_letters;
+pub mod deferrals;
 pub mod events;
 pub mod insights;
+pub mod instances;
 pub mod rules;
 pub mod runs;
 pub mod workflows;
@@ -107,6 +109,28 @@ pub fn classify(error: &sqlx::Error) -> Failure {
             _ => Failure::Other,
         },
         _ => Failure::Other,
+    }
+}
+
+/// Attempts of a short statement through lock conflicts.
+pub const CONFLICT_ATTEMPTS: u32 = 20;
+
+/// Runs a short statement or transaction again while it loses lock conflicts (deadlock, lock
+/// wait timeout), up to [`CONFLICT_ATTEMPTS`] times; any other outcome is returned.
+pub async fn through_conflicts<T, F, Fut>(mut operation: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match operation().await {
+            Err(error) if classify(&error) == Failure::Conflict && attempt < CONFLICT_ATTEMPTS => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(2 + u64::from(attempt) * 3)).await;
+            }
+            result => return result,
+        }
     }
 }
 

@@ -35,7 +35,7 @@ pub fn derived_id(what: &str, from: &str) -> Uuid {
 pub enum WorkQueue {
     /// Approvals, workflows, audit and rules: short database transactions.
     Commands,
-    /// Automation runs: may call out to the world and take long.
+    /// The runs of automations (their start messages): may call out to the world and take long.
     Tasks,
 }
 
@@ -84,8 +84,8 @@ event_types! {
     AuditRecorded => "audit.recorded", Commands;
     RuleUpserted => "rule.upserted", Commands;
     RuleDeleted => "rule.deleted", Commands;
-    AutomationRequested => "automation.requested", Tasks;
-    AutomationCancelled => "automation.cancelled", Tasks;
+    AutomationRequested => "automation.requested", Commands;
+    AutomationCancelled => "automation.cancelled", Commands;
 }
 
 impl fmt::Display for EventType {

@@ -32,6 +32,13 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
     Connection::connect(url, properties).await
 }
 
+/// Opens a connection that does not recover: when it fails, everything done on it ends with it.
+/// For work that must not resume by itself after an outage (the sequencer's lock and consumer).
+pub async fn connect_once(url: &str, name: &str) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(LongString::from(name.to_string()));
+    Connection::connect(url, properties).await
+}
+
 /// Connects, retrying with backoff for up to `patience`. Used at start-up, when the broker may
 /// still be starting beside us.
 pub async fn connect_with_patience(url: &str, name: &str, patience: Duration) -> lapin::Result<Connection> {

@@ -49,6 +49,18 @@ impl Names {
         format!("{}.{}", self.prefix, queue.suffix())
     }
 
+    /// Partition `index` of the `commands` queue in the partitioned layout: the sequencer moves
+    /// each event here by its entity key; one worker consumes it at a time.
+    pub fn partition(&self, index: u16) -> String {
+        format!("{}.commands.p{index}", self.prefix)
+    }
+
+    /// The sequencer's lock: an exclusive queue, which only one connection can hold at a time
+    /// and which vanishes with that connection.
+    pub fn sequencer_lock(&self) -> String {
+        format!("{}.commands.sequencer", self.prefix)
+    }
+
     /// Holds messages of `queue` for `delay_ms`, then hands them back to it. The delay is in the
     /// name because a queue's TTL cannot change once it exists.
     pub fn retry_queue(&self, queue: WorkQueue, delay_ms: u64) -> String {
@@ -92,6 +104,19 @@ fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
 pub struct TopologySettings<'a> {
     pub retry_delays_ms: &'a [u64],
     pub delivery_limit: u32,
+    /// Partition queues behind `commands` (see [`Names::partition`]).
+    pub partitions: u16,
+}
+
+impl<'a> TopologySettings<'a> {
+    /// The settings a process's configuration gives.
+    pub fn of(worker: &'a crate::config::WorkerConfig) -> TopologySettings<'a> {
+        TopologySettings {
+            retry_delays_ms: &worker.retry_delays_ms,
+            delivery_limit: worker.delivery_limit,
+            partitions: worker.partitions,
+        }
+    }
 }
 
 /// Declares every exchange, queue and binding. Safe to run any number of times, from any
@@ -152,6 +177,32 @@ pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettin
                 .await?;
         }
     }
+    // Automation events moved from `tasks` to `commands` (they are short transactions, and
+    // ordered with the rest): a binding left by an older version would deliver them twice.
+    for event_type in EventType::ALL.iter().filter(|t| t.queue() != WorkQueue::Tasks) {
+        channel
+            .queue_unbind(
+                names.work_queue(WorkQueue::Tasks).into(),
+                names.events().into(),
+                event_type.as_str().into(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for index in 0..settings.partitions {
+        channel
+            .queue_declare(
+                names.partition(index).into(),
+                queue_options,
+                quorum(&[
+                    // One consumer at a time, the others wait: per-entity order by construction.
+                    ("x-single-active-consumer", AMQPValue::Boolean(true)),
+                    ("x-dead-letter-exchange", string(&names.dead())),
+                    ("x-delivery-limit", AMQPValue::LongInt(settings.delivery_limit as i32)),
+                ]),
+            )
+            .await?;
+    }
     channel
         .queue_bind(
             names.work_queue(WorkQueue::Commands).into(),
@@ -183,6 +234,7 @@ pub async fn delete(channel: &Channel, names: &Names, settings: &TopologySetting
         queues.push(names.work_queue(queue));
         queues.extend(settings.retry_delays_ms.iter().map(|d| names.retry_queue(queue, *d)));
     }
+    queues.extend((0..settings.partitions).map(|index| names.partition(index)));
     for queue in queues {
         channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
     }
@@ -205,6 +257,7 @@ mod tests {
         assert_eq!(names.work_queue(WorkQueue::Commands), "acme.commands");
         assert_eq!(names.work_queue(WorkQueue::Tasks), "acme.tasks");
         assert_eq!(names.retry_queue(WorkQueue::Tasks, 1000), "acme.tasks.retry.1000ms");
+        assert_eq!(names.partition(7), "acme.commands.p7");
         assert_eq!(names.dead_letter_queue(), "acme.dead-letters");
     }
 }

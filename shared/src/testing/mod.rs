@@ -83,6 +83,8 @@ impl TestEnv {
         config.worker.retry_delays_ms = TEST_RETRY_DELAYS_MS.to_vec();
         config.worker.batch_timeout_ms = 5;
         config.worker.outbox_sweep_ms = 200;
+        // Fewer partition queues than in production: each test declares its own topology.
+        config.worker.partitions = 4;
         config.worker.port = 0;
         config.api.port = 0;
 
@@ -91,10 +93,7 @@ impl TestEnv {
         let connection =
             Arc::new(messaging::connect(&config.amqp.url, "automation-tests").await.expect("RabbitMQ answers"));
         let channel = connection.create_channel().await.expect("channel");
-        let settings = TopologySettings {
-            retry_delays_ms: &config.worker.retry_delays_ms,
-            delivery_limit: config.worker.delivery_limit,
-        };
+        let settings = TopologySettings::of(&config.worker);
         topology::declare(&channel, &Names::new(prefix.clone()), &settings).await.expect("topology");
         let _ = channel.close(200, "ok".into()).await;
         let publisher = Publisher::new(connection.clone(), Duration::from_secs(5)).await.expect("publisher");
@@ -225,8 +224,7 @@ impl Drop for TestEnv {
         let Some(cleanup) = self.cleanup.take() else {
             return;
         };
-        let retry_delays = self.config.worker.retry_delays_ms.clone();
-        let delivery_limit = self.config.worker.delivery_limit;
+        let worker_config = self.config.worker.clone();
         // Drop cannot await, and may run while the test's runtime unwinds: clean up from a
         // thread with a runtime of its own.
         let _ = std::thread::spawn(move || {
@@ -235,6 +233,19 @@ impl Drop for TestEnv {
             };
             runtime.block_on(async move {
                 if let Ok(server) = MySqlPoolOptions::new().max_connections(1).connect(&cleanup.database_server).await {
+                    // The test's own workers may still hold a transaction open on a runtime this
+                    // join now blocks: end their sessions, or the drop would wait for their
+                    // metadata locks for ever.
+                    let sessions: Vec<u64> =
+                        sqlx::query_scalar("select id from information_schema.processlist where db = ?")
+                            .bind(&cleanup.database)
+                            .fetch_all(&server)
+                            .await
+                            .unwrap_or_default();
+                    for session in sessions {
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("kill {session}"))).execute(&server).await;
+                    }
+                    let _ = sqlx::query("set session lock_wait_timeout = 10").execute(&server).await;
                     let _ = sqlx::query(sqlx::AssertSqlSafe(format!("drop database if exists `{}`", cleanup.database)))
                         .execute(&server)
                         .await;
@@ -243,7 +254,7 @@ impl Drop for TestEnv {
                 if let Ok(connection) = messaging::connect(&cleanup.amqp, "automation-tests-cleanup").await
                     && let Ok(channel) = connection.create_channel().await
                 {
-                    let settings = TopologySettings { retry_delays_ms: &retry_delays, delivery_limit };
+                    let settings = TopologySettings::of(&worker_config);
                     let _ = topology::delete(&channel, &Names::new(cleanup.prefix), &settings).await;
                     let _ = connection.close(200, "cleaned up".into()).await;
                 }

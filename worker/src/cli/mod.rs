@@ -109,10 +109,7 @@ pub async fn delete_topology(config: &Config, yes: bool) -> anyhow::Result<()> {
             .await
             .context("could not connect to RabbitMQ (check AMQP_URL)")?;
     let channel = connection.create_channel().await?;
-    let settings = automation_shared::messaging::topology::TopologySettings {
-        retry_delays_ms: &config.worker.retry_delays_ms,
-        delivery_limit: config.worker.delivery_limit,
-    };
+    let settings = automation_shared::messaging::topology::TopologySettings::of(&config.worker);
     automation_shared::messaging::topology::delete(&channel, &names, &settings).await?;
     let _ = connection.close(200, "done".into()).await;
     println!("deleted the exchanges and queues of prefix {}", names.prefix());

@@ -5,7 +5,12 @@ use automation_shared::events::ApprovalDecided;
 use automation_shared::lifecycle::Decision;
 use serde_json::json;
 
-use super::{Applied, Context, RejectCode, Rejection, check_version, reject};
+use super::{Applied, Context, EntityKey, RejectCode, Rejection, check_version, reject};
+
+/// Ordered with every other event on the approval.
+pub fn key(_event_id: &str, data: &ApprovalDecided) -> EntityKey {
+    EntityKey::new("approval", data.approval_id)
+}
 
 pub fn handle(ctx: &mut Context<'_>, data: &ApprovalDecided) -> Result<Applied, Rejection> {
     let Some(current) = ctx.entities.approvals.get(data.approval_id) else {

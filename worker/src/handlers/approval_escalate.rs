@@ -5,7 +5,12 @@ use automation_shared::events::ApprovalEscalate;
 use automation_shared::lifecycle::ApprovalStatus;
 use serde_json::json;
 
-use super::{Applied, Context, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, RejectCode, Rejection, reject};
+
+/// Ordered with every other event on the approval.
+pub fn key(_event_id: &str, data: &ApprovalEscalate) -> EntityKey {
+    EntityKey::new("approval", data.approval_id)
+}
 
 pub fn handle(ctx: &mut Context<'_>, data: &ApprovalEscalate) -> Result<Applied, Rejection> {
     let Some(current) = ctx.entities.approvals.get(data.approval_id) else {

@@ -6,7 +6,13 @@ use automation_shared::lifecycle::{ApprovalStatus, WorkflowStatus};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::{Applied, Context, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, RejectCode, Rejection, reject};
+
+/// The approval it creates (its decisions follow it on this key). The workflow it names may be
+/// created on another key at the same moment: a request that finds no workflow waits for it.
+pub fn key(event_id: &str, data: &ApprovalRequested) -> EntityKey {
+    EntityKey::new("approval", data.approval_id.unwrap_or_else(|| derived_id("approval", event_id)))
+}
 
 pub fn handle(ctx: &mut Context<'_>, data: &ApprovalRequested) -> Result<Applied, Rejection> {
     let id = data.approval_id.unwrap_or_else(|| derived_id("approval", &ctx.envelope.id));

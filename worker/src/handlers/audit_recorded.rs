@@ -3,7 +3,12 @@
 use automation_shared::events::AuditRecorded;
 use serde_json::json;
 
-use super::{Applied, Context, Rejection};
+use super::{Applied, Context, EntityKey, Rejection};
+
+/// The entity it records something about: ordered with that entity's own events.
+pub fn key(_event_id: &str, data: &AuditRecorded) -> EntityKey {
+    EntityKey::named(&data.entity, &data.entity_id)
+}
 
 pub fn handle(ctx: &mut Context<'_>, data: &AuditRecorded) -> Result<Applied, Rejection> {
     #[cfg(feature = "fault-injection")]

@@ -4,7 +4,12 @@
 use automation_shared::db::runs::RunState;
 use automation_shared::events::AutomationCancelled;
 
-use super::{Applied, Context, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, RejectCode, Rejection, reject};
+
+/// Ordered with the request of the run.
+pub fn key(_event_id: &str, data: &AutomationCancelled) -> EntityKey {
+    EntityKey::new("automation_run", data.run_id)
+}
 
 pub fn handle(ctx: &mut Context<'_>, data: &AutomationCancelled) -> Result<Applied, Rejection> {
     let Some(current) = ctx.entities.runs.get(data.run_id) else {

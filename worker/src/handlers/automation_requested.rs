@@ -6,7 +6,12 @@ use automation_shared::events::{AutomationRequested, derived_id};
 use serde_json::Value;
 use sqlx::types::Json;
 
-use super::{Applied, Context, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, RejectCode, Rejection, reject};
+
+/// The run it creates.
+pub fn key(event_id: &str, data: &AutomationRequested) -> EntityKey {
+    EntityKey::new("automation_run", data.run_id.unwrap_or_else(|| derived_id("run", event_id)))
+}
 
 pub fn handle(ctx: &mut Context<'_>, data: &AutomationRequested) -> Result<Applied, Rejection> {
     let Some(task) = ctx.registry.get(&data.automation) else {

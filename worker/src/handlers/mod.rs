@@ -1,4 +1,5 @@
-//! One handler per event type, dispatched by one `match`.
+//! One handler per event type, dispatched by one `match`; next to each handler, the entity key
+//! its events are ordered by.
 //!
 //! A handler is a decision: it reads the entities the batch loaded (and locked) for it, refuses
 //! ([`Rejection`]) or changes them in memory, and says what it changed ([`Applied`]). It touches
@@ -126,6 +127,65 @@ impl Context<'_> {
     }
 }
 
+/// The entity an event is about. Events with the same key are applied in the order they entered
+/// the queue (docs/architecture.md, "Ordering"); each handler module says what its key is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EntityKey(String);
+
+impl EntityKey {
+    /// `kind:id`, e.g. `approval:5b6f…`.
+    pub fn new(kind: &str, id: impl std::fmt::Display) -> EntityKey {
+        EntityKey(format!("{kind}:{id}"))
+    }
+
+    /// An entity named by a publisher (`audit.recorded`): `entity:entityId` when that is short
+    /// ASCII (so an audit note on an approval is ordered with the approval), else a derived id.
+    pub fn named(entity: &str, entity_id: &str) -> EntityKey {
+        if entity.is_ascii() && entity_id.is_ascii() && entity.len() + entity_id.len() < 150 {
+            EntityKey(format!("{entity}:{entity_id}"))
+        } else {
+            EntityKey::new("named", automation_shared::events::derived_id(entity, entity_id))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Its partition among `partitions`: FNV-1a of the key, the same in every process and
+    /// version (changing it would move keys between partitions).
+    pub fn partition(&self, partitions: u16) -> u16 {
+        partition_of(self.0.as_bytes(), partitions)
+    }
+}
+
+/// FNV-1a (64 bits) of `bytes`, modulo `partitions`.
+pub fn partition_of(bytes: &[u8], partitions: u16) -> u16 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % u64::from(partitions.max(1))) as u16
+}
+
+/// The key of an event, from its handler module.
+pub fn entity_key(envelope: &Envelope) -> EntityKey {
+    let id = envelope.id.as_str();
+    match &envelope.data {
+        EventData::WorkflowCreated(data) => workflow_created::key(id, data),
+        EventData::WorkflowStatusChanged(data) => workflow_status_changed::key(id, data),
+        EventData::ApprovalRequested(data) => approval_requested::key(id, data),
+        EventData::ApprovalDecided(data) => approval_decided::key(id, data),
+        EventData::ApprovalEscalate(data) => approval_escalate::key(id, data),
+        EventData::AuditRecorded(data) => audit_recorded::key(id, data),
+        EventData::RuleUpserted(data) => rule_upserted::key(id, data),
+        EventData::RuleDeleted(data) => rule_deleted::key(id, data),
+        EventData::AutomationRequested(data) => automation_requested::key(id, data),
+        EventData::AutomationCancelled(data) => automation_cancelled::key(id, data),
+    }
+}
+
 pub fn dispatch(ctx: &mut Context<'_>) -> Result<Applied, Rejection> {
     let envelope = ctx.envelope;
     match &envelope.data {
@@ -150,5 +210,36 @@ pub fn check_version(entity: &str, current: u32, expected: Option<u32>) -> Resul
             format!("the {entity} is at version {current}, not the expected {expected}; read it again and retry"),
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_always_lands_in_the_same_partition() {
+        let key = EntityKey::new("approval", "5b6f2a1e-8c4d-4f0b-9a7e-3d2c1b0a9f8e");
+        // Fixed values: a change here moves keys between partitions of running systems.
+        assert_eq!(partition_of(b"", 16), (0xcbf2_9ce4_8422_2325_u64 % 16) as u16);
+        assert_eq!(key.partition(16), key.partition(16));
+        assert!(key.partition(16) < 16);
+        assert_eq!(key.partition(1), 0);
+    }
+
+    #[test]
+    fn keys_spread_over_the_partitions() {
+        let mut counts = [0u32; 16];
+        for i in 0..16_000 {
+            counts[usize::from(EntityKey::new("approval", uuid::Uuid::from_u128(i)).partition(16))] += 1;
+        }
+        assert!(counts.iter().all(|c| (800..1200).contains(c)), "{counts:?}");
+    }
+
+    #[test]
+    fn an_audit_note_on_an_approval_shares_the_approval_key() {
+        let id = uuid::Uuid::from_u128(7);
+        assert_eq!(EntityKey::named("approval", &id.to_string()), EntityKey::new("approval", id));
+        assert!(EntityKey::named("invoice", "ü-42").as_str().starts_with("named:"));
     }
 }

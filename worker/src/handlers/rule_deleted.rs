@@ -3,7 +3,12 @@
 use automation_shared::events::RuleDeleted;
 use serde_json::json;
 
-use super::{Applied, Context, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, RejectCode, Rejection, reject};
+
+/// Ordered with the rule's upserts.
+pub fn key(_event_id: &str, data: &RuleDeleted) -> EntityKey {
+    EntityKey::new("rule", data.rule_id)
+}
 
 pub fn handle(ctx: &mut Context<'_>, data: &RuleDeleted) -> Result<Applied, Rejection> {
     let Some(rule) = ctx.entities.rules.get(data.rule_id).cloned() else {

@@ -7,7 +7,12 @@ use automation_shared::rules::RuleDefinition;
 use serde_json::json;
 use sqlx::types::Json;
 
-use super::{Applied, Context, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, RejectCode, Rejection, reject};
+
+/// The rule it creates or replaces.
+pub fn key(event_id: &str, data: &RuleDefinition) -> EntityKey {
+    EntityKey::new("rule", data.id.unwrap_or_else(|| derived_id("rule", event_id)))
+}
 
 pub fn handle(ctx: &mut Context<'_>, data: &RuleDefinition) -> Result<Applied, Rejection> {
     data.check().map_err(|message| reject(RejectCode::InvalidRule, message))?;

@@ -3,7 +3,12 @@
 use automation_shared::db::workflows::Workflow;
 use automation_shared::events::{WorkflowCreated, derived_id};
 
-use super::{Applied, Context, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, RejectCode, Rejection, reject};
+
+/// The workflow it creates.
+pub fn key(event_id: &str, data: &WorkflowCreated) -> EntityKey {
+    EntityKey::new("workflow", data.workflow_id.unwrap_or_else(|| derived_id("workflow", event_id)))
+}
 
 pub fn handle(ctx: &mut Context<'_>, data: &WorkflowCreated) -> Result<Applied, Rejection> {
     let id = data.workflow_id.unwrap_or_else(|| derived_id("workflow", &ctx.envelope.id));

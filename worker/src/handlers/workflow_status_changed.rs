@@ -3,7 +3,12 @@
 use automation_shared::events::WorkflowStatusChanged;
 use serde_json::json;
 
-use super::{Applied, Context, RejectCode, Rejection, check_version, reject};
+use super::{Applied, Context, EntityKey, RejectCode, Rejection, check_version, reject};
+
+/// Ordered with every other event on the workflow.
+pub fn key(_event_id: &str, data: &WorkflowStatusChanged) -> EntityKey {
+    EntityKey::new("workflow", data.workflow_id)
+}
 
 pub fn handle(ctx: &mut Context<'_>, data: &WorkflowStatusChanged) -> Result<Applied, Rejection> {
     let Some(current) = ctx.entities.workflows.get(data.workflow_id) else {

@@ -166,6 +166,9 @@ pub struct Tally {
     pub duplicated: usize,
     pub lost: usize,
     pub dead_lettered: usize,
+    /// Pairs of events on one entity applied in the opposite order to the one they were sent
+    /// in; `None` where the scenario does not measure order (its events name distinct entities).
+    pub out_of_order: Option<usize>,
     pub notes: Vec<String>,
 }
 
@@ -184,6 +187,7 @@ impl Tally {
             duplicated: records - applied,
             lost: confirmed.saturating_sub(applied),
             dead_lettered,
+            out_of_order: None,
             notes: Vec::new(),
         }
     }
@@ -193,11 +197,15 @@ impl Tally {
         self
     }
 
-    /// Prints the tally and fails on anything lost or applied twice.
+    /// Prints the tally and fails on anything lost, applied twice or, where measured, applied out
+    /// of order.
     pub fn check(&self) {
         println!("{self}");
         assert_eq!(self.lost, 0, "lost events: {self}");
         assert_eq!(self.duplicated, 0, "events applied twice: {self}");
+        if let Some(out_of_order) = self.out_of_order {
+            assert_eq!(out_of_order, 0, "events applied out of order: {self}");
+        }
     }
 }
 
@@ -208,6 +216,10 @@ impl fmt::Display for Tally {
             "TALLY {:<40} sent={:<6} confirmed={:<6} applied={:<6} duplicated={} lost={} dead-lettered={}",
             self.scenario, self.sent, self.confirmed, self.applied, self.duplicated, self.lost, self.dead_lettered
         )?;
+        match self.out_of_order {
+            Some(out_of_order) => write!(f, " out-of-order={out_of_order}")?,
+            None => write!(f, " out-of-order=unmeasured")?,
+        }
         for note in &self.notes {
             write!(f, " {note}")?;
         }

@@ -5,16 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use automation_shared::db::runs::{self, Run, RunState};
-use automation_shared::events::WorkQueue;
-use automation_shared::messaging::{Outgoing, cloud_event_properties};
+use automation_shared::db::runs::{self, RunState};
 use automation_shared::testing::TestEnv;
-use automation_worker::tasks;
-use chrono::Utc;
 use serde_json::json;
-use sqlx::types::Json;
 use uuid::Uuid;
 
+use crate::runs::{publish_start, queued_run, state_of};
 use crate::support::{Tally, WorkerProcess};
 
 const SECRET: &str = "a-webhook-secret-for-the-tests-only";
@@ -41,10 +37,6 @@ async fn start_receiver() -> (String, Arc<AtomicUsize>) {
     (url, calls)
 }
 
-async fn state_of(env: &TestEnv, run: Uuid) -> Option<RunState> {
-    runs::find(&env.pool, run).await.expect("query").map(|r| r.state)
-}
-
 #[tokio::test]
 async fn a_worker_killed_mid_task_leaves_the_attempt_to_the_next_worker() {
     let env = TestEnv::new().await;
@@ -54,40 +46,8 @@ async fn a_worker_killed_mid_task_leaves_the_attempt_to_the_next_worker() {
     // A queued run and its start message, then two automation events behind it, all waiting
     // before any worker runs: the first batch of the tasks queue holds both kinds, the start
     // message first. (Acking the events must not ack the start message with them.)
-    let now = Utc::now();
-    let run = Run {
-        seq: 0,
-        id: Uuid::new_v4(),
-        automation: "webhook.call".into(),
-        params: Some(Json(json!({"url": url, "timeoutSeconds": 120}))),
-        state: RunState::Queued,
-        attempts: 0,
-        max_attempts: 5,
-        result: None,
-        error: None,
-        run_at: None,
-        event_id: None,
-        schedule_name: None,
-        requested_by: Some("chaos".into()),
-        created_at: now,
-        started_at: None,
-        finished_at: None,
-        updated_at: now,
-    };
-    runs::insert(&env.pool, &run).await.expect("insert the run");
-    let start = tasks::start_message(run.id, 1);
-    let queue = env.names().work_queue(WorkQueue::Tasks);
-    env.publisher
-        .publish(Outgoing {
-            exchange: "",
-            routing_key: &queue,
-            body: &start.body,
-            properties: cloud_event_properties(&start.message_id.to_string(), tasks::EXECUTE)
-                .with_content_type("application/json".into()),
-            mandatory: true,
-        })
-        .await
-        .expect("the start message is confirmed");
+    let run = queued_run(&env, "webhook.call", json!({"url": url, "timeoutSeconds": 120})).await;
+    publish_start(&env, run.id, 1).await;
     let others = [Uuid::new_v4(), Uuid::new_v4()];
     for other in others {
         env.publish_structured(&json!({

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::runs::{publish_start, queued_run, state_of};
 use crate::support::{TestWorker, event};
 
 /// A webhook receiver that answers 500 a given number of times, then 200.
@@ -207,4 +208,39 @@ async fn a_schedule_fires_once_per_tick_with_two_workers_running() {
             .await
             .expect("rows");
     assert!(seconds.windows(2).all(|w| w[1] - w[0] == chrono::Duration::seconds(1)), "consecutive ticks: {seconds:?}");
+}
+
+/// A second, fresh copy of a start message (a republished outbox row) while the attempt runs:
+/// the attempt runs once. Only a redelivered message takes over a `running` attempt.
+#[tokio::test]
+async fn a_second_copy_of_a_start_message_does_not_run_the_attempt_twice() {
+    let mut env = TestEnv::new().await;
+    env.config.tasks.webhook_secret = Some("a-webhook-secret-for-the-tests-only".into());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let calls = counted.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let run = queued_run(&env, "webhook.call", json!({"url": url})).await;
+    publish_start(&env, run.id, 1).await;
+    publish_start(&env, run.id, 1).await;
+    let _worker = TestWorker::start(&env.config).await;
+    let done = wait_state(&env, run.id, "succeeded", Duration::from_secs(30)).await;
+    assert_eq!(done["attempts"], 1);
+    // The copy is settled without running (it may come after the attempt finished).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the webhook was called once");
+    assert_eq!(state_of(&env, run.id).await, Some(automation_shared::db::runs::RunState::Succeeded));
 }

@@ -45,7 +45,9 @@ async fn refused(env: &TestEnv, tap: &NotificationTap, event: Value, code: &str)
 
 #[tokio::test]
 async fn each_illegal_move_is_refused_with_event_rejected() {
-    let env = TestEnv::new().await;
+    let mut env = TestEnv::new().await;
+    // A `not_found` is final once the entity had time to appear; a short wait keeps this quick.
+    env.config.worker.entity_wait_ms = 1_000;
     let worker = TestWorker::start(&env.config).await;
     let tap = env.notifications().await;
     let (draft, active, approval, requester) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());

@@ -78,9 +78,17 @@ async fn a_rule_auto_approves_small_requests_as_itself_and_says_why_it_passed_on
         evaluations[0]["actions"][0].as_str().unwrap_or_default().starts_with("approval.decide → approval.decided"),
         "{evaluations}"
     );
+    // The notification leaves the outbox just after the commit the loop above saw.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let approved = loop {
+        if let Some(approved) = tap.all().into_iter().find(|n| n["type"] == "approval.approved") {
+            break approved;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "approval.approved is announced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let fired_notice = tap.all().into_iter().find(|n| n["type"] == "rule.fired").expect("rule.fired");
     assert_eq!(fired_notice["causationid"], requested_small);
-    let approved = tap.all().into_iter().find(|n| n["type"] == "approval.approved").expect("approval.approved");
     assert_eq!(approved["data"]["reason"], "small purchase");
     assert_eq!(approved["correlationid"], requested_small, "the chain keeps its correlation");
 

@@ -1,0 +1,283 @@
+//! The deferral store (docs/architecture.md, "Ordering"): events that must wait, kept in MySQL
+//! behind their entity key so nothing on that key overtakes them, and applied from there in
+//! their order. An event waits for an entity it names that does not exist yet (up to
+//! `entity_wait_ms`), or for another attempt after a transient failure (the retry delays, up to
+//! `max_attempts`, then it is dead-lettered and its successors go on). Every worker sweeps the
+//! store; the hold rows, locked by whoever applies a key's events, make them take turns.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use automation_shared::db::deferrals::{self, Deferred, DeferredState, NewDeferred};
+use automation_shared::events::envelope::Limits;
+use automation_shared::events::{Envelope, WorkQueue};
+use automation_shared::messaging;
+use chrono::Utc;
+use lapin::BasicProperties;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::{BatchError, Item, Message, Ordered, WAIT_POLL};
+use crate::consumer::Applier;
+use crate::failures::{self, DeathKind, Unapplied, headers};
+use crate::handlers::{self, EntityKey};
+use crate::service::Worker;
+
+/// Held keys taken per sweep.
+const KEYS_PER_SWEEP: u32 = 64;
+
+/// What became of an event that failed in order.
+pub enum SetAside {
+    /// It waits in the store for its next attempt, holding its key.
+    Deferred,
+    /// It has no attempt left: the caller dead-letters it, and its successors go on.
+    OutOfAttempts,
+}
+
+/// Sets a fresh event that failed aside: it waits for its next attempt in the store, holding its
+/// key, so the events after it on that key queue behind it. Waits out database outages; `None`
+/// when shutdown came first.
+pub async fn defer_failed(
+    worker: &Worker,
+    item: &Item<'_>,
+    ordered: &Ordered<'_>,
+    error: &BatchError,
+    shutdown: &CancellationToken,
+) -> Option<sqlx::Result<SetAside>> {
+    if ordered.attempt >= worker.config.worker.max_attempts {
+        return Some(Ok(SetAside::OutOfAttempts));
+    }
+    let (kind, text) = (error.kind(), error.to_string());
+    let delay = retry_delay(worker, ordered.attempt);
+    let due = Utc::now() + chrono::Duration::milliseconds(delay as i64);
+    let properties =
+        with_failure(ordered.message.properties, ordered.message.routing_key, ordered.attempt, kind, &text);
+    let event = NewDeferred {
+        entity_key: ordered.key.as_str().to_string(),
+        event_id: item.envelope.id.clone(),
+        event_type: item.envelope.event_type.as_str().to_string(),
+        routing_key: ordered.message.routing_key.to_string(),
+        properties: serde_json::to_value(&properties).unwrap_or_default(),
+        body: ordered.message.body.to_vec(),
+        attempt: ordered.attempt + 1,
+        state: DeferredState::Retrying,
+        detail: Some(text.clone()),
+        not_before: due,
+        wait_until: ordered.wait_until,
+        received_at: item.received_at,
+    };
+    let stored = worker
+        .through_outages(shutdown, || async {
+            let mut tx = worker.pool.begin().await?;
+            deferrals::hold_and_queue(&mut tx, &event).await?;
+            automation_shared::db::events::record_attempt(
+                &mut *tx,
+                &item.envelope.id,
+                Some(item.envelope.event_type.as_str()),
+                ordered.attempt,
+                kind,
+                &text,
+                Some(due),
+            )
+            .await?;
+            tx.commit().await
+        })
+        .await?;
+    Some(stored.map(|()| {
+        tracing::warn!(event.id = %item.envelope.id, attempt = ordered.attempt, retry.in_ms = delay, error = %text, "event failed; it waits for its next attempt, and the events after it on its entity wait behind it");
+        metrics::counter!("automation_worker_retries_total", "kind" => kind).increment(1);
+        SetAside::Deferred
+    }))
+}
+
+fn retry_delay(worker: &Worker, attempt: u32) -> u64 {
+    let delays = &worker.config.worker.retry_delays_ms;
+    delays[(attempt as usize).saturating_sub(1).min(delays.len() - 1)]
+}
+
+/// The properties with this failure added to the history header, as a retry queue would carry
+/// them.
+fn with_failure(
+    properties: &BasicProperties,
+    routing_key: &str,
+    attempt: u32,
+    kind: &str,
+    error: &str,
+) -> BasicProperties {
+    let message =
+        Unapplied { queue: WorkQueue::Commands, routing_key, properties, body: &[], event_id: None, event_type: None };
+    failures::retried_properties(&message, attempt, kind, error)
+}
+
+/// Applies due events from the store until `stop`.
+pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
+    let mut applier = Applier::new(worker.clone(), WorkQueue::Commands, true);
+    let mut idle = true;
+    loop {
+        let pause = if idle { WAIT_POLL / 2 } else { Duration::ZERO };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        idle = match sweep(&worker, &mut applier, &stop).await {
+            Ok(applied) => applied == 0,
+            Err(error) => {
+                tracing::debug!(%error, "could not sweep the deferral store this time");
+                true
+            }
+        };
+    }
+}
+
+/// One stored event, read back.
+struct Stored {
+    row: Deferred,
+    envelope: Envelope,
+    properties: BasicProperties,
+    key: EntityKey,
+}
+
+/// One pass over the due keys. Returns how many stored events it handled.
+async fn sweep(worker: &Arc<Worker>, applier: &mut Applier, stop: &CancellationToken) -> sqlx::Result<usize> {
+    let keys = deferrals::due_keys(&worker.pool, KEYS_PER_SWEEP).await?;
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let rows = {
+        let mut conn = worker.pool.acquire().await?;
+        deferrals::queued(&mut conn, &key_refs).await?
+    };
+    let limits =
+        Limits { max_bytes: worker.config.worker.max_message_bytes, publishers: &worker.config.worker.publishers };
+    let mut stored = Vec::with_capacity(rows.len());
+    for row in rows {
+        let properties: BasicProperties = serde_json::from_value(row.properties.0.clone()).unwrap_or_default();
+        match Envelope::parse(&row.routing_key, &properties, &row.body, limits) {
+            Ok(envelope) => {
+                let key = handlers::entity_key(&envelope);
+                stored.push(Stored { row, envelope, properties, key });
+            }
+            // It was read once; only a change of configuration (a lower size limit, a narrower
+            // publisher list) makes it unreadable now.
+            Err(poison) => {
+                let reason = format!("unreadable after waiting: {poison}");
+                bury(worker, &row, &properties, DeathKind::Poison, &reason, None).await?;
+            }
+        }
+    }
+    let handled = stored.len();
+    let items: Vec<Item<'_>> = stored.iter().map(item).collect();
+    match applier.apply_one_batch(&items, stop).await {
+        None | Some(Ok(_)) => return Ok(handled),
+        Some(Err(error)) => {
+            tracing::warn!(%error, events = items.len(), "applying stored events failed; applying them key by key");
+        }
+    }
+    // Key by key, in order; the first failure of a key stops that key.
+    let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, s) in stored.iter().enumerate() {
+        by_key.entry(s.key.as_str()).or_default().push(index);
+    }
+    for indices in by_key.values() {
+        for index in indices {
+            match applier.apply_one_batch(std::slice::from_ref(&items[*index]), stop).await {
+                None => return Ok(handled),
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    failed(worker, &stored[*index], &error).await?;
+                    break;
+                }
+            }
+        }
+    }
+    Ok(handled)
+}
+
+fn item(s: &Stored) -> Item<'_> {
+    Item {
+        envelope: &s.envelope,
+        received_at: s.row.received_at,
+        retried: s.row.attempt > 1,
+        suspect: true,
+        order: Some(Ordered {
+            key: &s.key,
+            message: Message { routing_key: &s.row.routing_key, properties: &s.properties, body: &s.row.body },
+            deferred: Some(s.row.seq),
+            attempt: s.row.attempt,
+            wait_until: s.row.wait_until,
+        }),
+    }
+}
+
+/// A stored event failed again: its next attempt later, or the dead-letter store when it has
+/// none left (its successors then go on).
+async fn failed(worker: &Worker, s: &Stored, error: &BatchError) -> sqlx::Result<()> {
+    let (kind, text) = (error.kind(), error.to_string());
+    let attempt = s.row.attempt;
+    if attempt >= worker.config.worker.max_attempts {
+        tracing::error!(event.id = %s.envelope.id, attempts = attempt, error = %text, "giving up on an event; the events after it on its entity go on");
+        metrics::counter!("automation_worker_dead_lettered_total", "kind" => "exhausted", "reason" => kind)
+            .increment(1);
+        let reason = format!("gave up after {attempt} attempts: {text}");
+        return bury(worker, &s.row, &s.properties, DeathKind::Exhausted, &reason, Some((kind, &text))).await;
+    }
+    let delay = retry_delay(worker, attempt);
+    let due = Utc::now() + chrono::Duration::milliseconds(delay as i64);
+    let properties = with_failure(&s.properties, &s.row.routing_key, attempt, kind, &text);
+    let properties = serde_json::to_value(&properties).unwrap_or_default();
+    tracing::warn!(event.id = %s.envelope.id, attempt, retry.in_ms = delay, error = %text, "a waiting event failed again; it waits for its next attempt");
+    metrics::counter!("automation_worker_retries_total", "kind" => kind).increment(1);
+    let mut tx = worker.pool.begin().await?;
+    deferrals::postpone(
+        &mut tx,
+        s.row.seq,
+        Some(attempt + 1),
+        DeferredState::Retrying,
+        Some(&text),
+        due,
+        Some(&properties),
+    )
+    .await?;
+    deferrals::refresh_holds(&mut tx, &[s.row.entity_key.as_str()]).await?;
+    automation_shared::db::events::record_attempt(
+        &mut *tx,
+        &s.envelope.id,
+        Some(s.envelope.event_type.as_str()),
+        attempt,
+        kind,
+        &text,
+        Some(due),
+    )
+    .await?;
+    tx.commit().await
+}
+
+/// Dead-letters a stored event (published with a confirm first, so a crash before the delete
+/// stores it again under the same id, once) and takes it out of the store.
+async fn bury(
+    worker: &Worker,
+    row: &Deferred,
+    properties: &BasicProperties,
+    kind: DeathKind,
+    reason: &str,
+    last_failure: Option<(&str, &str)>,
+) -> sqlx::Result<()> {
+    let properties = messaging::set_int_header(properties.clone(), headers::ATTEMPT, i64::from(row.attempt));
+    let message = Unapplied {
+        queue: WorkQueue::Commands,
+        routing_key: &row.routing_key,
+        properties: &properties,
+        body: &row.body,
+        event_id: Some(&row.event_id),
+        event_type: Some(&row.event_type),
+    };
+    if let Err(error) = failures::dead_letter(worker, &message, kind, reason, last_failure).await {
+        tracing::warn!(%error, event.id = %row.event_id, "could not dead-letter a stored event; it stays in the store");
+        return Ok(());
+    }
+    let mut tx = worker.pool.begin().await?;
+    deferrals::remove(&mut tx, &[row.seq]).await?;
+    deferrals::refresh_holds(&mut tx, &[row.entity_key.as_str()]).await?;
+    tx.commit().await
+}

@@ -1,0 +1,163 @@
+//! The consumer lanes of the partitioned layout. Each lane consumes its share of this instance's
+//! partitions (`membership.rs`), one channel per partition, and applies what arrives in batches
+//! that mix partitions, through the same `Applier` as every consumer. Each partition queue is
+//! single-active-consumer, and a lane gives a partition up only between batches, by closing its
+//! channel: the broker then hands the unacked deliveries, in order, to the next consumer before
+//! anything newer. So at any moment one consumer applies a partition's events, in queue order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use automation_shared::events::WorkQueue;
+use futures_util::StreamExt;
+use lapin::Channel;
+use lapin::message::Delivery;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::{Applier, Incoming};
+use crate::membership::Assignment;
+use crate::service::Worker;
+
+/// Pause before a partition whose channel failed is opened again.
+const REOPEN_AFTER: Duration = Duration::from_millis(500);
+
+/// A partition this lane consumes.
+struct Open {
+    channel: Channel,
+    /// Tells its deliveries from those of an earlier channel of the same partition.
+    generation: u64,
+    forwarder: JoinHandle<()>,
+}
+
+/// What a partition's forwarder hands the lane.
+type Forwarded = (u16, u64, Result<Delivery, lapin::Error>);
+
+/// Runs lane `lane` of `lanes` until `shutdown`; then closes its partitions (what was received
+/// and not applied goes back to the queue, for the next consumer) and returns.
+pub async fn run(
+    worker: Arc<Worker>,
+    lane: u16,
+    lanes: u16,
+    mut assignment: watch::Receiver<Assignment>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let settings = &worker.config.worker;
+    let (sender, mut received) = mpsc::channel::<Forwarded>(usize::from(settings.prefetch).max(64));
+    let mut open: BTreeMap<u16, Open> = BTreeMap::new();
+    let mut generation = 0u64;
+    let mut applier = Applier::new(worker.clone(), WorkQueue::Commands, true);
+    let mut failed: BTreeSet<u16> = BTreeSet::new();
+    loop {
+        let wanted = assignment.borrow_and_update().lane(lane, lanes);
+        for partition in open.keys().copied().filter(|p| !wanted.contains(p)).collect::<Vec<_>>() {
+            close(&mut open, &mut applier, partition, "given to another worker").await;
+        }
+        let missing: Vec<u16> = wanted.iter().copied().filter(|p| !open.contains_key(p)).collect();
+        for partition in missing {
+            generation += 1;
+            match subscribe(&worker, partition, generation, sender.clone()).await {
+                Ok(partition_open) => {
+                    failed.remove(&partition);
+                    open.insert(partition, partition_open);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, partition, "could not consume a partition; trying again shortly");
+                    failed.insert(partition);
+                }
+            }
+        }
+        let retry = if failed.is_empty() { Duration::from_secs(3600) } else { REOPEN_AFTER };
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            changed = assignment.changed() => {
+                if changed.is_err() { break; }
+                continue;
+            }
+            _ = tokio::time::sleep(retry) => continue,
+            next = received.recv() => match next {
+                Some(forwarded) => forwarded,
+                None => break,
+            },
+        };
+        let mut batch = Vec::new();
+        take(&mut open, &mut applier, &mut failed, &mut batch, first).await;
+        let deadline = Instant::now() + settings.batch_timeout();
+        while batch.len() < settings.batch_size {
+            match tokio::time::timeout_at(deadline, received.recv()).await {
+                Ok(Some(forwarded)) => take(&mut open, &mut applier, &mut failed, &mut batch, forwarded).await,
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            applier.process(batch, &shutdown).await;
+        }
+    }
+    for partition in open.keys().copied().collect::<Vec<_>>() {
+        close(&mut open, &mut applier, partition, "drained").await;
+    }
+    tracing::info!(lane, "consumer lane stopped");
+    Ok(())
+}
+
+/// Adds a forwarded delivery to the batch, unless it belongs to a channel closed since.
+async fn take(
+    open: &mut BTreeMap<u16, Open>,
+    applier: &mut Applier,
+    failed: &mut BTreeSet<u16>,
+    batch: &mut Vec<Incoming>,
+    (partition, generation, delivery): Forwarded,
+) {
+    if open.get(&partition).is_none_or(|o| o.generation != generation) {
+        // Its channel is closed: the broker has it back.
+        return;
+    }
+    match delivery {
+        Ok(delivery) => batch.push(Incoming { delivery, channel: partition }),
+        Err(error) => {
+            tracing::warn!(%error, partition, "a partition's channel failed; opening it again");
+            close(open, applier, partition, "failed").await;
+            failed.insert(partition);
+        }
+    }
+}
+
+async fn subscribe(
+    worker: &Worker,
+    partition: u16,
+    generation: u64,
+    sender: mpsc::Sender<Forwarded>,
+) -> anyhow::Result<Open> {
+    let queue = worker.names.partition(partition);
+    let channel = worker.connection.create_channel().await?;
+    channel.basic_qos(worker.config.worker.prefetch, BasicQosOptions::default()).await?;
+    let tag = format!("automation-worker.{queue}.{}", uuid::Uuid::new_v4().simple());
+    let mut consumer = channel
+        .basic_consume(queue.clone().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    tracing::debug!(%queue, "consuming a partition (active once the broker makes this consumer its single active one)");
+    let forwarder = tokio::spawn(async move {
+        while let Some(next) = consumer.next().await {
+            let failed = next.is_err();
+            if sender.send((partition, generation, next)).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    Ok(Open { channel, generation, forwarder })
+}
+
+/// Gives a partition up: closing the channel returns its unacked deliveries to the queue.
+async fn close(open: &mut BTreeMap<u16, Open>, applier: &mut Applier, partition: u16, why: &str) {
+    let Some(partition_open) = open.remove(&partition) else { return };
+    let _ = partition_open.channel.close(200, why.into()).await;
+    partition_open.forwarder.abort();
+    applier.forget_channel(partition);
+    tracing::debug!(partition, why, "partition closed");
+}

@@ -1,0 +1,185 @@
+//! The sequencer of the partitioned layout: moves events from the `commands` queue, in queue
+//! order, into the partition queue of their entity key. One instance runs it at a time (the
+//! first live one, `membership.rs`), so the order in each partition is the order of `commands`.
+//! That one-at-a-time is the broker's doing, not the membership table's: the sequencer first
+//! declares an exclusive queue (`<prefix>.commands.sequencer`), which only one connection can
+//! hold, and consumes and publishes on that same connection, which does not recover by itself.
+//! When the connection goes, its lock, its consumer and its publishing go with it; a sequencer
+//! that steps down closes its consumer before it lets the lock go. (Exclusive consumers would
+//! not do: quorum queues accept a second one.) It publishes a chunk with confirms, then acks it:
+//! a crash in between only makes copies, which the inbox skips. A message it cannot read goes
+//! to a partition by the hash of its id or body, and the partition's consumer dead-letters it
+//! with the reason, as in any layout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use automation_shared::events::envelope::Limits;
+use automation_shared::events::{Envelope, WorkQueue};
+use automation_shared::messaging::{self, Outgoing, Publisher};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::failures::{self, headers};
+use crate::handlers::{self, partition_of};
+use crate::membership::Assignment;
+use crate::service::Worker;
+
+/// Deliveries moved per confirm round trip.
+const CHUNK: usize = 500;
+/// Unacked deliveries of `commands` the sequencer may hold.
+const PREFETCH: u16 = 2_000;
+/// How long a chunk waits for more deliveries.
+const CHUNK_WAIT: Duration = Duration::from_millis(2);
+/// Pause before trying again to become the consumer of `commands`.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Runs the sequencer whenever this instance is assigned it, until `stop`.
+pub async fn run(
+    worker: Arc<Worker>,
+    mut assignment: watch::Receiver<Assignment>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        if !assignment.borrow_and_update().sequencer {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = assignment.changed() => if changed.is_err() { break },
+            }
+            continue;
+        }
+        match sequence(&worker, &mut assignment, &stop).await {
+            Ok(()) => {}
+            Err(error) => {
+                tracing::info!(error = format!("{error:#}"), "the sequencer is not running now; trying again shortly");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Takes the lock and consumes `commands` while assigned; returns when no longer assigned or
+/// stopped, or with the error that ended it.
+async fn sequence(
+    worker: &Worker,
+    assignment: &mut watch::Receiver<Assignment>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let connection = Arc::new(messaging::connect_once(&worker.config.amqp.url, "automation-worker sequencer").await?);
+    let result = sequence_on(worker, &connection, assignment, stop).await;
+    let _ = connection.close(200, "sequencer stopped".into()).await;
+    result
+}
+
+async fn sequence_on(
+    worker: &Worker,
+    connection: &Arc<lapin::Connection>,
+    assignment: &mut watch::Receiver<Assignment>,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let lock = connection.create_channel().await?;
+    let lock_name = worker.names.sequencer_lock();
+    lock.queue_declare(
+        lock_name.clone().into(),
+        QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|error| anyhow::anyhow!("another instance holds {lock_name}: {error}"))?;
+    let publisher =
+        Publisher::new(connection.clone(), Duration::from_millis(worker.config.amqp.publish_timeout_ms)).await?;
+    let queue = worker.names.work_queue(WorkQueue::Commands);
+    let channel = connection.create_channel().await?;
+    channel.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    let tag = format!("automation-worker.sequencer.{}", uuid::Uuid::new_v4().simple());
+    let mut consumer = channel
+        .basic_consume(queue.clone().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
+    tracing::info!(%queue, partitions = worker.config.worker.partitions, "sequencing events into the partitions");
+    let partitions = worker.config.worker.partitions;
+    let limits =
+        Limits { max_bytes: worker.config.worker.max_message_bytes, publishers: &worker.config.worker.publishers };
+    let result = loop {
+        let first = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break Ok(()),
+            changed = assignment.changed() => {
+                if changed.is_err() || !assignment.borrow_and_update().sequencer {
+                    break Ok(());
+                }
+                continue;
+            }
+            next = consumer.next() => match next {
+                None => break Ok(()),
+                Some(Err(error)) => break Err(anyhow::Error::from(error)),
+                Some(Ok(delivery)) => delivery,
+            },
+        };
+        let mut chunk = vec![first];
+        let deadline = Instant::now() + CHUNK_WAIT;
+        while chunk.len() < CHUNK {
+            match tokio::time::timeout_at(deadline, consumer.next()).await {
+                Ok(Some(Ok(delivery))) => chunk.push(delivery),
+                _ => break,
+            }
+        }
+        let routed: Vec<(String, lapin::BasicProperties)> =
+            chunk.iter().map(|d| route(worker, d, partitions, limits)).collect();
+        let messages = chunk
+            .iter()
+            .zip(&routed)
+            .map(|(delivery, (queue, properties))| Outgoing {
+                exchange: "",
+                routing_key: queue,
+                body: &delivery.data,
+                properties: properties.clone(),
+                mandatory: true,
+            })
+            .collect();
+        if let Err(error) = publisher.publish_all(messages).await {
+            // Nothing is acked: closing the channel hands the chunk back, in order.
+            break Err(anyhow::anyhow!("could not move events into the partitions: {error}"));
+        }
+        let Some(last) = chunk.last() else { continue };
+        if let Err(error) = last.acker.ack(BasicAckOptions { multiple: true }).await {
+            break Err(anyhow::anyhow!("could not ack moved events (they come again and are skipped): {error}"));
+        }
+        metrics::counter!("automation_worker_sequenced_total").increment(chunk.len() as u64);
+    };
+    // The consumer goes first: the lock is let go only once nothing more is taken.
+    let _ = channel.close(200, "sequencer stopped".into()).await;
+    publisher.close().await;
+    let _ = lock.close(200, "sequencer stopped".into()).await;
+    result
+}
+
+/// The partition queue of a delivery, and its properties with the routing key it came with.
+fn route(
+    worker: &Worker,
+    delivery: &Delivery,
+    partitions: u16,
+    limits: Limits<'_>,
+) -> (String, lapin::BasicProperties) {
+    let routing_key = failures::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
+    let partition = match Envelope::parse(&routing_key, &delivery.properties, &delivery.data, limits) {
+        Ok(envelope) => handlers::entity_key(&envelope).partition(partitions),
+        Err(_) => match delivery.properties.message_id() {
+            Some(id) => partition_of(id.as_str().as_bytes(), partitions),
+            None => partition_of(&delivery.data, partitions),
+        },
+    };
+    let properties = messaging::set_header(delivery.properties.clone(), headers::ORIGINAL_ROUTING_KEY, routing_key);
+    (worker.names.partition(partition), properties)
+}
