@@ -296,12 +296,22 @@ for f, so in sos:
         for r in hosts:
             if r.get("name") != secret.get("metadata", {}).get("name") or r.get("key") not in secret.get("stringData", {}):
                 problems.append(f"TriggerAuthentication {ref}: {r.get('name')}/{r.get('key')} is not a key of the Secret template")
-    for q in (f"{prefix}.commands", f"{prefix}.tasks"):
+    partitions = int(config.get("AUTOMATION_WORKER__PARTITIONS", "16"))
+    wanted = [f"{prefix}.commands", f"{prefix}.tasks"] + [f"{prefix}.commands.p{i}" for i in range(partitions)]
+    for q in wanted:
         if q not in queues:
-            problems.append(f"no trigger for work queue {q} (prefix {prefix!r} from the ConfigMap)")
-    refs = [t.get("authenticationRef", {}).get("name") for t in spec["triggers"]]
-    if len(set(refs)) != len(refs):
-        problems.append("two triggers share a TriggerAuthentication; the contract asks for one per work queue")
+            problems.append(f"no trigger for queue {q} (prefix {prefix!r}, {partitions} partitions from the ConfigMap)")
+    extra = [q for q in queues if q.startswith(f"{prefix}.commands.p") and q not in wanted]
+    if extra:
+        problems.append(f"triggers for partitions the ConfigMap does not have: {extra}")
+    # One TriggerAuthentication per work queue: a partition uses its work queue's (commands').
+    def work_queue(q):
+        return f"{prefix}.commands" if q and q.startswith(f"{prefix}.commands") else q
+    by_queue = {}
+    for q, t in queues.items():
+        by_queue.setdefault(t.get("authenticationRef", {}).get("name"), set()).add(work_queue(q))
+    if any(len(qs) > 1 for qs in by_queue.values()):
+        problems.append("two work queues share a TriggerAuthentication; the contract asks for one per work queue")
     if spec.get("minReplicaCount", 0) < 1:
         problems.append("minReplicaCount must be >= 1: schedules and the outbox sweep run in the worker")
 rule("KEDA: one ScaledObject, a trigger and a TriggerAuthentication per work queue", problems)
