@@ -3,10 +3,13 @@
 -- An entity key (`approval:<id>`, `workflow:<id>`, …) is held while one of its events waits: for
 -- an entity it names that does not exist yet, or for another attempt after a transient failure.
 -- Every later event on the key queues behind it in `deferred_events`, in arrival order, so
--- nothing overtakes it. `not_before` is when the first of them is due again.
+-- nothing overtakes it. `not_before` is when the first of them is due again, `state` why it
+-- waits (`waiting` for an entity, `retrying` after a failure): an event that creates the entity
+-- of its key may pass a `waiting` head, which waits for just that.
 create table entity_holds (
     entity_key varchar(160) character set ascii collate ascii_bin not null,
     not_before datetime(6) not null,
+    state varchar(16) character set ascii not null,
     created_at datetime(6) not null default current_timestamp(6),
     primary key (entity_key),
     key entity_holds_due (not_before)

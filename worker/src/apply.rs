@@ -218,7 +218,12 @@ async fn apply_inner(
     let keys: BTreeSet<&str> = items.iter().filter_map(|i| i.order.map(|o| o.key.as_str())).collect();
     if !keys.is_empty() {
         let keys: Vec<&str> = keys.into_iter().collect();
-        order.held = deferrals::lock_held(&mut tx, &keys).await?.into_iter().collect();
+        for hold in deferrals::lock_held(&mut tx, &keys).await? {
+            if hold.waiting {
+                order.waiting.insert(hold.entity_key.clone());
+            }
+            order.held.insert(hold.entity_key);
+        }
         let stored: Vec<u64> = items.iter().filter_map(|i| i.order.and_then(|o| o.deferred)).collect();
         order.present = deferrals::present(&mut tx, &stored).await?;
     }
@@ -242,7 +247,7 @@ async fn apply_inner(
             continue;
         }
         if let Some(ordered) = item.order
-            && order.must_queue(&ordered)
+            && order.must_queue(&ordered, handlers::creates_its_entity(envelope))
         {
             order.queue_behind(&ordered, envelope, item.received_at, now);
             in_batch.remove(envelope.id.as_str());
@@ -369,6 +374,8 @@ async fn apply_inner(
 struct OrderState {
     /// Keys held when the batch began, or by an event of this batch that began to wait.
     held: HashSet<String>,
+    /// Held keys whose first event waits for an entity (not for another attempt).
+    waiting: HashSet<String>,
     /// Stored events (by seq) still in the store.
     present: HashSet<u64>,
     /// Keys whose stored event waits again in this batch: the stored events after it stay.
@@ -384,11 +391,14 @@ struct OrderState {
 }
 
 impl OrderState {
-    /// A fresh event whose key is held, or a stored event behind one that waits again.
-    fn must_queue(&self, ordered: &Ordered<'_>) -> bool {
+    /// A fresh event whose key is held, or a stored event behind one that waits again. An
+    /// event that creates the entity of its key passes events that wait for an entity: they may
+    /// be waiting for just that (a decision that reached the queue before its request).
+    fn must_queue(&self, ordered: &Ordered<'_>, creates: bool) -> bool {
+        let key = ordered.key.as_str();
         match ordered.deferred {
-            None => self.held.contains(ordered.key.as_str()),
-            Some(_) => self.blocked.contains(ordered.key.as_str()),
+            None => self.held.contains(key) && !(creates && self.waiting.contains(key)),
+            Some(_) => self.blocked.contains(key),
         }
     }
 
@@ -419,6 +429,7 @@ impl OrderState {
         match ordered.deferred {
             None => {
                 if self.held.insert(key.clone()) {
+                    self.waiting.insert(key.clone());
                     self.new_holds.push((key, due));
                 }
                 self.queued.push(new_deferred(ordered, envelope, received_at, due, Some(reason)));
@@ -442,7 +453,8 @@ impl OrderState {
     }
 
     async fn write(&self, conn: &mut sqlx::MySqlConnection) -> sqlx::Result<()> {
-        let holds: Vec<(&str, DateTime<Utc>)> = self.new_holds.iter().map(|(k, t)| (k.as_str(), *t)).collect();
+        let holds: Vec<(&str, DateTime<Utc>, DeferredState)> =
+            self.new_holds.iter().map(|(k, t)| (k.as_str(), *t, DeferredState::Waiting)).collect();
         deferrals::insert(conn, &holds, &self.queued).await?;
         deferrals::remove(conn, &self.done).await?;
         for (seq, detail, due) in &self.postponed {

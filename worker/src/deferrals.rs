@@ -25,6 +25,8 @@ use crate::service::Worker;
 
 /// Held keys taken per sweep.
 const KEYS_PER_SWEEP: u32 = 64;
+/// How often the number of waiting events is counted for `/metrics`.
+const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 /// What became of an event that failed in order.
 pub enum SetAside {
@@ -113,7 +115,14 @@ fn with_failure(
 pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
     let mut applier = Applier::new(worker.clone(), WorkQueue::Commands, true);
     let mut idle = true;
+    let mut counted = tokio::time::Instant::now();
     loop {
+        if counted.elapsed() >= BACKLOG_EVERY {
+            counted = tokio::time::Instant::now();
+            if let Ok(waiting) = deferrals::backlog(&worker.pool).await {
+                metrics::gauge!("automation_worker_deferred_events").set(waiting as f64);
+            }
+        }
         let pause = if idle { WAIT_POLL / 2 } else { Duration::ZERO };
         tokio::select! {
             _ = stop.cancelled() => return,

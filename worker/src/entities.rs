@@ -10,7 +10,7 @@ use automation_shared::db::approvals::{self, Approval};
 use automation_shared::db::rules::{self, Rule};
 use automation_shared::db::runs::{self, Run};
 use automation_shared::db::workflows::{self, Workflow};
-use automation_shared::events::{Envelope, EventData, derived_id};
+use automation_shared::events::Envelope;
 use sqlx::MySqlConnection;
 use uuid::Uuid;
 
@@ -26,43 +26,31 @@ pub struct Needs {
 }
 
 impl Needs {
-    /// Notes what one event reads. Ids the publisher left out are derived exactly as the
-    /// handler derives them.
+    /// Notes what one event reads, as its handler declares it.
     pub fn add(&mut self, envelope: &Envelope) {
-        let id = envelope.id.as_str();
-        match &envelope.data {
-            EventData::WorkflowCreated(d) => {
-                self.workflows_update.insert(d.workflow_id.unwrap_or_else(|| derived_id("workflow", id)));
-            }
-            EventData::WorkflowStatusChanged(d) => {
-                self.workflows_update.insert(d.workflow_id);
-            }
-            EventData::ApprovalRequested(d) => {
-                // A shared lock: requests on one workflow do not wait for each other, but the
-                // workflow cannot be paused under them.
-                self.workflows_share.insert(d.workflow_id);
-                self.approvals.insert(d.approval_id.unwrap_or_else(|| derived_id("approval", id)));
-            }
-            EventData::ApprovalDecided(d) => {
-                self.approvals.insert(d.approval_id);
-            }
-            EventData::ApprovalEscalate(d) => {
-                self.approvals.insert(d.approval_id);
-            }
-            EventData::AuditRecorded(_) => {}
-            EventData::RuleUpserted(d) => {
-                self.rules.insert(d.id.unwrap_or_else(|| derived_id("rule", id)));
-            }
-            EventData::RuleDeleted(d) => {
-                self.rules.insert(d.rule_id);
-            }
-            EventData::AutomationRequested(d) => {
-                self.runs.insert(d.run_id.unwrap_or_else(|| derived_id("run", id)));
-            }
-            EventData::AutomationCancelled(d) => {
-                self.runs.insert(d.run_id);
-            }
-        }
+        crate::handlers::needs(envelope, self);
+    }
+
+    /// A workflow the event may change (locked for update).
+    pub fn workflow(&mut self, id: Uuid) {
+        self.workflows_update.insert(id);
+    }
+
+    /// A workflow the event reads but does not change (a shared lock).
+    pub fn workflow_shared(&mut self, id: Uuid) {
+        self.workflows_share.insert(id);
+    }
+
+    pub fn approval(&mut self, id: Uuid) {
+        self.approvals.insert(id);
+    }
+
+    pub fn rule(&mut self, id: Uuid) {
+        self.rules.insert(id);
+    }
+
+    pub fn run(&mut self, id: Uuid) {
+        self.runs.insert(id);
     }
 }
 

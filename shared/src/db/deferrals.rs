@@ -61,31 +61,44 @@ pub struct Deferred {
     pub received_at: DateTime<Utc>,
 }
 
+/// A held key, and why its first event waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub entity_key: String,
+    /// The first event waits for an entity (`true`) rather than for another attempt.
+    pub waiting: bool,
+}
+
 /// Which of `keys` are held, locking those holds until the transaction ends (in key order, so
 /// concurrent transactions lock them in the same order).
-pub async fn lock_held(conn: &mut MySqlConnection, keys: &[&str]) -> sqlx::Result<Vec<String>> {
+pub async fn lock_held(conn: &mut MySqlConnection, keys: &[&str]) -> sqlx::Result<Vec<Hold>> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let mut query = QueryBuilder::new("select entity_key from entity_holds where entity_key in (");
+    let mut query = QueryBuilder::new("select entity_key, state from entity_holds where entity_key in (");
     let mut separated = query.separated(", ");
     for key in keys {
         separated.push_bind(*key);
     }
     query.push(") order by entity_key for update");
-    query.build_query_scalar().fetch_all(&mut *conn).await
+    let rows: Vec<(String, String)> = query.build_query_as().fetch_all(&mut *conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(entity_key, state)| Hold { entity_key, waiting: state == DeferredState::Waiting.as_str() })
+        .collect())
 }
 
-/// Holds `entity_key`s that were not held, and queues `events` behind their keys, in order.
+/// Holds `entity_key`s that were not held (due at `not_before`, for the reason of their first
+/// event), and queues `events` behind their keys, in order.
 pub async fn insert(
     conn: &mut MySqlConnection,
-    new_holds: &[(&str, DateTime<Utc>)],
+    new_holds: &[(&str, DateTime<Utc>, DeferredState)],
     events: &[NewDeferred],
 ) -> sqlx::Result<()> {
     if !new_holds.is_empty() {
-        let mut insert = QueryBuilder::new("insert into entity_holds (entity_key, not_before) ");
-        insert.push_values(new_holds, |mut row, (key, not_before)| {
-            row.push_bind(*key).push_bind(*not_before);
+        let mut insert = QueryBuilder::new("insert into entity_holds (entity_key, not_before, state) ");
+        insert.push_values(new_holds, |mut row, (key, not_before, state)| {
+            row.push_bind(*key).push_bind(*not_before).push_bind(state.as_str());
         });
         insert.build().execute(&mut *conn).await?;
     }
@@ -198,7 +211,7 @@ pub async fn present(conn: &mut MySqlConnection, seqs: &[u64]) -> sqlx::Result<s
 /// transiently failing event does outside its batch.
 pub async fn hold_and_queue(conn: &mut MySqlConnection, event: &NewDeferred) -> sqlx::Result<()> {
     let held = lock_held(conn, &[event.entity_key.as_str()]).await?;
-    let new_hold = [(event.entity_key.as_str(), event.not_before)];
+    let new_hold = [(event.entity_key.as_str(), event.not_before, event.state)];
     insert(conn, if held.is_empty() { &new_hold } else { &[] }, std::slice::from_ref(event)).await
 }
 
@@ -206,15 +219,16 @@ pub async fn hold_and_queue(conn: &mut MySqlConnection, event: &NewDeferred) -> 
 /// due when their first event is.
 pub async fn refresh_holds(conn: &mut MySqlConnection, keys: &[&str]) -> sqlx::Result<()> {
     for key in keys {
-        let head: Option<DateTime<Utc>> =
-            sqlx::query_scalar("select not_before from deferred_events where entity_key = ? order by seq limit 1")
+        let head: Option<(DateTime<Utc>, String)> =
+            sqlx::query_as("select not_before, state from deferred_events where entity_key = ? order by seq limit 1")
                 .bind(*key)
                 .fetch_optional(&mut *conn)
                 .await?;
         match head {
-            Some(not_before) => {
-                sqlx::query("update entity_holds set not_before = ? where entity_key = ?")
+            Some((not_before, state)) => {
+                sqlx::query("update entity_holds set not_before = ?, state = ? where entity_key = ?")
                     .bind(not_before)
+                    .bind(state)
                     .bind(*key)
                     .execute(&mut *conn)
                     .await?;

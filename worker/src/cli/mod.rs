@@ -81,6 +81,7 @@ pub async fn topology(config: &Config, json: bool) -> anyhow::Result<()> {
         names.work_queue(automation_shared::events::WorkQueue::Commands),
         names.work_queue(automation_shared::events::WorkQueue::Tasks),
     ];
+    queues.extend((0..config.worker.partitions).map(|index| names.partition(index)));
     for queue in automation_shared::events::WorkQueue::ALL {
         queues.extend(config.worker.retry_delays_ms.iter().map(|d| names.retry_queue(queue, *d)));
     }

@@ -3,28 +3,38 @@
 use automation_shared::events::AuditRecorded;
 use serde_json::json;
 
-use super::{Applied, Context, EntityKey, Rejection};
+use crate::entities::Needs;
 
-/// The entity it records something about: ordered with that entity's own events.
-pub fn key(_event_id: &str, data: &AuditRecorded) -> EntityKey {
-    EntityKey::named(&data.entity, &data.entity_id)
-}
+use super::{Applied, Context, EntityKey, EventHandler, Rejection};
 
-pub fn handle(ctx: &mut Context<'_>, data: &AuditRecorded) -> Result<Applied, Rejection> {
-    #[cfg(feature = "fault-injection")]
-    if data.action == crate::faults::PANIC_ACTION {
-        panic!("fault injection: a handler panic was asked for");
+pub struct Handler;
+
+impl EventHandler for Handler {
+    type Data = AuditRecorded;
+
+    /// The entity it records something about: ordered with that entity's own events.
+    fn key(_event_id: &str, data: &AuditRecorded) -> EntityKey {
+        EntityKey::named(&data.entity, &data.entity_id)
     }
-    let state = json!({
-        "entity": data.entity,
-        "entityId": data.entity_id,
-        "action": data.action,
-        "actorId": ctx.actor(),
-        "details": data.details,
-        "eventId": ctx.envelope.id,
-    });
-    let mut applied = Applied::new(&data.entity, &data.entity_id, "audit.recorded", &state);
-    applied.audit_action = data.action.clone();
-    applied.audit_details = data.details.clone();
-    Ok(applied)
+
+    fn needs(_event_id: &str, _data: &AuditRecorded, _needs: &mut Needs) {}
+
+    fn handle(ctx: &mut Context<'_>, data: &AuditRecorded) -> Result<Applied, Rejection> {
+        #[cfg(feature = "fault-injection")]
+        if data.action == crate::faults::PANIC_ACTION {
+            panic!("fault injection: a handler panic was asked for");
+        }
+        let state = json!({
+            "entity": data.entity,
+            "entityId": data.entity_id,
+            "action": data.action,
+            "actorId": ctx.actor(),
+            "details": data.details,
+            "eventId": ctx.envelope.id,
+        });
+        let mut applied = Applied::new(&data.entity, &data.entity_id, "audit.recorded", &state);
+        applied.audit_action = data.action.clone();
+        applied.audit_details = data.details.clone();
+        Ok(applied)
+    }
 }

@@ -4,26 +4,41 @@
 use automation_shared::db::runs::RunState;
 use automation_shared::events::AutomationCancelled;
 
-use super::{Applied, Context, EntityKey, RejectCode, Rejection, reject};
+use crate::entities::Needs;
 
-/// Ordered with the request of the run.
-pub fn key(_event_id: &str, data: &AutomationCancelled) -> EntityKey {
-    EntityKey::new("automation_run", data.run_id)
-}
+use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
 
-pub fn handle(ctx: &mut Context<'_>, data: &AutomationCancelled) -> Result<Applied, Rejection> {
-    let Some(current) = ctx.entities.runs.get(data.run_id) else {
-        return Err(reject(RejectCode::NotFound, format!("run {} does not exist", data.run_id)));
-    };
-    if current.state.is_final() {
-        return Err(reject(RejectCode::InvalidTransition, format!("run {} is already {}", current.id, current.state)));
+pub struct Handler;
+
+impl EventHandler for Handler {
+    type Data = AutomationCancelled;
+
+    /// Ordered with the request of the run.
+    fn key(_event_id: &str, data: &AutomationCancelled) -> EntityKey {
+        EntityKey::new("automation_run", data.run_id)
     }
-    let now = ctx.now;
-    let Some(run) = ctx.entities.runs.get_mut(data.run_id) else {
-        return Err(reject(RejectCode::NotFound, format!("run {} does not exist", data.run_id)));
-    };
-    run.state = RunState::Cancelled;
-    run.finished_at = Some(now);
-    run.updated_at = now;
-    Ok(Applied::new("automation_run", run.id, "automation.cancelled", &*run))
+
+    fn needs(_event_id: &str, data: &AutomationCancelled, needs: &mut Needs) {
+        needs.run(data.run_id);
+    }
+
+    fn handle(ctx: &mut Context<'_>, data: &AutomationCancelled) -> Result<Applied, Rejection> {
+        let Some(current) = ctx.entities.runs.get(data.run_id) else {
+            return Err(reject(RejectCode::NotFound, format!("run {} does not exist", data.run_id)));
+        };
+        if current.state.is_final() {
+            return Err(reject(
+                RejectCode::InvalidTransition,
+                format!("run {} is already {}", current.id, current.state),
+            ));
+        }
+        let now = ctx.now;
+        let Some(run) = ctx.entities.runs.get_mut(data.run_id) else {
+            return Err(reject(RejectCode::NotFound, format!("run {} does not exist", data.run_id)));
+        };
+        run.state = RunState::Cancelled;
+        run.finished_at = Some(now);
+        run.updated_at = now;
+        Ok(Applied::new("automation_run", run.id, "automation.cancelled", &*run))
+    }
 }

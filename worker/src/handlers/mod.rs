@@ -1,5 +1,5 @@
-//! One handler per event type, dispatched by one `match`; next to each handler, the entity key
-//! its events are ordered by.
+//! One module per event type: its handler ([`EventHandler`]) says the entity key its events are
+//! ordered by, the rows it reads and its decision; `event_handlers!` dispatches to them.
 //!
 //! A handler is a decision: it reads the entities the batch loaded (and locked) for it, refuses
 //! ([`Rejection`]) or changes them in memory, and says what it changed ([`Applied`]). It touches
@@ -26,7 +26,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::entities::Entities;
+use crate::entities::{Entities, Needs};
 use crate::tasks::Registry;
 
 /// Why an event was refused: the machine-readable part of `event.rejected` and of the event
@@ -169,37 +169,68 @@ pub fn partition_of(bytes: &[u8], partitions: u16) -> u16 {
     (hash % u64::from(partitions.max(1))) as u16
 }
 
-/// The key of an event, from its handler module.
-pub fn entity_key(envelope: &Envelope) -> EntityKey {
-    let id = envelope.id.as_str();
-    match &envelope.data {
-        EventData::WorkflowCreated(data) => workflow_created::key(id, data),
-        EventData::WorkflowStatusChanged(data) => workflow_status_changed::key(id, data),
-        EventData::ApprovalRequested(data) => approval_requested::key(id, data),
-        EventData::ApprovalDecided(data) => approval_decided::key(id, data),
-        EventData::ApprovalEscalate(data) => approval_escalate::key(id, data),
-        EventData::AuditRecorded(data) => audit_recorded::key(id, data),
-        EventData::RuleUpserted(data) => rule_upserted::key(id, data),
-        EventData::RuleDeleted(data) => rule_deleted::key(id, data),
-        EventData::AutomationRequested(data) => automation_requested::key(id, data),
-        EventData::AutomationCancelled(data) => automation_cancelled::key(id, data),
-    }
+/// One inbound event type, declared in its own module: the entity its events are ordered by,
+/// the rows it reads, and its decision. Adding a type is its data in `shared/src/events`, its
+/// module here, and one row of `event_handlers!` below (the `match`es it generates are
+/// exhaustive, so a type without a handler does not compile).
+pub trait EventHandler {
+    type Data;
+    /// It creates the entity of its key, so it may pass events on that key that wait for an
+    /// entity: they may wait for just this one (docs/architecture.md, "Ordering").
+    const CREATES: bool = false;
+    /// The entity its events are ordered by.
+    fn key(event_id: &str, data: &Self::Data) -> EntityKey;
+    /// The rows it reads, loaded and locked for the whole batch before any handler runs. Ids the
+    /// publisher left out are derived exactly as `handle` derives them.
+    fn needs(event_id: &str, data: &Self::Data, needs: &mut Needs);
+    /// The decision, in memory: refuse, or change the batch's entities and say what changed.
+    fn handle(ctx: &mut Context<'_>, data: &Self::Data) -> Result<Applied, Rejection>;
 }
 
-pub fn dispatch(ctx: &mut Context<'_>) -> Result<Applied, Rejection> {
-    let envelope = ctx.envelope;
-    match &envelope.data {
-        EventData::WorkflowCreated(data) => workflow_created::handle(ctx, data),
-        EventData::WorkflowStatusChanged(data) => workflow_status_changed::handle(ctx, data),
-        EventData::ApprovalRequested(data) => approval_requested::handle(ctx, data),
-        EventData::ApprovalDecided(data) => approval_decided::handle(ctx, data),
-        EventData::ApprovalEscalate(data) => approval_escalate::handle(ctx, data),
-        EventData::AuditRecorded(data) => audit_recorded::handle(ctx, data),
-        EventData::RuleUpserted(data) => rule_upserted::handle(ctx, data),
-        EventData::RuleDeleted(data) => rule_deleted::handle(ctx, data),
-        EventData::AutomationRequested(data) => automation_requested::handle(ctx, data),
-        EventData::AutomationCancelled(data) => automation_cancelled::handle(ctx, data),
-    }
+macro_rules! event_handlers {
+    ($($variant:ident => $module:ident;)+) => {
+        /// The entity an event is ordered by.
+        pub fn entity_key(envelope: &Envelope) -> EntityKey {
+            match &envelope.data {
+                $(EventData::$variant(data) => <$module::Handler as EventHandler>::key(&envelope.id, data),)+
+            }
+        }
+
+        /// Does the event create the entity of its key?
+        pub fn creates_its_entity(envelope: &Envelope) -> bool {
+            match &envelope.data {
+                $(EventData::$variant(_) => <$module::Handler as EventHandler>::CREATES,)+
+            }
+        }
+
+        /// Notes the rows the event reads.
+        pub fn needs(envelope: &Envelope, needs: &mut Needs) {
+            match &envelope.data {
+                $(EventData::$variant(data) => <$module::Handler as EventHandler>::needs(&envelope.id, data, needs),)+
+            }
+        }
+
+        /// Applies the event in memory.
+        pub fn dispatch(ctx: &mut Context<'_>) -> Result<Applied, Rejection> {
+            let envelope = ctx.envelope;
+            match &envelope.data {
+                $(EventData::$variant(data) => <$module::Handler as EventHandler>::handle(ctx, data),)+
+            }
+        }
+    };
+}
+
+event_handlers! {
+    WorkflowCreated => workflow_created;
+    WorkflowStatusChanged => workflow_status_changed;
+    ApprovalRequested => approval_requested;
+    ApprovalDecided => approval_decided;
+    ApprovalEscalate => approval_escalate;
+    AuditRecorded => audit_recorded;
+    RuleUpserted => rule_upserted;
+    RuleDeleted => rule_deleted;
+    AutomationRequested => automation_requested;
+    AutomationCancelled => automation_cancelled;
 }
 
 /// Refuses a stale `expectedVersion`.

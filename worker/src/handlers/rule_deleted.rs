@@ -3,21 +3,33 @@
 use automation_shared::events::RuleDeleted;
 use serde_json::json;
 
-use super::{Applied, Context, EntityKey, RejectCode, Rejection, reject};
+use crate::entities::Needs;
 
-/// Ordered with the rule's upserts.
-pub fn key(_event_id: &str, data: &RuleDeleted) -> EntityKey {
-    EntityKey::new("rule", data.rule_id)
-}
+use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
 
-pub fn handle(ctx: &mut Context<'_>, data: &RuleDeleted) -> Result<Applied, Rejection> {
-    let Some(rule) = ctx.entities.rules.get(data.rule_id).cloned() else {
-        return Err(reject(RejectCode::NotFound, format!("rule {} does not exist", data.rule_id)));
-    };
-    ctx.entities.rules.remove(rule.id);
-    let state = json!({"id": rule.id, "name": rule.name, "version": rule.version, "change": "deleted"});
-    let mut applied = Applied::new("rule", rule.id, "rule.changed", &state);
-    applied.audit_action = "rule.deleted".into();
-    applied.audit_details = Some(json!({"version": rule.version, "name": rule.name}));
-    Ok(applied)
+pub struct Handler;
+
+impl EventHandler for Handler {
+    type Data = RuleDeleted;
+
+    /// Ordered with the rule's upserts.
+    fn key(_event_id: &str, data: &RuleDeleted) -> EntityKey {
+        EntityKey::new("rule", data.rule_id)
+    }
+
+    fn needs(_event_id: &str, data: &RuleDeleted, needs: &mut Needs) {
+        needs.rule(data.rule_id);
+    }
+
+    fn handle(ctx: &mut Context<'_>, data: &RuleDeleted) -> Result<Applied, Rejection> {
+        let Some(rule) = ctx.entities.rules.get(data.rule_id).cloned() else {
+            return Err(reject(RejectCode::NotFound, format!("rule {} does not exist", data.rule_id)));
+        };
+        ctx.entities.rules.remove(rule.id);
+        let state = json!({"id": rule.id, "name": rule.name, "version": rule.version, "change": "deleted"});
+        let mut applied = Applied::new("rule", rule.id, "rule.changed", &state);
+        applied.audit_action = "rule.deleted".into();
+        applied.audit_details = Some(json!({"version": rule.version, "name": rule.name}));
+        Ok(applied)
+    }
 }

@@ -3,31 +3,44 @@
 use automation_shared::db::workflows::Workflow;
 use automation_shared::events::{WorkflowCreated, derived_id};
 
-use super::{Applied, Context, EntityKey, RejectCode, Rejection, reject};
+use crate::entities::Needs;
 
-/// The workflow it creates.
-pub fn key(event_id: &str, data: &WorkflowCreated) -> EntityKey {
-    EntityKey::new("workflow", data.workflow_id.unwrap_or_else(|| derived_id("workflow", event_id)))
-}
+use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
 
-pub fn handle(ctx: &mut Context<'_>, data: &WorkflowCreated) -> Result<Applied, Rejection> {
-    let id = data.workflow_id.unwrap_or_else(|| derived_id("workflow", &ctx.envelope.id));
-    if ctx.entities.workflows.get(id).is_some() {
-        return Err(reject(RejectCode::AlreadyExists, format!("workflow {id} already exists")));
+pub struct Handler;
+
+impl EventHandler for Handler {
+    type Data = WorkflowCreated;
+    const CREATES: bool = true;
+
+    /// The workflow it creates.
+    fn key(event_id: &str, data: &WorkflowCreated) -> EntityKey {
+        EntityKey::new("workflow", data.workflow_id.unwrap_or_else(|| derived_id("workflow", event_id)))
     }
-    let workflow = Workflow {
-        seq: 0,
-        id,
-        name: data.name.clone(),
-        description: data.description.clone(),
-        status: data.status.unwrap_or_default().status(),
-        approval_sla_hours: data.approval_sla_hours,
-        version: 1,
-        created_by: ctx.actor(),
-        created_at: ctx.now,
-        updated_at: ctx.now,
-    };
-    let applied = Applied::new("workflow", id, "workflow.created", &workflow);
-    ctx.entities.workflows.insert(id, workflow);
-    Ok(applied)
+
+    fn needs(event_id: &str, data: &WorkflowCreated, needs: &mut Needs) {
+        needs.workflow(data.workflow_id.unwrap_or_else(|| derived_id("workflow", event_id)));
+    }
+
+    fn handle(ctx: &mut Context<'_>, data: &WorkflowCreated) -> Result<Applied, Rejection> {
+        let id = data.workflow_id.unwrap_or_else(|| derived_id("workflow", &ctx.envelope.id));
+        if ctx.entities.workflows.get(id).is_some() {
+            return Err(reject(RejectCode::AlreadyExists, format!("workflow {id} already exists")));
+        }
+        let workflow = Workflow {
+            seq: 0,
+            id,
+            name: data.name.clone(),
+            description: data.description.clone(),
+            status: data.status.unwrap_or_default().status(),
+            approval_sla_hours: data.approval_sla_hours,
+            version: 1,
+            created_by: ctx.actor(),
+            created_at: ctx.now,
+            updated_at: ctx.now,
+        };
+        let applied = Applied::new("workflow", id, "workflow.created", &workflow);
+        ctx.entities.workflows.insert(id, workflow);
+        Ok(applied)
+    }
 }

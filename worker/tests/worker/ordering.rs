@@ -167,6 +167,8 @@ async fn a_thousand_request_and_decision_pairs_end_approved() {
     );
     assert_eq!(env.count("select count(*) from dead_letters").await, 0);
     assert_eq!(env.count("select count(*) from event_attempts").await, 0, "nothing left to retry");
+    assert_eq!(env.count("select count(*) from deferred_events").await, 0, "nothing is left waiting");
+    assert_eq!(env.count("select count(*) from entity_holds").await, 0, "no key is left held");
     // Each plain message was taken as itself, its id derived from its own routing key and body
     // (however the worker moved it between queues).
     let inbox: Vec<String> = sqlx::query_scalar("select event_id from inbox").fetch_all(&env.pool).await.expect("ids");
@@ -287,6 +289,8 @@ async fn an_approval_requested_on_a_workflow_created_a_moment_ago_waits_for_it()
     let expected: BTreeMap<String, String> = pairs.into_iter().collect();
     assert_eq!(stored, expected, "each approval on its own workflow");
     assert_eq!(env.count("select count(*) from dead_letters").await, 0);
+    assert_eq!(env.count("select count(*) from deferred_events").await, 0, "nothing is left waiting");
+    assert_eq!(env.count("select count(*) from entity_holds").await, 0, "no key is left held");
     first.stop().await.expect("clean stop");
     second.stop().await.expect("clean stop");
 }
@@ -473,6 +477,47 @@ async fn competing_ordering_is_still_available() {
         EVENTS as i64
     );
     assert_eq!(env.count("select count(*) from dead_letters").await, 0);
+    first.stop().await.expect("clean stop");
+    second.stop().await.expect("clean stop");
+}
+
+/// Two publishers racing: each decision reaches the queue before the request it decides. The
+/// decision waits for its approval, the request passes it (it creates what the decision waits
+/// for), and the decision is applied right after: every approval ends APPROVED, none refused.
+#[tokio::test]
+async fn a_decision_that_overtook_its_request_waits_for_it_and_is_applied_after_it() {
+    const PAIRS: usize = 100;
+    let env = with_partitions(8).await;
+    let first = TestWorker::start(&env.config).await;
+    let second = TestWorker::start(&env.config).await;
+    let workflow = Uuid::new_v4();
+    let created = event("workflow.created", json!({"workflowId": workflow, "name": "racing publishers"}));
+    env.publish_structured(&created).await;
+    env.wait_processed(created["id"].as_str().expect("id")).await;
+    let (requester, approver) = (Uuid::new_v4(), Uuid::new_v4());
+    let mut messages = Vec::with_capacity(PAIRS * 2);
+    for i in 0..PAIRS {
+        let approval = Uuid::new_v4();
+        messages.push(plain(
+            "approval.decided",
+            &json!({"approvalId": approval, "status": "APPROVED", "reason": "raced", "actorId": approver}),
+        ));
+        messages.push(plain(
+            "approval.requested",
+            &json!({"approvalId": approval, "workflowId": workflow, "title": format!("raced {i}"),
+                    "amount": 10.0, "currency": "EUR", "requesterId": requester, "actorId": requester}),
+        ));
+    }
+    publish_in_order(&env, &messages).await;
+
+    wait_inbox(&env, 1 + (PAIRS * 2) as i64).await;
+    assert!(refusals(&env).await.is_empty(), "no decision was refused: {:?}", refusals(&env).await);
+    assert_eq!(
+        env.count("select count(*) from approvals where status = 'APPROVED' and version = 2").await,
+        PAIRS as i64
+    );
+    assert_eq!(env.count("select count(*) from deferred_events").await, 0, "nothing is left waiting");
+    assert_eq!(env.count("select count(*) from entity_holds").await, 0, "no key is left held");
     first.stop().await.expect("clean stop");
     second.stop().await.expect("clean stop");
 }
