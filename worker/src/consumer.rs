@@ -35,6 +35,7 @@ use crate::apply::{self, BatchError, Item, Message, Ordered, Outcome};
 use crate::deferrals::SetAside;
 use crate::failures::{self, DeathKind, Unapplied};
 use crate::handlers::{self, EntityKey};
+use crate::pack;
 use crate::rules::RuleSet;
 use crate::service::Worker;
 use crate::tasks;
@@ -124,20 +125,50 @@ pub struct Incoming {
     pub channel: u16,
 }
 
-/// A delivery read into an envelope.
+/// One event of a batch, read into an envelope. A delivery carries one event, or a pack of
+/// them (`pack.rs`).
 struct Parsed {
-    incoming: Incoming,
-    envelope: Envelope,
+    /// Index of its delivery in the batch.
+    delivery: usize,
+    /// Whether that delivery was redelivered.
+    redelivered: bool,
     routing_key: String,
+    properties: lapin::BasicProperties,
+    body: Vec<u8>,
+    envelope: Envelope,
     attempt: u32,
     /// Its entity key, when order is kept.
     key: Option<EntityKey>,
 }
 
-impl Parsed {
-    fn delivery(&self) -> &Delivery {
-        &self.incoming.delivery
+/// One event of a delivery, before it is read.
+struct Unread {
+    routing_key: String,
+    properties: lapin::BasicProperties,
+    body: Vec<u8>,
+}
+
+/// The events a delivery carries: itself, or the events of its pack. `None`: a pack that
+/// cannot be read.
+fn events_of(delivery: &Delivery) -> Option<Vec<Unread>> {
+    if pack::is_pack(&delivery.properties) {
+        let events = pack::unpack(&delivery.data)?;
+        return Some(
+            events
+                .into_iter()
+                .map(|e| Unread {
+                    routing_key: failures::original_routing_key(&e.properties, &e.routing_key),
+                    properties: e.properties,
+                    body: e.body,
+                })
+                .collect(),
+        );
     }
+    Some(vec![Unread {
+        routing_key: failures::original_routing_key(&delivery.properties, delivery.routing_key.as_str()),
+        properties: delivery.properties.clone(),
+        body: delivery.data.clone(),
+    }])
 }
 
 /// What became of one event of a batch, for its delivery.
@@ -191,47 +222,100 @@ impl Applier {
             max_bytes: self.worker.config.worker.max_message_bytes,
             publishers: &self.worker.config.worker.publishers,
         };
-        let mut parsed = Vec::with_capacity(deliveries.len());
+        let mut incoming = Vec::with_capacity(deliveries.len());
         let mut executes = Vec::new();
-        for incoming in deliveries {
-            let delivery = &incoming.delivery;
+        for delivery in deliveries {
             if self.queue == WorkQueue::Tasks
-                && delivery.properties.kind().as_ref().is_some_and(|k| k.as_str() == tasks::EXECUTE)
+                && delivery.delivery.properties.kind().as_ref().is_some_and(|k| k.as_str() == tasks::EXECUTE)
             {
-                executes.push(incoming.delivery);
-                continue;
+                executes.push(delivery.delivery);
+            } else {
+                incoming.push(delivery);
             }
-            let routing_key = failures::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
-            match Envelope::parse(&routing_key, &delivery.properties, &delivery.data, limits) {
-                Ok(envelope) => {
-                    let attempt = failures::attempt_of(&delivery.properties);
-                    let key = self.ordered.then(|| handlers::entity_key(&envelope));
-                    parsed.push(Parsed { incoming, envelope, routing_key, attempt, key });
-                }
-                Err(poison) => {
-                    let message = Unapplied {
-                        queue: self.queue,
-                        routing_key: &routing_key,
-                        properties: &delivery.properties,
-                        body: &delivery.data,
-                        event_id: poison.event_id.as_deref(),
-                        event_type: poison.event_type.as_deref(),
-                    };
-                    tracing::warn!(event.id = poison.event_id, reason = %poison, "dead-lettering a message that cannot be taken");
-                    let result =
-                        failures::dead_letter(&self.worker, &message, DeathKind::Poison, &poison.to_string(), None)
-                            .await;
-                    metrics::counter!("automation_worker_dead_lettered_total", "kind" => "poison", "reason" => poison.code.as_str())
-                        .increment(1);
-                    settle_after_publish(delivery, result.map(|_| ())).await;
+        }
+        // Per delivery: can it be acked once its events are through (nothing of it must come
+        // back)?
+        let mut settled = vec![true; incoming.len()];
+        let mut parsed = Vec::new();
+        for (index, delivery) in incoming.iter().enumerate() {
+            let Some(events) = events_of(&delivery.delivery) else {
+                let result = self.bury_unreadable_pack(&delivery.delivery).await;
+                settled[index] = result.is_ok();
+                continue;
+            };
+            for event in events {
+                match Envelope::parse(&event.routing_key, &event.properties, &event.body, limits) {
+                    Ok(envelope) => {
+                        let attempt = failures::attempt_of(&event.properties);
+                        let key = self.ordered.then(|| handlers::entity_key(&envelope));
+                        parsed.push(Parsed {
+                            delivery: index,
+                            redelivered: delivery.delivery.redelivered,
+                            routing_key: event.routing_key,
+                            properties: event.properties,
+                            body: event.body,
+                            envelope,
+                            attempt,
+                            key,
+                        });
+                    }
+                    Err(poison) => {
+                        let message = Unapplied {
+                            queue: self.queue,
+                            routing_key: &event.routing_key,
+                            properties: &event.properties,
+                            body: &event.body,
+                            event_id: poison.event_id.as_deref(),
+                            event_type: poison.event_type.as_deref(),
+                        };
+                        tracing::warn!(event.id = poison.event_id, reason = %poison, "dead-lettering a message that cannot be taken");
+                        let result =
+                            failures::dead_letter(&self.worker, &message, DeathKind::Poison, &poison.to_string(), None)
+                                .await;
+                        metrics::counter!("automation_worker_dead_lettered_total", "kind" => "poison", "reason" => poison.code.as_str())
+                            .increment(1);
+                        if let Err(error) = result {
+                            tracing::warn!(%error, "could not dead-letter a message; returning it to the queue");
+                            settled[index] = false;
+                        }
+                    }
                 }
             }
         }
+        let mut left = false;
         if !parsed.is_empty() {
-            // Execute messages of this batch are settled after the events: until then a
-            // `multiple` ack of the events could settle them before their tasks ran.
-            let multiple = executes.is_empty();
-            self.apply_and_settle(parsed, received_at, multiple, shutdown).await;
+            match self.apply_and_route(&parsed, received_at, shutdown).await {
+                Some(outcomes) => {
+                    for (p, ok) in parsed.iter().zip(outcomes) {
+                        settled[p.delivery] &= ok;
+                    }
+                }
+                // Shutting down while the database is away: leave the deliveries unacked; the
+                // broker gives them to another worker when this channel closes.
+                None => left = true,
+            }
+        }
+        if left {
+            self.left_unsettled.extend(incoming.iter().map(|d| d.channel));
+        } else {
+            // A delivery with an event that must come back is handed back whole (what of it was
+            // applied is skipped as a duplicate); the others are acked. Execute messages of this
+            // batch are settled after the events: until then a `multiple` ack of the events
+            // could settle them before their tasks ran.
+            let multiple = executes.is_empty() && settled.iter().all(|ok| *ok);
+            let mut acks = Vec::with_capacity(incoming.len());
+            for (delivery, ok) in incoming.iter().zip(&settled) {
+                if *ok {
+                    acks.push(delivery);
+                } else {
+                    let _ = delivery
+                        .delivery
+                        .acker
+                        .nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() })
+                        .await;
+                }
+            }
+            ack_all(&acks, multiple, &self.left_unsettled).await;
         }
         if !executes.is_empty() {
             let left = crate::runner::execute_all(&self.worker, &mut self.chain, executes, shutdown).await;
@@ -241,18 +325,45 @@ impl Applier {
         }
         self.worker.health.release(held);
         metrics::histogram!("automation_worker_batch_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("automation_worker_batch_size").record(held as f64);
+        metrics::histogram!("automation_worker_batch_size").record(parsed.len() as f64);
     }
 
-    /// `multiple`: every earlier delivery of these channels is settled once these are, so one
-    /// `multiple` ack per channel may settle them all.
-    async fn apply_and_settle(
+    /// A pack that cannot be read (it was not made by a sequencer of this version): kept whole in
+    /// the dead-letter store.
+    async fn bury_unreadable_pack(
+        &self,
+        delivery: &Delivery,
+    ) -> Result<(), automation_shared::messaging::PublishError> {
+        let message = Unapplied {
+            queue: self.queue,
+            routing_key: delivery.routing_key.as_str(),
+            properties: &delivery.properties,
+            body: &delivery.data,
+            event_id: None,
+            event_type: None,
+        };
+        tracing::error!("dead-lettering a pack of events that cannot be read");
+        metrics::counter!("automation_worker_dead_lettered_total", "kind" => "poison", "reason" => "invalid_pack")
+            .increment(1);
+        failures::dead_letter(
+            &self.worker,
+            &message,
+            DeathKind::Poison,
+            "invalid_pack: a pack of events that cannot be read",
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Applies the events and routes the failures. Per event: whether its delivery may be acked
+    /// as far as it is concerned. `None` when shutdown came while the database was away.
+    async fn apply_and_route(
         &mut self,
-        parsed: Vec<Parsed>,
+        parsed: &[Parsed],
         received_at: chrono::DateTime<Utc>,
-        multiple: bool,
         shutdown: &CancellationToken,
-    ) {
+    ) -> Option<Vec<bool>> {
         let wait = chrono::Duration::milliseconds(self.worker.config.worker.entity_wait_ms as i64);
         let items: Vec<Item<'_>> = parsed
             .iter()
@@ -260,47 +371,31 @@ impl Applier {
                 envelope: &p.envelope,
                 received_at,
                 retried: p.attempt > 1,
-                suspect: p.attempt > 1 || p.delivery().redelivered,
+                suspect: p.attempt > 1 || p.redelivered,
                 order: p.key.as_ref().map(|key| Ordered {
                     key,
-                    message: Message {
-                        routing_key: &p.routing_key,
-                        properties: &p.delivery().properties,
-                        body: &p.delivery().data,
-                    },
+                    message: Message { routing_key: &p.routing_key, properties: &p.properties, body: &p.body },
                     deferred: None,
                     attempt: p.attempt,
                     wait_until: received_at + wait,
                 }),
             })
             .collect();
-        let Some(results) = self.apply_with_recovery(&items, shutdown).await else {
-            // Shutting down while the database is away: leave the deliveries unacked; the broker
-            // gives them to another worker when this channel closes.
-            self.left_unsettled.extend(parsed.iter().map(|p| p.incoming.channel));
-            return;
-        };
-        let mut acks = Vec::with_capacity(parsed.len());
-        let mut requeued = false;
+        let results = self.apply_with_recovery(&items, shutdown).await?;
+        let mut settled = Vec::with_capacity(parsed.len());
         for (p, result) in parsed.iter().zip(results) {
-            match result {
+            let ok = match result {
                 Settled::Done(outcome) => {
                     metrics::counter!("automation_worker_events_total", "type" => p.envelope.event_type.as_str(), "outcome" => outcome.as_str())
                         .increment(1);
-                    acks.push(&p.incoming);
+                    true
                 }
                 Settled::Failed(error) => self.route_failure(p, &error).await,
-                Settled::Requeue => {
-                    requeued = true;
-                    let _ = p
-                        .delivery()
-                        .acker
-                        .nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() })
-                        .await;
-                }
-            }
+                Settled::Requeue => false,
+            };
+            settled.push(ok);
         }
-        ack_all(&acks, multiple && !requeued, &self.left_unsettled).await;
+        Some(settled)
     }
 
     /// Applies the batch, waiting out database outages. `None` when shutdown came first.
@@ -401,12 +496,13 @@ impl Applier {
     }
 
     /// A transient failure or a bug: retry later, or dead-letter when out of attempts.
-    async fn route_failure(&self, p: &Parsed, error: &BatchError) {
+    /// Whether the message was moved (else its delivery must come back).
+    async fn route_failure(&self, p: &Parsed, error: &BatchError) -> bool {
         let message = Unapplied {
             queue: self.queue,
             routing_key: &p.routing_key,
-            properties: &p.delivery().properties,
-            body: &p.delivery().data,
+            properties: &p.properties,
+            body: &p.body,
             event_id: Some(&p.envelope.id),
             event_type: Some(p.envelope.event_type.as_str()),
         };
@@ -445,17 +541,12 @@ impl Applier {
                 Err(error) => Err(error),
             }
         };
-        settle_after_publish(p.delivery(), result).await;
-    }
-}
-
-/// Acks a delivery whose copy the broker confirmed; otherwise hands it back to the queue.
-async fn settle_after_publish(delivery: &Delivery, published: Result<(), automation_shared::messaging::PublishError>) {
-    match published {
-        Ok(()) => ack_one(delivery).await,
-        Err(error) => {
-            tracing::warn!(%error, "could not move the message; returning it to the queue");
-            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..BasicNackOptions::default() }).await;
+        match result {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, "could not move the message; returning it to the queue");
+                false
+            }
         }
     }
 }
@@ -492,11 +583,5 @@ async fn ack_all(deliveries: &[&Incoming], multiple: bool, unsettled: &HashSet<u
     }
     if let Some(error) = lost {
         tracing::info!(%error, "an ack was lost; the messages will be redelivered and skipped as duplicates");
-    }
-}
-
-async fn ack_one(delivery: &Delivery) {
-    if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-        tracing::info!(%error, "an ack was lost; the message will be redelivered and skipped as a duplicate");
     }
 }

@@ -8,7 +8,7 @@ use automation_shared::db::dead_letters::{self, NewDeadLetter};
 use automation_shared::db::{self, Failure};
 use automation_shared::events::envelope::{Limits, amqp_string};
 use automation_shared::events::{Envelope, ID_NAMESPACE, derived_id};
-use automation_shared::messaging::{header, int_header};
+use automation_shared::messaging::{self, header, int_header};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::BasicProperties;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::failures::{self, headers};
+use crate::pack;
 use crate::service::Worker;
 
 pub async fn run(worker: Arc<Worker>, stop: CancellationToken) -> anyhow::Result<()> {
@@ -63,17 +64,26 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) -> anyhow::Result
     Ok(())
 }
 
-/// Stores one dead letter, waiting out database outages. `false` when stopped while waiting.
+/// Stores a dead letter (each event of a dead pack), waiting out database outages. `false` when
+/// stopped while waiting.
 async fn store(worker: &Worker, delivery: &Delivery, stop: &CancellationToken) -> bool {
-    let dead = describe(delivery);
+    for dead in describe_all(delivery) {
+        if !store_one(worker, &dead, stop).await {
+            return false;
+        }
+    }
+    if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
+        tracing::info!(%error, "an ack was lost; the dead letter will come again and be stored once");
+    }
+    true
+}
+
+async fn store_one(worker: &Worker, dead: &NewDeadLetter, stop: &CancellationToken) -> bool {
     loop {
-        match dead_letters::insert(&worker.pool, &dead).await {
+        match dead_letters::insert(&worker.pool, dead).await {
             Ok(new) => {
                 if new {
                     tracing::info!(dead_letter.id = %dead.id, event.id = dead.event_id, reason = %dead.reason, "dead letter stored");
-                }
-                if let Err(error) = delivery.acker.ack(BasicAckOptions::default()).await {
-                    tracing::info!(%error, "an ack was lost; the dead letter will come again and be stored once");
                 }
                 return true;
             }
@@ -97,12 +107,40 @@ async fn store(worker: &Worker, delivery: &Delivery, stop: &CancellationToken) -
 
 /// Everything about a dead message, from its headers (ours or the broker's `x-death`).
 pub fn describe(delivery: &Delivery) -> NewDeadLetter {
-    let properties = &delivery.properties;
+    describe_message(delivery.exchange.as_str(), delivery.routing_key.as_str(), &delivery.properties, &delivery.data)
+}
+
+/// The dead letters a delivery holds: itself, or each event of a pack the broker dead-lettered
+/// (a pack that kept failing its worker), each with the pack's death.
+pub fn describe_all(delivery: &Delivery) -> Vec<NewDeadLetter> {
+    if !pack::is_pack(&delivery.properties) {
+        return vec![describe(delivery)];
+    }
+    let Some(events) = pack::unpack(&delivery.data) else {
+        return vec![describe(delivery)];
+    };
+    let death = delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-death").cloned());
+    events
+        .into_iter()
+        .map(|event| {
+            let mut headers = event.properties.headers().clone().unwrap_or_default();
+            if let Some(death) = &death {
+                headers.insert("x-death".into(), death.clone());
+            }
+            let properties = event.properties.clone().with_headers(headers);
+            let properties =
+                messaging::set_header(properties, headers::ORIGINAL_ROUTING_KEY, event.routing_key.clone());
+            describe_message(delivery.exchange.as_str(), &event.routing_key, &properties, &event.body)
+        })
+        .collect()
+}
+
+fn describe_message(exchange: &str, delivered_with: &str, properties: &BasicProperties, data: &[u8]) -> NewDeadLetter {
     let now = Utc::now();
     let death = broker_death(properties);
     let routing_key = header(properties, headers::ORIGINAL_ROUTING_KEY)
         .or_else(|| death.as_ref().and_then(|d| d.routing_key.clone()))
-        .unwrap_or_else(|| delivery.routing_key.to_string());
+        .unwrap_or_else(|| delivered_with.to_string());
     let origin_queue =
         header(properties, headers::ORIGIN_QUEUE).or_else(|| death.as_ref().and_then(|d| d.queue.clone()));
     let (error_kind, reason) = match (header(properties, headers::ERROR_KIND), header(properties, headers::DEAD_REASON))
@@ -122,19 +160,15 @@ pub fn describe(delivery: &Delivery) -> NewDeadLetter {
     };
     // Best effort: what the message says about itself, for filtering.
     static NO_PUBLISHERS: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
-    let parsed = Envelope::parse(
-        &routing_key,
-        properties,
-        &delivery.data,
-        Limits { max_bytes: usize::MAX, publishers: &NO_PUBLISHERS },
-    );
+    let parsed =
+        Envelope::parse(&routing_key, properties, data, Limits { max_bytes: usize::MAX, publishers: &NO_PUBLISHERS });
     let event_id = header(properties, headers::EVENT_ID).or_else(|| parsed.as_ref().ok().map(|e| e.id.clone()));
     let event_type = header(properties, headers::EVENT_TYPE)
         .or_else(|| parsed.as_ref().ok().map(|e| e.event_type.as_str().to_string()));
     let id = header(properties, headers::DEAD_LETTER_ID).and_then(|i| Uuid::parse_str(&i).ok()).unwrap_or_else(|| {
         // The broker dead-lettered it: derive an id from the message and its first death, so a
         // redelivered copy is stored once.
-        let identity = Uuid::new_v5(&ID_NAMESPACE, &[routing_key.as_bytes(), b"\n", &delivery.data].concat());
+        let identity = Uuid::new_v5(&ID_NAMESPACE, &[routing_key.as_bytes(), b"\n", data].concat());
         let replays = header(properties, automation_shared::dead_letters::REPLAY_COUNT_HEADER).unwrap_or_default();
         let first_death = death.as_ref().and_then(|d| d.time).unwrap_or(0);
         derived_id(&format!("broker-dead:{reason}:{first_death}:{replays}"), &identity.to_string())
@@ -149,10 +183,10 @@ pub fn describe(delivery: &Delivery) -> NewDeadLetter {
         reason,
         error_kind,
         origin_queue,
-        exchange: Some(delivery.exchange.to_string()),
+        exchange: Some(exchange.to_string()),
         routing_key,
         properties: properties_json(properties),
-        body: delivery.data.clone(),
+        body: data.to_vec(),
         attempts: int_header(properties, headers::ATTEMPT)
             .map(|a| a.max(0) as u32)
             .or_else(|| death.as_ref().and_then(|d| d.count))

@@ -21,6 +21,7 @@ pub mod handlers;
 pub mod health;
 pub mod membership;
 pub mod outbox;
+pub mod pack;
 pub mod partitions;
 pub mod rules;
 pub mod runner;

@@ -22,8 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{Applier, Incoming};
 use crate::membership::Assignment;
+use crate::pack;
 use crate::service::Worker;
 
+/// Deliveries a partition's consumer holds: packs of up to a hundred events each, so a few
+/// batches' worth.
+const PARTITION_PREFETCH: u16 = 20;
 /// Pause before a partition whose channel failed is opened again.
 const REOPEN_AFTER: Duration = Duration::from_millis(500);
 
@@ -89,7 +93,8 @@ pub async fn run(
         let mut batch = Vec::new();
         take(&mut open, &mut applier, &mut failed, &mut batch, first).await;
         let deadline = Instant::now() + settings.batch_timeout();
-        while batch.len() < settings.batch_size {
+        // Up to N events, not deliveries: a delivery is a pack of events.
+        while batch.iter().map(|i| pack::events_in(&i.delivery.properties)).sum::<usize>() < settings.batch_size {
             match tokio::time::timeout_at(deadline, received.recv()).await {
                 Ok(Some(forwarded)) => take(&mut open, &mut applier, &mut failed, &mut batch, forwarded).await,
                 Ok(None) | Err(_) => break,
@@ -136,7 +141,7 @@ async fn subscribe(
 ) -> anyhow::Result<Open> {
     let queue = worker.names.partition(partition);
     let channel = worker.connection.create_channel().await?;
-    channel.basic_qos(worker.config.worker.prefetch, BasicQosOptions::default()).await?;
+    channel.basic_qos(PARTITION_PREFETCH, BasicQosOptions::default()).await?;
     let tag = format!("automation-worker.{queue}.{}", uuid::Uuid::new_v4().simple());
     let mut consumer = channel
         .basic_consume(queue.clone().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())

@@ -7,10 +7,12 @@
 //! When the connection goes, its lock, its consumer and its publishing go with it; a sequencer
 //! that steps down closes its consumer before it lets the lock go. (Exclusive consumers would
 //! not do: quorum queues accept a second one.) It publishes a chunk with confirms, then acks it:
-//! a crash in between only makes copies, which the inbox skips. A message it cannot read goes
+//! a crash in between only makes copies, which the inbox skips. Events bound for one partition
+//! travel in packs (`pack.rs`): one broker message per partition and chunk. A message it cannot read goes
 //! to a partition by the hash of its id or body, and the partition's consumer dead-letters it
 //! with the reason, as in any layout.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,9 +27,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::failures::{self, headers};
+use crate::failures;
 use crate::handlers::{self, partition_of};
 use crate::membership::Assignment;
+use crate::pack;
 use crate::service::Worker;
 
 /// Deliveries moved per confirm round trip.
@@ -135,15 +138,29 @@ async fn sequence_on(
                 _ => break,
             }
         }
-        let routed: Vec<(String, lapin::BasicProperties)> =
-            chunk.iter().map(|d| route(worker, d, partitions, limits)).collect();
-        let messages = chunk
+        // Per partition, in chunk order, in packs: the broker takes one message per pack.
+        let mut by_partition: BTreeMap<u16, Vec<(String, &Delivery)>> = BTreeMap::new();
+        for delivery in &chunk {
+            let (partition, routing_key) = route(delivery, partitions, limits);
+            by_partition.entry(partition).or_default().push((routing_key, delivery));
+        }
+        let queues: BTreeMap<u16, String> = by_partition.keys().map(|p| (*p, worker.names.partition(*p))).collect();
+        let packs: Vec<(u16, lapin::BasicProperties, Vec<u8>)> = by_partition
             .iter()
-            .zip(&routed)
-            .map(|(delivery, (queue, properties))| Outgoing {
+            .flat_map(|(partition, events)| {
+                events.chunks(pack::MAX_EVENTS).map(move |events| {
+                    let (properties, body) =
+                        pack::pack(events.iter().map(|(key, d)| (key.as_str(), &d.properties, d.data.as_slice())));
+                    (*partition, properties, body)
+                })
+            })
+            .collect();
+        let messages = packs
+            .iter()
+            .map(|(partition, properties, body)| Outgoing {
                 exchange: "",
-                routing_key: queue,
-                body: &delivery.data,
+                routing_key: &queues[partition],
+                body,
                 properties: properties.clone(),
                 mandatory: true,
             })
@@ -165,13 +182,8 @@ async fn sequence_on(
     result
 }
 
-/// The partition queue of a delivery, and its properties with the routing key it came with.
-fn route(
-    worker: &Worker,
-    delivery: &Delivery,
-    partitions: u16,
-    limits: Limits<'_>,
-) -> (String, lapin::BasicProperties) {
+/// The partition of a delivery, and the routing key it was first published with.
+fn route(delivery: &Delivery, partitions: u16, limits: Limits<'_>) -> (u16, String) {
     let routing_key = failures::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
     let partition = match Envelope::parse(&routing_key, &delivery.properties, &delivery.data, limits) {
         Ok(envelope) => handlers::entity_key(&envelope).partition(partitions),
@@ -180,6 +192,5 @@ fn route(
             None => partition_of(&delivery.data, partitions),
         },
     };
-    let properties = messaging::set_header(delivery.properties.clone(), headers::ORIGINAL_ROUTING_KEY, routing_key);
-    (worker.names.partition(partition), properties)
+    (partition, routing_key)
 }
