@@ -6,13 +6,17 @@
 -- nothing overtakes it. `not_before` is when the first of them is due again, `state` why it
 -- waits (`waiting` for an entity, `retrying` after a failure): an event that creates the entity
 -- of its key may pass a `waiting` head, which waits for just that.
+-- `partition` is the key's partition: only that partition's consumer creates holds on its keys,
+-- so a consumer that found none for its partitions need not look again until it makes one.
 create table entity_holds (
     entity_key varchar(160) character set ascii collate ascii_bin not null,
+    `partition` smallint unsigned not null,
     not_before datetime(6) not null,
     state varchar(16) character set ascii not null,
     created_at datetime(6) not null default current_timestamp(6),
     primary key (entity_key),
-    key entity_holds_due (not_before)
+    key entity_holds_due (not_before),
+    key entity_holds_partition (`partition`)
 ) engine = InnoDB default charset = utf8mb4 collate = utf8mb4_unicode_ci;
 
 -- The events behind a hold, whole (routing key, AMQP properties, body), so they are applied

@@ -47,6 +47,11 @@ pub struct Item<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Ordered<'a> {
     pub key: &'a EntityKey,
+    /// The key's partition.
+    pub partition: u16,
+    /// Its key may be held. `false` when its partition's consumer knows no key of the partition
+    /// is: then the batch does not look.
+    pub maybe_held: bool,
     /// The message as delivered, stored whole if it has to wait.
     pub message: Message<'a>,
     /// Its row in the deferral store when it comes from there; `None` when fresh from a
@@ -215,7 +220,10 @@ async fn apply_inner(
     // Per-entity order: which keys are held (locked until the commit, so the deferral store's
     // sweeper and this batch take turns), and which stored events are still there to apply.
     let mut order = OrderState::default();
-    let keys: BTreeSet<&str> = items.iter().filter_map(|i| i.order.map(|o| o.key.as_str())).collect();
+    let keys: BTreeSet<&str> = items
+        .iter()
+        .filter_map(|i| i.order.filter(|o| o.maybe_held || o.deferred.is_some()).map(|o| o.key.as_str()))
+        .collect();
     if !keys.is_empty() {
         let keys: Vec<&str> = keys.into_iter().collect();
         for hold in deferrals::lock_held(&mut tx, &keys).await? {
@@ -380,7 +388,7 @@ struct OrderState {
     present: HashSet<u64>,
     /// Keys whose stored event waits again in this batch: the stored events after it stay.
     blocked: HashSet<String>,
-    new_holds: Vec<(String, DateTime<Utc>)>,
+    new_holds: Vec<(String, u16, DateTime<Utc>)>,
     queued: Vec<NewDeferred>,
     /// Stored events that were applied, refused or found duplicate.
     done: Vec<u64>,
@@ -430,7 +438,7 @@ impl OrderState {
             None => {
                 if self.held.insert(key.clone()) {
                     self.waiting.insert(key.clone());
-                    self.new_holds.push((key, due));
+                    self.new_holds.push((key, ordered.partition, due));
                 }
                 self.queued.push(new_deferred(ordered, envelope, received_at, due, Some(reason)));
             }
@@ -453,8 +461,8 @@ impl OrderState {
     }
 
     async fn write(&self, conn: &mut sqlx::MySqlConnection) -> sqlx::Result<()> {
-        let holds: Vec<(&str, DateTime<Utc>, DeferredState)> =
-            self.new_holds.iter().map(|(k, t)| (k.as_str(), *t, DeferredState::Waiting)).collect();
+        let holds: Vec<(&str, u16, DateTime<Utc>, DeferredState)> =
+            self.new_holds.iter().map(|(k, p, t)| (k.as_str(), *p, *t, DeferredState::Waiting)).collect();
         deferrals::insert(conn, &holds, &self.queued).await?;
         deferrals::remove(conn, &self.done).await?;
         for (seq, detail, due) in &self.postponed {
@@ -474,6 +482,7 @@ fn new_deferred(
 ) -> NewDeferred {
     NewDeferred {
         entity_key: ordered.key.as_str().to_string(),
+        partition: ordered.partition,
         event_id: envelope.id.clone(),
         event_type: envelope.event_type.as_str().to_string(),
         routing_key: ordered.message.routing_key.to_string(),

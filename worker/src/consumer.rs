@@ -15,7 +15,7 @@
 //! queue, where its successors would overtake it, but waits in the deferral store holding its key
 //! (`deferrals.rs`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,6 +130,8 @@ pub struct Incoming {
 struct Parsed {
     /// Index of its delivery in the batch.
     delivery: usize,
+    /// The channel (partition) of that delivery.
+    channel: u16,
     /// Whether that delivery was redelivered.
     redelivered: bool,
     routing_key: String,
@@ -194,6 +196,10 @@ pub struct Applier {
     /// (shutting down while the database is away): from then on a `multiple` ack there could
     /// settle it too.
     left_unsettled: HashSet<u16>,
+    /// Partitions this consumer found no held key on, since it last made one: its batches do
+    /// not look for holds there. Only a partition's active consumer holds its keys, so the set
+    /// stays true until this consumer defers an event or gives the partition up.
+    unheld: HashSet<u16>,
 }
 
 impl Applier {
@@ -205,12 +211,28 @@ impl Applier {
             rules: RuleSet::default(),
             ordered,
             left_unsettled: HashSet::new(),
+            unheld: HashSet::new(),
         }
     }
 
     /// Forgets a channel that was closed (its deliveries went back to the queue).
     pub fn forget_channel(&mut self, channel: u16) {
         self.left_unsettled.remove(&channel);
+        self.unheld.remove(&channel);
+    }
+
+    /// Before applying from partitions not known to be free of holds: look once. The consumer is
+    /// the partition's active one by now (it has its deliveries), so what an earlier consumer
+    /// held is committed.
+    async fn learn_unheld(&mut self, channels: impl Iterator<Item = u16>) {
+        let unknown: Vec<u16> =
+            channels.filter(|c| !self.unheld.contains(c)).collect::<BTreeSet<_>>().into_iter().collect();
+        if unknown.is_empty() {
+            return;
+        }
+        if let Ok(held) = automation_shared::db::deferrals::held_partitions(&self.worker.pool, &unknown).await {
+            self.unheld.extend(unknown.into_iter().filter(|p| !held.contains(p)));
+        }
     }
 
     pub async fn process(&mut self, deliveries: Vec<Incoming>, shutdown: &CancellationToken) {
@@ -250,6 +272,7 @@ impl Applier {
                         let key = self.ordered.then(|| handlers::entity_key(&envelope));
                         parsed.push(Parsed {
                             delivery: index,
+                            channel: delivery.channel,
                             redelivered: delivery.delivery.redelivered,
                             routing_key: event.routing_key,
                             properties: event.properties,
@@ -283,6 +306,9 @@ impl Applier {
             }
         }
         let mut left = false;
+        if self.ordered && !parsed.is_empty() {
+            self.learn_unheld(parsed.iter().map(|p| p.channel)).await;
+        }
         if !parsed.is_empty() {
             match self.apply_and_route(&parsed, received_at, shutdown).await {
                 Some(outcomes) => {
@@ -374,6 +400,8 @@ impl Applier {
                 suspect: p.attempt > 1 || p.redelivered,
                 order: p.key.as_ref().map(|key| Ordered {
                     key,
+                    partition: p.channel,
+                    maybe_held: !self.unheld.contains(&p.channel),
                     message: Message { routing_key: &p.routing_key, properties: &p.properties, body: &p.body },
                     deferred: None,
                     attempt: p.attempt,
@@ -384,6 +412,9 @@ impl Applier {
         let results = self.apply_with_recovery(&items, shutdown).await?;
         let mut settled = Vec::with_capacity(parsed.len());
         for (p, result) in parsed.iter().zip(results) {
+            if matches!(result, Settled::Done(Outcome::Deferred) | Settled::Failed(_) | Settled::Requeue) {
+                self.unheld.remove(&p.channel);
+            }
             let ok = match result {
                 Settled::Done(outcome) => {
                     metrics::counter!("automation_worker_events_total", "type" => p.envelope.event_type.as_str(), "outcome" => outcome.as_str())
@@ -412,12 +443,20 @@ impl Applier {
         }
         let mut results = Vec::with_capacity(items.len());
         let mut first_error = Some(error);
+        // Once an event of this batch waits holding its key, the later ones must look for holds.
+        let mut deferred = false;
         for (index, item) in items.iter().enumerate() {
+            let mut item = *item;
+            if deferred && let Some(ordered) = item.order.as_mut() {
+                ordered.maybe_held = true;
+            }
+            let item = &item;
             let result = match (index, items.len(), first_error.take()) {
                 // One event that failed alone: no need to run it again.
                 (0, 1, Some(error)) => Err(error),
                 _ => self.apply_one_batch(std::slice::from_ref(item), shutdown).await?.map(|mut o| o.remove(0)),
             };
+            deferred |= matches!(result, Ok(Outcome::Deferred));
             let settled = match (result, item.order) {
                 (Ok(outcome), _) => Settled::Done(outcome),
                 (Err(error), None) => Settled::Failed(error),
@@ -425,7 +464,10 @@ impl Applier {
                 // next event of the batch is applied (which then queues behind it).
                 (Err(error), Some(ordered)) => {
                     match crate::deferrals::defer_failed(&self.worker, item, &ordered, &error, shutdown).await {
-                        Some(Ok(SetAside::Deferred)) => Settled::Done(Outcome::Deferred),
+                        Some(Ok(SetAside::Deferred)) => {
+                            deferred = true;
+                            Settled::Done(Outcome::Deferred)
+                        }
                         // Dead-lettered by `route_failure`; the events after it go on.
                         Some(Ok(SetAside::OutOfAttempts)) => Settled::Failed(error),
                         Some(Err(defer_error)) => {

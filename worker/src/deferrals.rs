@@ -56,6 +56,7 @@ pub async fn defer_failed(
         with_failure(ordered.message.properties, ordered.message.routing_key, ordered.attempt, kind, &text);
     let event = NewDeferred {
         entity_key: ordered.key.as_str().to_string(),
+        partition: ordered.partition,
         event_id: item.envelope.id.clone(),
         event_type: item.envelope.event_type.as_str().to_string(),
         routing_key: ordered.message.routing_key.to_string(),
@@ -141,6 +142,7 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
 /// One stored event, read back.
 struct Stored {
     row: Deferred,
+    partition: u16,
     envelope: Envelope,
     properties: BasicProperties,
     key: EntityKey,
@@ -165,7 +167,8 @@ async fn sweep(worker: &Arc<Worker>, applier: &mut Applier, stop: &CancellationT
         match Envelope::parse(&row.routing_key, &properties, &row.body, limits) {
             Ok(envelope) => {
                 let key = handlers::entity_key(&envelope);
-                stored.push(Stored { row, envelope, properties, key });
+                let partition = key.partition(worker.config.worker.partitions);
+                stored.push(Stored { row, partition, envelope, properties, key });
             }
             // It was read once; only a change of configuration (a lower size limit, a narrower
             // publisher list) makes it unreadable now.
@@ -211,6 +214,8 @@ fn item(s: &Stored) -> Item<'_> {
         suspect: true,
         order: Some(Ordered {
             key: &s.key,
+            partition: s.partition,
+            maybe_held: true,
             message: Message { routing_key: &s.row.routing_key, properties: &s.properties, body: &s.row.body },
             deferred: Some(s.row.seq),
             attempt: s.row.attempt,

@@ -28,6 +28,8 @@ impl DeferredState {
 #[derive(Debug, Clone)]
 pub struct NewDeferred {
     pub entity_key: String,
+    /// The key's partition (recorded on the hold).
+    pub partition: u16,
     pub event_id: String,
     pub event_type: String,
     pub routing_key: String,
@@ -92,13 +94,13 @@ pub async fn lock_held(conn: &mut MySqlConnection, keys: &[&str]) -> sqlx::Resul
 /// event), and queues `events` behind their keys, in order.
 pub async fn insert(
     conn: &mut MySqlConnection,
-    new_holds: &[(&str, DateTime<Utc>, DeferredState)],
+    new_holds: &[(&str, u16, DateTime<Utc>, DeferredState)],
     events: &[NewDeferred],
 ) -> sqlx::Result<()> {
     if !new_holds.is_empty() {
-        let mut insert = QueryBuilder::new("insert into entity_holds (entity_key, not_before, state) ");
-        insert.push_values(new_holds, |mut row, (key, not_before, state)| {
-            row.push_bind(*key).push_bind(*not_before).push_bind(state.as_str());
+        let mut insert = QueryBuilder::new("insert into entity_holds (entity_key, `partition`, not_before, state) ");
+        insert.push_values(new_holds, |mut row, (key, partition, not_before, state)| {
+            row.push_bind(*key).push_bind(*partition).push_bind(*not_before).push_bind(state.as_str());
         });
         insert.build().execute(&mut *conn).await?;
     }
@@ -124,6 +126,21 @@ pub async fn insert(
         insert.build().execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// Which of `partitions` have a held key.
+pub async fn held_partitions(pool: &MySqlPool, partitions: &[u16]) -> sqlx::Result<std::collections::HashSet<u16>> {
+    if partitions.is_empty() {
+        return Ok(Default::default());
+    }
+    let mut query = QueryBuilder::new("select distinct `partition` from entity_holds where `partition` in (");
+    let mut separated = query.separated(", ");
+    for partition in partitions {
+        separated.push_bind(*partition);
+    }
+    query.push(")");
+    let rows: Vec<u16> = query.build_query_scalar().fetch_all(pool).await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Held keys whose first event is due, oldest first.
@@ -211,7 +228,7 @@ pub async fn present(conn: &mut MySqlConnection, seqs: &[u64]) -> sqlx::Result<s
 /// transiently failing event does outside its batch.
 pub async fn hold_and_queue(conn: &mut MySqlConnection, event: &NewDeferred) -> sqlx::Result<()> {
     let held = lock_held(conn, &[event.entity_key.as_str()]).await?;
-    let new_hold = [(event.entity_key.as_str(), event.not_before, event.state)];
+    let new_hold = [(event.entity_key.as_str(), event.partition, event.not_before, event.state)];
     insert(conn, if held.is_empty() { &new_hold } else { &[] }, std::slice::from_ref(event)).await
 }
 
