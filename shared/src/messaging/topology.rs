@@ -227,21 +227,31 @@ pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettin
 }
 
 /// Removes everything [`declare`] made (tests and `topology --delete`). Messages in the queues
-/// are lost.
-pub async fn delete(channel: &Channel, names: &Names, settings: &TopologySettings<'_>) -> lapin::Result<()> {
+/// are lost. One failure (which closes its channel) does not stop the rest: each object gets a
+/// channel of its own after a failure, and the first error is returned at the end.
+pub async fn delete(connection: &lapin::Connection, names: &Names, settings: &TopologySettings<'_>) -> lapin::Result<()> {
     let mut queues = vec![names.dead_letter_queue()];
     for queue in WorkQueue::ALL {
         queues.push(names.work_queue(queue));
         queues.extend(settings.retry_delays_ms.iter().map(|d| names.retry_queue(queue, *d)));
     }
     queues.extend((0..settings.partitions).map(|index| names.partition(index)));
+    let mut channel = connection.create_channel().await?;
+    let mut first_error = None;
     for queue in queues {
-        channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await?;
+        if let Err(error) = channel.queue_delete(queue.into(), QueueDeleteOptions::default()).await {
+            first_error.get_or_insert(error);
+            channel = connection.create_channel().await?;
+        }
     }
     for exchange in [names.events(), names.notifications(), names.dead(), names.unrouted()] {
-        channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await?;
+        if let Err(error) = channel.exchange_delete(exchange.into(), ExchangeDeleteOptions::default()).await {
+            first_error.get_or_insert(error);
+            channel = connection.create_channel().await?;
+        }
     }
-    Ok(())
+    let _ = channel.close(200, "deleted".into()).await;
+    first_error.map_or(Ok(()), Err)
 }
 
 #[cfg(test)]

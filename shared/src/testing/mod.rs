@@ -45,6 +45,8 @@ pub struct TestEnv {
 }
 
 struct Cleanup {
+    /// What `on` declared: a test may change the retry delays or the partitions after.
+    declared: crate::config::WorkerConfig,
     database: String,
     database_server: String,
     prefix: String,
@@ -97,6 +99,7 @@ impl TestEnv {
         topology::declare(&channel, &Names::new(prefix.clone()), &settings).await.expect("topology");
         let _ = channel.close(200, "ok".into()).await;
         let publisher = Publisher::new(connection.clone(), Duration::from_secs(5)).await.expect("publisher");
+        let declared = config.worker.clone();
         TestEnv {
             config,
             pool,
@@ -104,6 +107,7 @@ impl TestEnv {
             connection,
             publisher,
             cleanup: Some(Cleanup {
+                declared,
                 database,
                 database_server: database_server.to_string(),
                 prefix,
@@ -251,11 +255,10 @@ impl Drop for TestEnv {
                         .await;
                     server.close().await;
                 }
-                if let Ok(connection) = messaging::connect(&cleanup.amqp, "automation-tests-cleanup").await
-                    && let Ok(channel) = connection.create_channel().await
-                {
-                    let settings = TopologySettings::of(&worker_config);
-                    let _ = topology::delete(&channel, &Names::new(cleanup.prefix), &settings).await;
+                if let Ok(connection) = messaging::connect(&cleanup.amqp, "automation-tests-cleanup").await {
+                    let names = Names::new(cleanup.prefix);
+                    let _ = topology::delete(&connection, &names, &TopologySettings::of(&worker_config)).await;
+                    let _ = topology::delete(&connection, &names, &TopologySettings::of(&cleanup.declared)).await;
                     let _ = connection.close(200, "cleaned up".into()).await;
                 }
             });

@@ -109,9 +109,8 @@ pub async fn delete_topology(config: &Config, yes: bool) -> anyhow::Result<()> {
         messaging::connect_with_patience(&config.amqp.url, "automation-worker topology", Duration::from_secs(15))
             .await
             .context("could not connect to RabbitMQ (check AMQP_URL)")?;
-    let channel = connection.create_channel().await?;
     let settings = automation_shared::messaging::topology::TopologySettings::of(&config.worker);
-    automation_shared::messaging::topology::delete(&channel, &names, &settings).await?;
+    automation_shared::messaging::topology::delete(&connection, &names, &settings).await?;
     let _ = connection.close(200, "done".into()).await;
     println!("deleted the exchanges and queues of prefix {}", names.prefix());
     Ok(())
