@@ -28,6 +28,7 @@
 //!   `partitioned`;
 //! - `BENCH_CONSUMERS`: consumers per worker, in both comparisons (default: the worker's, 2);
 //! - `BENCH_REPEAT`: runs per cell of the ordering comparison (default 3);
+//! - `BENCH_PARTITIONS`: partitions of the partitioned layout (default 16, as in production);
 //! - `BENCH_TABLES`: the comparisons to run, from "batching,ordering" (the default: both).
 //!
 //! The partition count is the worker's default (16): the test environment declares the topology
@@ -129,7 +130,8 @@ async fn run(setup: &Setup) -> Measured {
     let mut env = TestEnv::new().await;
     env.config.worker.ordering = setup.layout;
     // As in production (the tests use fewer); the worker declares the ones the tests did not.
-    env.config.worker.partitions = automation_shared::config::WorkerConfig::default().partitions;
+    env.config.worker.partitions =
+        env_number("BENCH_PARTITIONS").unwrap_or_else(|| automation_shared::config::WorkerConfig::default().partitions);
     env.config.worker.batch_size = setup.batch;
     env.config.worker.prefetch = (setup.batch * 2).clamp(200, u16::MAX as usize) as u16;
     env.config.database.max_connections = 10;

@@ -229,7 +229,11 @@ pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettin
 /// Removes everything [`declare`] made (tests and `topology --delete`). Messages in the queues
 /// are lost. One failure (which closes its channel) does not stop the rest: each object gets a
 /// channel of its own after a failure, and the first error is returned at the end.
-pub async fn delete(connection: &lapin::Connection, names: &Names, settings: &TopologySettings<'_>) -> lapin::Result<()> {
+pub async fn delete(
+    connection: &lapin::Connection,
+    names: &Names,
+    settings: &TopologySettings<'_>,
+) -> lapin::Result<()> {
     let mut queues = vec![names.dead_letter_queue()];
     for queue in WorkQueue::ALL {
         queues.push(names.work_queue(queue));

@@ -116,6 +116,14 @@ impl TestEnv {
         }
     }
 
+    /// A test environment whose workers use `partitions` partitions (the worker declares the
+    /// ones `new` did not; the clean-up removes them).
+    pub async fn with_partitions(partitions: u16) -> TestEnv {
+        let mut env = TestEnv::new().await;
+        env.config.worker.partitions = partitions;
+        env
+    }
+
     pub fn names(&self) -> Names {
         Names::new(self.config.amqp.prefix.clone())
     }
@@ -162,14 +170,7 @@ impl TestEnv {
     /// What Spring's `RabbitTemplate` with Jackson sends: the data, a `__TypeId__` header, no
     /// message id.
     pub async fn publish_plain(&self, routing_key: &str, data: &Value) {
-        let mut headers = FieldTable::default();
-        headers.insert("__TypeId__".into(), AMQPValue::LongString(LongString::from(b"com.example.Event".to_vec())));
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_content_encoding("UTF-8".into())
-            .with_delivery_mode(messaging::PERSISTENT)
-            .with_headers(headers);
-        self.publish(routing_key, properties, data.to_string().as_bytes()).await;
+        self.publish(routing_key, spring_plain_properties(), data.to_string().as_bytes()).await;
     }
 
     /// Starts collecting every notification.
@@ -265,6 +266,18 @@ impl Drop for TestEnv {
         })
         .join();
     }
+}
+
+/// The properties of what Spring's `RabbitTemplate` with Jackson sends: JSON, a `__TypeId__`
+/// header, no message id.
+pub fn spring_plain_properties() -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert("__TypeId__".into(), AMQPValue::LongString(LongString::from(b"com.example.Event".to_vec())));
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_content_encoding("UTF-8".into())
+        .with_delivery_mode(messaging::PERSISTENT)
+        .with_headers(headers)
 }
 
 /// Collects the notifications published under a prefix.

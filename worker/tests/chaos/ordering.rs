@@ -6,12 +6,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use automation_shared::messaging::{Outgoing, cloud_event_properties};
 use automation_shared::testing::TestEnv;
-use lapin::options::QueueDeleteOptions;
 use serde_json::{Value, json};
 
-use crate::support::{Tally, WorkerProcess, random_below};
+use crate::support::{Tally, WorkerProcess, publish_audits, random_below};
 
 /// The entity kind the stream records; its ids are `o-0` … `o-49`.
 const ORDERED: &str = "ordered";
@@ -21,23 +19,6 @@ const PARTITIONS: u16 = 8;
 /// Messages per `publish_all`, and the pause between them: a stream, not a burst.
 const CHUNK: usize = 100;
 const PAUSE: Duration = Duration::from_millis(20);
-
-/// The environment with `PARTITIONS` partitions; the ones it declared beyond are removed at once
-/// (empty, unused), so none is left on the broker.
-async fn with_partitions() -> TestEnv {
-    let mut env = TestEnv::new().await;
-    let declared = env.config.worker.partitions;
-    env.config.worker.partitions = PARTITIONS;
-    let channel = env.connection.create_channel().await.expect("channel");
-    for index in PARTITIONS..declared {
-        channel
-            .queue_delete(env.names().partition(index).into(), QueueDeleteOptions::default())
-            .await
-            .expect("remove a partition these workers do not use");
-    }
-    let _ = channel.close(200, "ok".into()).await;
-    env
-}
 
 /// The stream: each event on an entity picked at random, carrying its number among that
 /// entity's events (`details.seq`, from 0) and an id made of both, so a redelivery is recognised.
@@ -69,7 +50,7 @@ fn inversions(applied: &[u64]) -> usize {
 
 #[tokio::test]
 async fn ordered_under_kills_and_scaling() {
-    let env = with_partitions().await;
+    let env = TestEnv::with_partitions(PARTITIONS).await;
     let extra = [
         ("AUTOMATION_WORKER__ORDERING", "partitioned"),
         ("AUTOMATION_WORKER__PARTITIONS", "8"),
@@ -89,17 +70,7 @@ async fn ordered_under_kills_and_scaling() {
     let publish = async {
         let exchange = env.names().events();
         for chunk in events.chunks(CHUNK) {
-            let messages = chunk
-                .iter()
-                .map(|(id, body)| Outgoing {
-                    exchange: &exchange,
-                    routing_key: "audit.recorded",
-                    body,
-                    properties: cloud_event_properties(id, "audit.recorded"),
-                    mandatory: false,
-                })
-                .collect();
-            if env.publisher.publish_all(messages).await.is_ok() {
+            if publish_audits(&env, &exchange, chunk).await {
                 confirmed.fetch_add(chunk.len(), Ordering::SeqCst);
             }
             tokio::time::sleep(PAUSE).await;

@@ -127,23 +127,29 @@ pub fn load_event(i: usize) -> (String, Vec<u8>) {
     (id, body.to_string().into_bytes())
 }
 
+/// Publishes `audit.recorded` events (id, body) on the publisher's one channel, in order, with
+/// confirms: whether the broker confirmed them all.
+pub async fn publish_audits(env: &TestEnv, exchange: &str, events: &[(String, Vec<u8>)]) -> bool {
+    let messages = events
+        .iter()
+        .map(|(id, body)| Outgoing {
+            exchange,
+            routing_key: "audit.recorded",
+            body,
+            properties: cloud_event_properties(id, "audit.recorded"),
+            mandatory: false,
+        })
+        .collect();
+    env.publisher.publish_all(messages).await.is_ok()
+}
+
 /// Publishes load events `range` with confirms; returns how many the broker confirmed.
 pub async fn publish_load(env: &TestEnv, range: std::ops::Range<usize>) -> usize {
     let exchange = env.names().events();
     let events: Vec<(String, Vec<u8>)> = range.map(load_event).collect();
     let mut confirmed = 0;
     for chunk in events.chunks(250) {
-        let messages = chunk
-            .iter()
-            .map(|(id, body)| Outgoing {
-                exchange: &exchange,
-                routing_key: "audit.recorded",
-                body,
-                properties: cloud_event_properties(id, "audit.recorded"),
-                mandatory: false,
-            })
-            .collect();
-        if env.publisher.publish_all(messages).await.is_ok() {
+        if publish_audits(env, &exchange, chunk).await {
             confirmed += chunk.len();
         }
     }

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 
 use automation_shared::config::Ordering;
 use automation_shared::events::WorkQueue;
-use automation_shared::messaging::{self, Outgoing, cloud_event_properties};
+use automation_shared::messaging::{Outgoing, cloud_event_properties};
 use automation_shared::testing::TestEnv;
 use lapin::BasicProperties;
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -24,24 +24,6 @@ const DRAIN: Duration = Duration::from_secs(120);
 /// Messages published per `publish_all` (one channel, so the order stays the order sent).
 const CHUNK: usize = 500;
 
-/// A test environment whose workers spread the commands over `partitions` queues. The
-/// environment declared the default number of partitions; those beyond `partitions` are removed
-/// at once (they are empty and nobody consumes them), so none is left behind on the broker.
-pub async fn with_partitions(partitions: u16) -> TestEnv {
-    let mut env = TestEnv::new().await;
-    let declared = env.config.worker.partitions;
-    env.config.worker.partitions = partitions;
-    let channel = env.connection.create_channel().await.expect("channel");
-    for index in partitions..declared {
-        channel
-            .queue_delete(env.names().partition(index).into(), QueueDeleteOptions::default())
-            .await
-            .expect("remove a partition these workers do not use");
-    }
-    let _ = channel.close(200, "ok".into()).await;
-    env
-}
-
 /// One message to publish: routing key, body and properties.
 struct Message {
     routing_key: String,
@@ -52,14 +34,11 @@ struct Message {
 /// What Spring's `RabbitTemplate` with Jackson sends (as `TestEnv::publish_plain`): the data,
 /// a `__TypeId__` header, no message id. The worker derives the id from routing key and body.
 fn plain(routing_key: &str, data: &Value) -> Message {
-    let mut headers = FieldTable::default();
-    headers.insert("__TypeId__".into(), AMQPValue::LongString(LongString::from(b"com.example.Event".to_vec())));
-    let properties = BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_content_encoding("UTF-8".into())
-        .with_delivery_mode(messaging::PERSISTENT)
-        .with_headers(headers);
-    Message { routing_key: routing_key.to_string(), body: data.to_string().into_bytes(), properties }
+    Message {
+        routing_key: routing_key.to_string(),
+        body: data.to_string().into_bytes(),
+        properties: automation_shared::testing::spring_plain_properties(),
+    }
 }
 
 /// A CloudEvents structured message.
@@ -129,7 +108,7 @@ impl Shuffle {
 
 #[tokio::test]
 async fn a_thousand_request_and_decision_pairs_end_approved() {
-    let env = with_partitions(8).await;
+    let env = TestEnv::with_partitions(8).await;
     let first = TestWorker::start(&env.config).await;
     let second = TestWorker::start(&env.config).await;
     let workflow = Uuid::new_v4();
@@ -189,7 +168,7 @@ async fn workflow_status_sequences_are_applied_in_order() {
     // The PAUSED → COMPLETED is not a move the contract allows (a paused workflow is
     // resumed before it completes), so the sequence resumes first.
     const STEPS: [&str; 5] = ["PAUSED", "ACTIVE", "PAUSED", "ACTIVE", "COMPLETED"];
-    let env = with_partitions(8).await;
+    let env = TestEnv::with_partitions(8).await;
     let first = TestWorker::start(&env.config).await;
     let second = TestWorker::start(&env.config).await;
 
@@ -256,7 +235,7 @@ async fn workflow_status_sequences_are_applied_in_order() {
 #[tokio::test]
 async fn an_approval_requested_on_a_workflow_created_a_moment_ago_waits_for_it() {
     const WORKFLOWS: usize = 200;
-    let env = with_partitions(8).await;
+    let env = TestEnv::with_partitions(8).await;
     let first = TestWorker::start(&env.config).await;
     let second = TestWorker::start(&env.config).await;
     let requester = Uuid::new_v4();
@@ -297,7 +276,7 @@ async fn an_approval_requested_on_a_workflow_created_a_moment_ago_waits_for_it()
 
 #[tokio::test]
 async fn an_event_that_names_an_entity_that_never_appears_is_refused_after_the_wait() {
-    let mut env = with_partitions(8).await;
+    let mut env = TestEnv::with_partitions(8).await;
     env.config.worker.entity_wait_ms = 1_500;
     let first = TestWorker::start(&env.config).await;
     let second = TestWorker::start(&env.config).await;
@@ -335,7 +314,7 @@ async fn an_event_that_names_an_entity_that_never_appears_is_refused_after_the_w
 #[tokio::test]
 async fn a_successor_waits_behind_an_event_that_failed_transiently() {
     const OTHERS: usize = 32;
-    let mut env = with_partitions(8).await;
+    let mut env = TestEnv::with_partitions(8).await;
     env.config.database.lock_wait_timeout_secs = 1;
     let first = TestWorker::start(&env.config).await;
     let second = TestWorker::start(&env.config).await;
@@ -487,7 +466,7 @@ async fn competing_ordering_is_still_available() {
 #[tokio::test]
 async fn a_decision_that_overtook_its_request_waits_for_it_and_is_applied_after_it() {
     const PAIRS: usize = 100;
-    let env = with_partitions(8).await;
+    let env = TestEnv::with_partitions(8).await;
     let first = TestWorker::start(&env.config).await;
     let second = TestWorker::start(&env.config).await;
     let workflow = Uuid::new_v4();
