@@ -31,7 +31,8 @@ create table deferred_events (
     body mediumblob not null,
     -- The attempt it will be when it is tried again.
     attempt int unsigned not null default 1,
-    -- Why it waits: `waiting` (for an entity it names) or `retrying` (after a transient failure).
+    -- Why it waits: `waiting` (for an entity it names), `queued` (behind an earlier event on its
+    -- key) or `retrying` (after a transient failure).
     state varchar(16) character set ascii not null,
     detail text null,
     not_before datetime(6) not null,

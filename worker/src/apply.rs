@@ -279,6 +279,7 @@ async fn apply_inner(
         if let (Err(rejection), Some(ordered)) = (&result, item.order)
             && rejection.code == RejectCode::NotFound
             && now < ordered.wait_until
+            && handlers::waits_for_what_it_names(envelope)
         {
             order.wait(&ordered, envelope, item.received_at, now, &rejection.reason);
             in_batch.remove(envelope.id.as_str());
@@ -489,7 +490,8 @@ fn new_deferred(
         properties: serde_json::to_value(ordered.message.properties).unwrap_or_default(),
         body: ordered.message.body.to_vec(),
         attempt: ordered.attempt,
-        state: DeferredState::Waiting,
+        // Only an event that waits for an entity may be passed by the event that creates it.
+        state: if reason.is_some() { DeferredState::Waiting } else { DeferredState::Queued },
         detail: reason.map(str::to_string),
         not_before: due,
         wait_until: ordered.wait_until,

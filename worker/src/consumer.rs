@@ -196,6 +196,9 @@ pub struct Applier {
     /// (shutting down while the database is away): from then on a `multiple` ack there could
     /// settle it too.
     left_unsettled: HashSet<u16>,
+    /// Channels whose deliveries must go back to the broker whole, in order: the caller closes
+    /// them ([`Applier::take_handed_back`]).
+    handed_back: BTreeSet<u16>,
     /// Partitions this consumer found no held key on, since it last made one: its batches do
     /// not look for holds there. Only a partition's active consumer holds its keys, so the set
     /// stays true until this consumer defers an event or gives the partition up.
@@ -212,7 +215,14 @@ impl Applier {
             ordered,
             left_unsettled: HashSet::new(),
             unheld: HashSet::new(),
+            handed_back: BTreeSet::new(),
         }
+    }
+
+    /// The channels to close since the last call: a delivery on each could not be settled, and
+    /// closing hands all of the channel's deliveries back in order.
+    pub fn take_handed_back(&mut self) -> BTreeSet<u16> {
+        std::mem::take(&mut self.handed_back)
     }
 
     /// Forgets a channel that was closed (its deliveries went back to the queue).
@@ -329,8 +339,19 @@ impl Applier {
             // batch are settled after the events: until then a `multiple` ack of the events
             // could settle them before their tasks ran.
             let multiple = executes.is_empty() && settled.iter().all(|ok| *ok);
+            // In order, a delivery must not come back behind the ones this consumer already
+            // holds: the channel is handed back whole instead (the caller closes it, and the
+            // broker returns its deliveries in order); nothing on it is acked.
+            let handed_back: BTreeSet<u16> = if self.ordered {
+                incoming.iter().zip(&settled).filter(|(_, ok)| !**ok).map(|(d, _)| d.channel).collect()
+            } else {
+                BTreeSet::new()
+            };
             let mut acks = Vec::with_capacity(incoming.len());
             for (delivery, ok) in incoming.iter().zip(&settled) {
+                if handed_back.contains(&delivery.channel) {
+                    continue;
+                }
                 if *ok {
                     acks.push(delivery);
                 } else {
@@ -341,6 +362,7 @@ impl Applier {
                         .await;
                 }
             }
+            self.handed_back.extend(handed_back);
             ack_all(&acks, multiple, &self.left_unsettled).await;
         }
         if !executes.is_empty() {

@@ -195,6 +195,8 @@ async fn sweep(worker: &Arc<Worker>, applier: &mut Applier, stop: &CancellationT
         for index in indices {
             match applier.apply_one_batch(std::slice::from_ref(&items[*index]), stop).await {
                 None => return Ok(handled),
+                // It waits again: the events behind it on its key stay behind it.
+                Some(Ok(outcomes)) if outcomes.first() == Some(&crate::apply::Outcome::Deferred) => break,
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
                     failed(worker, &stored[*index], &error).await?;
@@ -243,6 +245,9 @@ async fn failed(worker: &Worker, s: &Stored, error: &BatchError) -> sqlx::Result
     tracing::warn!(event.id = %s.envelope.id, attempt, retry.in_ms = delay, error = %text, "a waiting event failed again; it waits for its next attempt");
     metrics::counter!("automation_worker_retries_total", "kind" => kind).increment(1);
     let mut tx = worker.pool.begin().await?;
+    // The hold first: a lane queueing behind it meanwhile is then either committed (and seen
+    // below) or waits for this transaction.
+    deferrals::lock_held(&mut tx, &[s.row.entity_key.as_str()]).await?;
     deferrals::postpone(
         &mut tx,
         s.row.seq,
@@ -291,6 +296,7 @@ async fn bury(
         return Ok(());
     }
     let mut tx = worker.pool.begin().await?;
+    deferrals::lock_held(&mut tx, &[row.entity_key.as_str()]).await?;
     deferrals::remove(&mut tx, &[row.seq]).await?;
     deferrals::refresh_holds(&mut tx, &[row.entity_key.as_str()]).await?;
     tx.commit().await

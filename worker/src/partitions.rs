@@ -39,8 +39,9 @@ struct Open {
     forwarder: JoinHandle<()>,
 }
 
-/// What a partition's forwarder hands the lane.
-type Forwarded = (u16, u64, Result<Delivery, lapin::Error>);
+/// What a partition's forwarder hands the lane: a delivery, an error, or (`None`) the end of
+/// the consumer (the broker cancelled it).
+type Forwarded = (u16, u64, Option<Result<Delivery, lapin::Error>>);
 
 /// Runs lane `lane` of `lanes` until `shutdown`; then closes its partitions (what was received
 /// and not applied goes back to the queue, for the next consumer) and returns.
@@ -102,6 +103,13 @@ pub async fn run(
         }
         if !batch.is_empty() {
             applier.process(batch, &shutdown).await;
+            for partition in applier.take_handed_back() {
+                tracing::warn!(
+                    partition,
+                    "handing a partition's deliveries back to the broker, in order; consuming it again"
+                );
+                close(&mut open, &mut applier, partition, "handed back").await;
+            }
         }
     }
     for partition in open.keys().copied().collect::<Vec<_>>() {
@@ -124,10 +132,15 @@ async fn take(
         return;
     }
     match delivery {
-        Ok(delivery) => batch.push(Incoming { delivery, channel: partition }),
-        Err(error) => {
+        Some(Ok(delivery)) => batch.push(Incoming { delivery, channel: partition }),
+        other => {
+            let error = other
+                .and_then(Result::err)
+                .map_or_else(|| "the broker cancelled the consumer".to_string(), |e| e.to_string());
             tracing::warn!(%error, partition, "a partition's channel failed; opening it again");
             close(open, applier, partition, "failed").await;
+            // What it delivered goes back to the broker with the channel: not applied here.
+            batch.retain(|incoming| incoming.channel != partition);
             failed.insert(partition);
         }
     }
@@ -150,10 +163,12 @@ async fn subscribe(
     let forwarder = tokio::spawn(async move {
         while let Some(next) = consumer.next().await {
             let failed = next.is_err();
-            if sender.send((partition, generation, next)).await.is_err() || failed {
-                break;
+            if sender.send((partition, generation, Some(next))).await.is_err() || failed {
+                return;
             }
         }
+        // The consumer ended without an error: the lane opens the partition again.
+        let _ = sender.send((partition, generation, None)).await;
     });
     Ok(Open { channel, generation, forwarder })
 }

@@ -9,8 +9,10 @@ use sqlx::{FromRow, MySqlConnection, MySqlPool, QueryBuilder};
 /// Why a deferred event waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeferredState {
-    /// For an entity it names that does not exist yet (or for an event ahead of it on its key).
+    /// For an entity it names that does not exist yet.
     Waiting,
+    /// Behind an earlier event on its key.
+    Queued,
     /// For another attempt after a transient failure.
     Retrying,
 }
@@ -19,6 +21,7 @@ impl DeferredState {
     pub fn as_str(self) -> &'static str {
         match self {
             DeferredState::Waiting => "waiting",
+            DeferredState::Queued => "queued",
             DeferredState::Retrying => "retrying",
         }
     }

@@ -392,8 +392,8 @@ pub async fn status(conn: &mut MySqlConnection, event_id: &str) -> sqlx::Result<
     }
     // Waiting in order, for an entity it names or behind an earlier event on its entity.
     let waiting: Option<(String, String, Option<String>)> = sqlx::query_as(
-        "select type, entity_key, detail from deferred_events where event_id = ? and state = 'waiting' \
-         order by seq limit 1",
+        "select type, entity_key, detail from deferred_events where event_id = ? \
+         and state in ('waiting', 'queued') order by seq limit 1",
     )
     .bind(event_id)
     .fetch_optional(&mut *conn)

@@ -178,6 +178,9 @@ pub trait EventHandler {
     /// It creates the entity of its key, so it may pass events on that key that wait for an
     /// entity: they may wait for just this one (docs/architecture.md, "Ordering").
     const CREATES: bool = false;
+    /// A `not_found` from it may mean the entity is still on its way, so it waits for it. Off for
+    /// an event that must not be passed by the event that creates the entity (a delete).
+    const WAITS: bool = true;
     /// The entity its events are ordered by.
     fn key(event_id: &str, data: &Self::Data) -> EntityKey;
     /// The rows it reads, loaded and locked for the whole batch before any handler runs. Ids the
@@ -200,6 +203,13 @@ macro_rules! event_handlers {
         pub fn creates_its_entity(envelope: &Envelope) -> bool {
             match &envelope.data {
                 $(EventData::$variant(_) => <$module::Handler as EventHandler>::CREATES,)+
+            }
+        }
+
+        /// Does a `not_found` make the event wait for the entity?
+        pub fn waits_for_what_it_names(envelope: &Envelope) -> bool {
+            match &envelope.data {
+                $(EventData::$variant(_) => <$module::Handler as EventHandler>::WAITS,)+
             }
         }
 

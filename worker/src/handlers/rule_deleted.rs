@@ -11,6 +11,9 @@ pub struct Handler;
 
 impl EventHandler for Handler {
     type Data = RuleDeleted;
+    /// A delete of a rule that is not there is refused at once: waiting would let an upsert sent
+    /// after it pass it, and leave no rule where the publisher's order says there is one.
+    const WAITS: bool = false;
 
     /// Ordered with the rule's upserts.
     fn key(_event_id: &str, data: &RuleDeleted) -> EntityKey {
