@@ -25,6 +25,8 @@ use crate::service::Worker;
 
 /// Held keys taken per sweep.
 const KEYS_PER_SWEEP: u32 = 64;
+/// Stored events applied per sweep (one transaction): a key with more is continued next sweep.
+const EVENTS_PER_SWEEP: u32 = 1_000;
 /// How often the number of waiting events is counted for `/metrics`.
 const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
@@ -157,7 +159,7 @@ async fn sweep(worker: &Arc<Worker>, applier: &mut Applier, stop: &CancellationT
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let rows = {
         let mut conn = worker.pool.acquire().await?;
-        deferrals::queued(&mut conn, &key_refs).await?
+        deferrals::queued(&mut conn, &key_refs, EVENTS_PER_SWEEP).await?
     };
     let limits =
         Limits { max_bytes: worker.config.worker.max_message_bytes, publishers: &worker.config.worker.publishers };

@@ -155,8 +155,9 @@ pub async fn due_keys(pool: &MySqlPool, limit: u32) -> sqlx::Result<Vec<String>>
         .await
 }
 
-/// The events queued behind `keys`, in order.
-pub async fn queued(conn: &mut MySqlConnection, keys: &[&str]) -> sqlx::Result<Vec<Deferred>> {
+/// The first `limit` events queued behind `keys`, in order (per key, a prefix of its queue: the
+/// rest waits for the next sweep).
+pub async fn queued(conn: &mut MySqlConnection, keys: &[&str], limit: u32) -> sqlx::Result<Vec<Deferred>> {
     if keys.is_empty() {
         return Ok(Vec::new());
     }
@@ -168,7 +169,8 @@ pub async fn queued(conn: &mut MySqlConnection, keys: &[&str]) -> sqlx::Result<V
     for key in keys {
         separated.push_bind(*key);
     }
-    query.push(") order by seq");
+    query.push(") order by seq limit ");
+    query.push_bind(limit);
     query.build_query_as().fetch_all(&mut *conn).await
 }
 
