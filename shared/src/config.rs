@@ -306,6 +306,9 @@ pub struct WorkerConfig {
     pub entity_wait_ms: u64,
 }
 
+/// Partition queues of the default layout (`AUTOMATION_WORKER__PARTITIONS`).
+pub const DEFAULT_PARTITIONS: u16 = 16;
+
 /// How the `commands` queue is consumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -316,6 +319,16 @@ pub enum Ordering {
     Partitioned,
     /// Every consumer competes on the one queue: no order between consumers.
     Competing,
+}
+
+impl Ordering {
+    /// The name in configuration (`AUTOMATION_WORKER__ORDERING`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ordering::Partitioned => "partitioned",
+            Ordering::Competing => "competing",
+        }
+    }
 }
 
 impl Default for WorkerConfig {
@@ -335,7 +348,7 @@ impl Default for WorkerConfig {
             outbox_sweep_ms: 2_000,
             delivery_limit: 20,
             ordering: Ordering::Partitioned,
-            partitions: 16,
+            partitions: DEFAULT_PARTITIONS,
             entity_wait_ms: 10_000,
         }
     }

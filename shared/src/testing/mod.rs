@@ -18,7 +18,7 @@ use sqlx::MySqlPool;
 use sqlx::mysql::MySqlPoolOptions;
 use tokio::sync::Notify;
 
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_PARTITIONS};
 use crate::db::MIGRATOR;
 use crate::messaging::topology::{self, TopologySettings};
 use crate::messaging::{self, Names, Outgoing, Publisher};
@@ -258,7 +258,14 @@ impl Drop for TestEnv {
                 }
                 if let Ok(connection) = messaging::connect(&cleanup.amqp, "automation-tests-cleanup").await {
                     let names = Names::new(cleanup.prefix);
-                    let _ = topology::delete(&connection, &names, &TopologySettings::of(&worker_config)).await;
+                    // A worker process started from this environment may have used the default
+                    // layout: remove the most partitions any of them could have declared.
+                    let mut widest = worker_config.clone();
+                    widest.partitions = [worker_config.partitions, cleanup.declared.partitions, DEFAULT_PARTITIONS]
+                        .into_iter()
+                        .max()
+                        .unwrap_or(DEFAULT_PARTITIONS);
+                    let _ = topology::delete(&connection, &names, &TopologySettings::of(&widest)).await;
                     let _ = topology::delete(&connection, &names, &TopologySettings::of(&cleanup.declared)).await;
                     let _ = connection.close(200, "cleaned up".into()).await;
                 }

@@ -35,6 +35,9 @@ impl WorkerProcess {
             .env("DATABASE_URL", config.database.url.clone().expect("database url"))
             .env("AMQP_URL", &config.amqp.url)
             .env("AUTOMATION_AMQP__PREFIX", &config.amqp.prefix)
+            // The test environment's layout, so its clean-up removes every queue the worker made.
+            .env("AUTOMATION_WORKER__PARTITIONS", config.worker.partitions.to_string())
+            .env("AUTOMATION_WORKER__ORDERING", config.worker.ordering.as_str())
             .env("WORKER_PORT", port.to_string())
             .env("AUTOMATION_WORKER__RETRY_DELAYS_MS", format!("{:?}", config.worker.retry_delays_ms))
             .env("AUTOMATION_WORKER__MAX_ATTEMPTS", config.worker.max_attempts.to_string())
