@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use automation_shared::config::{Config, JwtAlgorithm};
 use automation_shared::db;
 use automation_shared::db::audit::AuditChain;
+use automation_shared::messaging::SystemUsers;
 use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, HeaderValue, Method, header};
@@ -44,6 +45,8 @@ pub struct Inner {
     pub dummy_hash: String,
     /// This process's audit chain, for the dead-letter actions it records.
     pub audit: tokio::sync::Mutex<AuditChain>,
+    /// The AMQP user this process publishes as (`user_id`, which the broker vouches for).
+    pub system_users: SystemUsers,
 }
 
 impl Deref for AppState {
@@ -67,6 +70,7 @@ impl AppState {
         let dummy_hash = auth::password::hash(uuid::Uuid::new_v4().to_string()).await?;
         Ok(AppState(Arc::new(Inner {
             broker: Arc::new(Broker::new(config.clone())),
+            system_users: SystemUsers::of(&config.amqp),
             config,
             pool,
             waiters: Arc::new(Waiters::default()),

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use automation_shared::access::Permission;
 use automation_shared::db::events as event_rows;
-use automation_shared::events::{CloudEvent, EventData, ID_NAMESPACE, extension};
+use automation_shared::events::{CloudEvent, EventData, EventType, ID_NAMESPACE, extension};
 use automation_shared::messaging::{self, Outgoing};
 use automation_shared::telemetry::TraceParent;
 use axum::Json;
@@ -168,6 +169,11 @@ pub async fn publish(
     event_type: &str,
     data: Value,
 ) -> ApiResult<()> {
+    let permission = EventType::parse(event_type).and_then(Permission::to_send).ok_or_else(|| {
+        ApiError::field("type", format!("{event_type} is sent by automation-engine itself, never from outside"))
+    })?;
+    // One table for every door: what the dedicated route for this type asks, asked here too.
+    user.require(permission)?;
     let trace = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
@@ -180,8 +186,10 @@ pub async fn publish(
     let body = serde_json::to_vec(&event).map_err(|e| ApiError::Internal(e.into()))?;
     let publisher =
         state.broker.publisher().ok_or_else(|| ApiError::BrokerUnavailable { reason: "not connected".into() })?;
+    // As the system: the broker vouches for `user_id`, so the worker takes the actor from it.
     let properties =
-        messaging::set_header(messaging::cloud_event_properties(event_id, event_type), "traceparent", trace.header());
+        messaging::set_header(messaging::cloud_event_properties(event_id, event_type), "traceparent", trace.header())
+            .with_user_id(state.system_users.own().into());
     let exchange = state.broker.names().events();
     publisher
         .publish(Outgoing { exchange: &exchange, routing_key: event_type, body: &body, properties, mandatory: true })

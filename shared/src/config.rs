@@ -136,6 +136,9 @@ pub struct AmqpConfig {
     pub prefix: String,
     /// How long a publisher waits for the broker's confirm before answering 503.
     pub publish_timeout_ms: u64,
+    /// AMQP users besides the one of `url` whose messages are the system's own (the API's, when
+    /// it connects with other credentials than the worker). Never a publisher's.
+    pub system_users: Vec<String>,
 }
 
 impl fmt::Debug for AmqpConfig {
@@ -144,6 +147,7 @@ impl fmt::Debug for AmqpConfig {
             .field("url", &"<redacted>")
             .field("prefix", &self.prefix)
             .field("publish_timeout_ms", &self.publish_timeout_ms)
+            .field("system_users", &self.system_users)
             .finish()
     }
 }
@@ -154,6 +158,7 @@ impl Default for AmqpConfig {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             prefix: "automation".into(),
             publish_timeout_ms: 5_000,
+            system_users: Vec::new(),
         }
     }
 }

@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::db::audit::{ActorType, AuditChain, NewRecord};
 use crate::db::dead_letters::{self, DeadLetter, Filter};
-use crate::messaging::{Names, Outgoing, PERSISTENT, PublishError, Publisher};
+use crate::messaging::{Names, Origin, Outgoing, PERSISTENT, PublishError, Publisher, SystemUsers};
 
 /// Headers that describe a death; a replayed message starts over without them.
 const DEATH_HEADERS: [&str; 12] = [
@@ -84,8 +84,10 @@ pub struct ActionFailure {
     pub error: String,
 }
 
-/// The AMQP properties of a stored message, as it should be published again.
-pub fn replay_properties(dead: &DeadLetter) -> BasicProperties {
+/// The AMQP properties of a stored message, as it should be published again: as the system
+/// (the original `user_id` would make the broker refuse it from another user), with the origin
+/// it had, so an outsider's message stays the outsider's.
+pub fn replay_properties(dead: &DeadLetter, system: &SystemUsers) -> BasicProperties {
     let stored = &dead.properties.0;
     let text = |key: &str| stored.get(key).and_then(Value::as_str).map(|s| ShortString::from(s.to_string()));
     let mut properties = BasicProperties::default().with_delivery_mode(PERSISTENT);
@@ -110,7 +112,6 @@ pub fn replay_properties(dead: &DeadLetter) -> BasicProperties {
     if let Some(v) = stored.get("timestamp").and_then(Value::as_u64) {
         properties = properties.with_timestamp(v);
     }
-    // The original `user_id` is not set again: the broker would refuse it from another user.
     let mut headers = FieldTable::default();
     for (key, value) in stored.get("headers").and_then(Value::as_object).into_iter().flatten() {
         let lower = key.to_ascii_lowercase();
@@ -128,11 +129,13 @@ pub fn replay_properties(dead: &DeadLetter) -> BasicProperties {
             );
         }
     }
-    if let Some(user) = stored.get("userId").and_then(Value::as_str) {
-        headers.insert("x-original-user-id".into(), AMQPValue::LongString(LongString::from(user.as_bytes().to_vec())));
-    }
     headers.insert(REPLAY_COUNT_HEADER.into(), AMQPValue::LongLongInt(i64::from(dead.replay_count) + 1));
-    properties.with_headers(headers)
+    let properties = properties.with_headers(headers);
+    let as_stored = match text("userId") {
+        Some(user) => properties.clone().with_user_id(user),
+        None => properties.clone(),
+    };
+    Origin::of(&as_stored, system).stamp(properties, system)
 }
 
 /// Republishes one dead letter and marks it replayed, audited.
@@ -140,6 +143,7 @@ pub async fn replay(
     pool: &MySqlPool,
     publisher: &Publisher,
     names: &Names,
+    system: &SystemUsers,
     chain: &mut AuditChain,
     dead: &DeadLetter,
     operator: &Operator,
@@ -150,7 +154,7 @@ pub async fn replay(
             exchange: &exchange,
             routing_key: &dead.summary.routing_key,
             body: &dead.body,
-            properties: replay_properties(dead),
+            properties: replay_properties(dead, system),
             mandatory: true,
         })
         .await

@@ -1,6 +1,7 @@
 //! What the API and the worker share: configuration, the events and their envelope, the state
 //! machines, RabbitMQ messaging and topology, the database, rules, and telemetry.
 
+pub mod access;
 pub mod config;
 pub mod db;
 pub mod dead_letters;

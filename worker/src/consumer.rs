@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use automation_shared::db::Failure;
 use automation_shared::db::audit::AuditChain;
-use automation_shared::events::envelope::Limits;
 use automation_shared::events::{Envelope, WorkQueue};
+use automation_shared::messaging::{Origin, SystemUsers};
 use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -152,14 +152,18 @@ struct Unread {
 
 /// The events a delivery carries: itself, or the events of its pack. `None`: a pack that
 /// cannot be read.
-fn events_of(delivery: &Delivery) -> Option<Vec<Unread>> {
+fn events_of(delivery: &Delivery, system: &SystemUsers) -> Option<Vec<Unread>> {
     if pack::is_pack(&delivery.properties) {
+        // Only the sequencer packs: a pack from anyone else could carry anything.
+        if !Origin::of(&delivery.properties, system).is_system() {
+            return None;
+        }
         let events = pack::unpack(&delivery.data)?;
         return Some(
             events
                 .into_iter()
                 .map(|e| Unread {
-                    routing_key: failures::original_routing_key(&e.properties, &e.routing_key),
+                    routing_key: failures::original_routing_key(&e.properties, &e.routing_key, system),
                     properties: e.properties,
                     body: e.body,
                 })
@@ -167,7 +171,7 @@ fn events_of(delivery: &Delivery) -> Option<Vec<Unread>> {
         );
     }
     Some(vec![Unread {
-        routing_key: failures::original_routing_key(&delivery.properties, delivery.routing_key.as_str()),
+        routing_key: failures::original_routing_key(&delivery.properties, delivery.routing_key.as_str(), system),
         properties: delivery.properties.clone(),
         body: delivery.data.clone(),
     }])
@@ -250,15 +254,15 @@ impl Applier {
         let held = deliveries.len();
         self.worker.health.hold(held);
         let received_at = Utc::now();
-        let limits = Limits {
-            max_bytes: self.worker.config.worker.max_message_bytes,
-            publishers: &self.worker.config.worker.publishers,
-        };
+        let limits = self.worker.limits();
         let mut incoming = Vec::with_capacity(deliveries.len());
         let mut executes = Vec::new();
         for delivery in deliveries {
             if self.queue == WorkQueue::Tasks
                 && delivery.delivery.properties.kind().as_ref().is_some_and(|k| k.as_str() == tasks::EXECUTE)
+                // Start messages are the worker's own; anyone else's is read as an event (and
+                // refused as one).
+                && Origin::of(&delivery.delivery.properties, &self.worker.system_users).is_system()
             {
                 executes.push(delivery.delivery);
             } else {
@@ -270,7 +274,7 @@ impl Applier {
         let mut settled = vec![true; incoming.len()];
         let mut parsed = Vec::new();
         for (index, delivery) in incoming.iter().enumerate() {
-            let Some(events) = events_of(&delivery.delivery) else {
+            let Some(events) = events_of(&delivery.delivery, &self.worker.system_users) else {
                 let result = self.bury_unreadable_pack(&delivery.delivery).await;
                 settled[index] = result.is_ok();
                 continue;

@@ -8,7 +8,7 @@ use automation_shared::db::dead_letters::{self, NewDeadLetter};
 use automation_shared::db::{self, Failure};
 use automation_shared::events::envelope::{Limits, amqp_string};
 use automation_shared::events::{Envelope, ID_NAMESPACE, derived_id};
-use automation_shared::messaging::{self, header, int_header};
+use automation_shared::messaging::{self, SystemUsers, header, int_header};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::BasicProperties;
@@ -160,8 +160,11 @@ fn describe_message(exchange: &str, delivered_with: &str, properties: &BasicProp
     };
     // Best effort: what the message says about itself, for filtering.
     static NO_PUBLISHERS: std::collections::BTreeMap<String, Vec<String>> = std::collections::BTreeMap::new();
-    let parsed =
-        Envelope::parse(&routing_key, properties, data, Limits { max_bytes: usize::MAX, publishers: &NO_PUBLISHERS });
+    // Read as its own sender's, so who may send what does not hide its id and type here.
+    let sender = SystemUsers::new(properties.user_id().as_ref().map_or("", |u| u.as_str()), &[]);
+    let as_sent = properties.clone().with_user_id(sender.own().into());
+    let limits = Limits { max_bytes: usize::MAX, publishers: &NO_PUBLISHERS, system: &sender };
+    let parsed = Envelope::parse(&routing_key, &as_sent, data, limits);
     let event_id = header(properties, headers::EVENT_ID).or_else(|| parsed.as_ref().ok().map(|e| e.id.clone()));
     let event_type = header(properties, headers::EVENT_TYPE)
         .or_else(|| parsed.as_ref().ok().map(|e| e.event_type.as_str().to_string()));

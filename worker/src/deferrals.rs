@@ -10,9 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use automation_shared::db::deferrals::{self, Deferred, DeferredState, NewDeferred};
-use automation_shared::events::envelope::Limits;
 use automation_shared::events::{Envelope, WorkQueue};
-use automation_shared::messaging;
+use automation_shared::messaging::{self, SystemUsers};
 use chrono::Utc;
 use lapin::BasicProperties;
 use tokio_util::sync::CancellationToken;
@@ -54,8 +53,14 @@ pub async fn defer_failed(
     let (kind, text) = (error.kind(), error.to_string());
     let delay = retry_delay(worker, ordered.attempt);
     let due = Utc::now() + chrono::Duration::milliseconds(delay as i64);
-    let properties =
-        with_failure(ordered.message.properties, ordered.message.routing_key, ordered.attempt, kind, &text);
+    let properties = with_failure(
+        ordered.message.properties,
+        ordered.message.routing_key,
+        ordered.attempt,
+        kind,
+        &text,
+        &worker.system_users,
+    );
     let event = NewDeferred {
         entity_key: ordered.key.as_str().to_string(),
         partition: ordered.partition,
@@ -108,10 +113,11 @@ fn with_failure(
     attempt: u32,
     kind: &str,
     error: &str,
+    system: &SystemUsers,
 ) -> BasicProperties {
     let message =
         Unapplied { queue: WorkQueue::Commands, routing_key, properties, body: &[], event_id: None, event_type: None };
-    failures::retried_properties(&message, attempt, kind, error)
+    failures::retried_properties(&message, attempt, kind, error, system)
 }
 
 /// Applies due events from the store until `stop`.
@@ -161,8 +167,7 @@ async fn sweep(worker: &Arc<Worker>, applier: &mut Applier, stop: &CancellationT
         let mut conn = worker.pool.acquire().await?;
         deferrals::queued(&mut conn, &key_refs, EVENTS_PER_SWEEP).await?
     };
-    let limits =
-        Limits { max_bytes: worker.config.worker.max_message_bytes, publishers: &worker.config.worker.publishers };
+    let limits = worker.limits();
     let mut stored = Vec::with_capacity(rows.len());
     for row in rows {
         let properties: BasicProperties = serde_json::from_value(row.properties.0.clone()).unwrap_or_default();
@@ -242,7 +247,7 @@ async fn failed(worker: &Worker, s: &Stored, error: &BatchError) -> sqlx::Result
     }
     let delay = retry_delay(worker, attempt);
     let due = Utc::now() + chrono::Duration::milliseconds(delay as i64);
-    let properties = with_failure(&s.properties, &s.row.routing_key, attempt, kind, &text);
+    let properties = with_failure(&s.properties, &s.row.routing_key, attempt, kind, &text, &worker.system_users);
     let properties = serde_json::to_value(&properties).unwrap_or_default();
     tracing::warn!(event.id = %s.envelope.id, attempt, retry.in_ms = delay, error = %text, "a waiting event failed again; it waits for its next attempt");
     metrics::counter!("automation_worker_retries_total", "kind" => kind).increment(1);

@@ -4,7 +4,7 @@
 //! consumer acks the original.
 
 use automation_shared::events::{WorkQueue, derived_id};
-use automation_shared::messaging::{self, Outgoing, PublishError, header, int_header};
+use automation_shared::messaging::{self, Origin, Outgoing, PublishError, SystemUsers, header, int_header};
 use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
@@ -90,8 +90,13 @@ pub fn attempt_of(properties: &BasicProperties) -> u32 {
 }
 
 /// The routing key the message was published with, surviving trips through retry queues.
-pub fn original_routing_key(properties: &BasicProperties, delivered_with: &str) -> String {
-    header(properties, headers::ORIGINAL_ROUTING_KEY).unwrap_or_else(|| delivered_with.to_string())
+pub fn original_routing_key(properties: &BasicProperties, delivered_with: &str, system: &SystemUsers) -> String {
+    // Only a copy the system made says where it was first sent; an outsider's header would let
+    // it pick the routing key its topic permissions were checked against.
+    let ours = properties.user_id().as_ref().is_some_and(|u| system.contains(u.as_str()));
+    ours.then(|| header(properties, headers::ORIGINAL_ROUTING_KEY))
+        .flatten()
+        .unwrap_or_else(|| delivered_with.to_string())
 }
 
 fn with_failure(history: &mut Vec<Failure>, attempt: u32, kind: &str, error: &str) {
@@ -117,7 +122,7 @@ pub async fn retry_later(
     let attempt = message.attempt();
     let delays = &worker.config.worker.retry_delays_ms;
     let delay = delays[(attempt as usize - 1).min(delays.len() - 1)];
-    let properties = retried_properties(message, attempt, kind, error);
+    let properties = retried_properties(message, attempt, kind, error, &worker.system_users);
     let queue = worker.names.retry_queue(message.queue, delay);
     worker
         .publisher
@@ -128,10 +133,16 @@ pub async fn retry_later(
 
 /// The message's properties for its next attempt after failing attempt `attempt`: the attempt
 /// counter, the original routing key, and the failure added to the history.
-pub fn retried_properties(message: &Unapplied<'_>, attempt: u32, kind: &str, error: &str) -> BasicProperties {
+pub fn retried_properties(
+    message: &Unapplied<'_>,
+    attempt: u32,
+    kind: &str,
+    error: &str,
+    system: &SystemUsers,
+) -> BasicProperties {
     let mut history = message.history();
     with_failure(&mut history, attempt, kind, error);
-    let mut properties = message.properties.clone();
+    let mut properties = republished(message.properties, system);
     properties = messaging::set_int_header(properties, headers::ATTEMPT, i64::from(attempt) + 1);
     properties = messaging::set_header(properties, headers::ORIGINAL_ROUTING_KEY, message.routing_key);
     properties = messaging::set_header(properties, headers::FIRST_FAILED_AT, message.first_failed_at().to_rfc3339());
@@ -177,7 +188,7 @@ pub async fn dead_letter(
         &format!("dead:{}:{}:{attempt}:{replays}", worker.names.work_queue(message.queue), kind.as_str()),
         &message.identity(),
     );
-    let mut properties = message.properties.clone();
+    let mut properties = republished(message.properties, &worker.system_users);
     let mut set = |name: &str, value: String| {
         properties = messaging::set_header(std::mem::take(&mut properties), name, value);
     };
@@ -208,6 +219,12 @@ pub async fn dead_letter(
         })
         .await?;
     Ok(id)
+}
+
+/// A message's properties for publishing it again over the worker's connection: as the system,
+/// still marked with whoever first sent it (see `Origin`).
+pub fn republished(properties: &BasicProperties, system: &SystemUsers) -> BasicProperties {
+    Origin::of(properties, system).stamp(properties.clone(), system)
 }
 
 /// Reads the history header of a dead message.

@@ -125,7 +125,9 @@ fn outgoing<'a>(
 ) -> Outgoing<'a> {
     // The AMQP `type` is the row's own key (`approval.approved`, `automation.execute`), whatever
     // the message is routed by.
-    let properties = messaging::cloud_event_properties(message_id, routing_key);
+    // As the system: a follow-up's actor (a rule) and a start message count only from us.
+    let properties =
+        messaging::cloud_event_properties(message_id, routing_key).with_user_id(worker.system_users.own().into());
     match destination {
         Destination::Notifications => Outgoing {
             exchange: worker.exchanges.notifications.as_str(),

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use automation_shared::events::envelope::Limits;
 use automation_shared::events::{Envelope, WorkQueue};
-use automation_shared::messaging::{self, Outgoing, Publisher};
+use automation_shared::messaging::{self, Origin, Outgoing, Publisher, SystemUsers};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
@@ -112,8 +112,7 @@ async fn sequence_on(
         .await?;
     tracing::info!(%queue, partitions = worker.config.worker.partitions, "sequencing events into the partitions");
     let partitions = worker.config.worker.partitions;
-    let limits =
-        Limits { max_bytes: worker.config.worker.max_message_bytes, publishers: &worker.config.worker.publishers };
+    let limits = worker.limits();
     let result = loop {
         let first = tokio::select! {
             biased;
@@ -141,7 +140,7 @@ async fn sequence_on(
         // Per partition, in chunk order, in packs: the broker takes one message per pack.
         let mut by_partition: BTreeMap<u16, Vec<(String, &Delivery)>> = BTreeMap::new();
         for delivery in &chunk {
-            let (partition, routing_key) = route(delivery, partitions, limits);
+            let (partition, routing_key) = route(delivery, partitions, limits, &worker.system_users);
             by_partition.entry(partition).or_default().push((routing_key, delivery));
         }
         let queues: BTreeMap<u16, String> = by_partition.keys().map(|p| (*p, worker.names.partition(*p))).collect();
@@ -161,7 +160,8 @@ async fn sequence_on(
                 exchange: "",
                 routing_key: &queues[partition],
                 body,
-                properties: properties.clone(),
+                // The system's: a partition's consumer takes packs from nobody else.
+                properties: Origin::System.stamp(properties.clone(), &worker.system_users),
                 mandatory: true,
             })
             .collect();
@@ -183,8 +183,8 @@ async fn sequence_on(
 }
 
 /// The partition of a delivery, and the routing key it was first published with.
-fn route(delivery: &Delivery, partitions: u16, limits: Limits<'_>) -> (u16, String) {
-    let routing_key = failures::original_routing_key(&delivery.properties, delivery.routing_key.as_str());
+fn route(delivery: &Delivery, partitions: u16, limits: Limits<'_>, system: &SystemUsers) -> (u16, String) {
+    let routing_key = failures::original_routing_key(&delivery.properties, delivery.routing_key.as_str(), system);
     let partition = match Envelope::parse(&routing_key, &delivery.properties, &delivery.data, limits) {
         Ok(envelope) => handlers::entity_key(&envelope).partition(partitions),
         Err(_) => match delivery.properties.message_id() {

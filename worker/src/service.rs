@@ -10,8 +10,9 @@ use automation_shared::config::{Config, Ordering};
 use automation_shared::db;
 use automation_shared::db::events::OutboxMessage;
 use automation_shared::events::WorkQueue;
+use automation_shared::events::envelope::Limits;
 use automation_shared::messaging::topology::{self, TopologySettings};
-use automation_shared::messaging::{self, Names, Publisher};
+use automation_shared::messaging::{self, Names, Publisher, SystemUsers};
 use lapin::Connection;
 use sqlx::MySqlPool;
 use tokio::net::TcpListener;
@@ -45,6 +46,8 @@ pub struct Worker {
     pub exchanges: Exchanges,
     /// For tasks that call out (`webhook.call`).
     pub http: reqwest::Client,
+    /// Whose messages are the system's; the worker publishes as the first.
+    pub system_users: SystemUsers,
 }
 
 /// Where outbox messages go.
@@ -78,6 +81,7 @@ impl Worker {
             tasks_queue: names.work_queue(WorkQueue::Tasks),
         };
         Ok(Arc::new(Worker {
+            system_users: SystemUsers::of(&config.amqp),
             config,
             pool,
             connection,
@@ -93,6 +97,15 @@ impl Worker {
                 .build()
                 .context("could not build the HTTP client")?,
         }))
+    }
+
+    /// What an inbound message is checked against.
+    pub fn limits(&self) -> Limits<'_> {
+        Limits {
+            max_bytes: self.config.worker.max_message_bytes,
+            publishers: &self.config.worker.publishers,
+            system: &self.system_users,
+        }
     }
 
     /// Waits until MySQL answers; readiness reports it down meanwhile. `false` if `stop` came

@@ -5,94 +5,14 @@ pub mod jwt;
 pub mod login;
 pub mod password;
 
-use std::fmt;
-use std::str::FromStr;
-
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::problem::ApiError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-    Approver,
-    Requester,
-    Viewer,
-    /// A machine caller (another service).
-    Service,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Approver => "approver",
-            Role::Requester => "requester",
-            Role::Viewer => "viewer",
-            Role::Service => "service",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "admin" => Ok(Role::Admin),
-            "approver" => Ok(Role::Approver),
-            "requester" => Ok(Role::Requester),
-            "viewer" => Ok(Role::Viewer),
-            "service" => Ok(Role::Service),
-            other => Err(format!("{other:?} is not a role (admin, approver, requester, viewer, service)")),
-        }
-    }
-}
-
-/// What a caller may do. The table of CONTRACT §3, in one place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permission {
-    /// Read approvals, workflows, audit logs, insights and rules.
-    Read,
-    RequestApproval,
-    DecideApproval,
-    ManageWorkflows,
-    ManageUsers,
-    WriteAudit,
-    PublishEvents,
-    RunAutomations,
-    ManageRules,
-    ManageDeadLetters,
-}
-
-impl Permission {
-    pub fn allows(self, role: Role) -> bool {
-        use Role::*;
-        match self {
-            Permission::Read => matches!(role, Admin | Approver | Requester | Viewer | Service),
-            Permission::RequestApproval => matches!(role, Admin | Approver | Requester),
-            Permission::DecideApproval => matches!(role, Admin | Approver),
-            Permission::ManageWorkflows
-            | Permission::ManageUsers
-            | Permission::ManageRules
-            | Permission::ManageDeadLetters => role == Admin,
-            Permission::WriteAudit | Permission::PublishEvents | Permission::RunAutomations => {
-                matches!(role, Admin | Service)
-            }
-        }
-    }
-}
+pub use automation_shared::access::{Permission, Role};
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]

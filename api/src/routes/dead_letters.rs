@@ -193,11 +193,17 @@ async fn act(
     let mut chain = state.audit.lock().await;
     for dead in &selected {
         let outcome = match &publisher {
-            Some(publisher) => {
-                actions::replay(&state.pool, publisher, state.broker.names(), &mut chain, dead, &operator)
-                    .await
-                    .map(|()| true)
-            }
+            Some(publisher) => actions::replay(
+                &state.pool,
+                publisher,
+                state.broker.names(),
+                &state.system_users,
+                &mut chain,
+                dead,
+                &operator,
+            )
+            .await
+            .map(|()| true),
             None => actions::discard(&state.pool, &mut chain, dead, &operator).await,
         };
         report.record(dead.summary.id, outcome);

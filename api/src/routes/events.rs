@@ -73,6 +73,13 @@ fn check(prefix: &str, value: &Value) -> Result<(String, EventType, Value), Vec<
             .push(FieldError { field: at("type"), message: format!("{:?} is not a v1 event type", event.event_type) });
         return Err(errors);
     };
+    if !event_type.sent_from_outside() {
+        errors.push(FieldError {
+            field: at("type"),
+            message: format!("{event_type} is sent by automation-engine itself, never from outside"),
+        });
+        return Err(errors);
+    }
     if let Err(message) = EventData::decode(event_type, &event.data) {
         let (field, message) =
             message.split_once(": ").map_or((at("data"), message.clone()), |(f, m)| (at(f), m.to_string()));
@@ -130,6 +137,16 @@ pub async fn publish(
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
+    }
+    // What the dedicated route of each type asks (PATCH /approvals/{id} for approval.decided, ...),
+    // for the whole batch before anything is published.
+    for (i, (_, event_type, _)) in checked.iter().enumerate() {
+        if let Some(permission) = Permission::to_send(*event_type)
+            && !permission.allows(user.role)
+        {
+            let item = if many { format!(" (item {i})") } else { String::new() };
+            return Err(ApiError::Forbidden(format!("the {} role may not send {event_type}{item}", user.role)));
+        }
     }
     let mut accepted = Vec::with_capacity(checked.len());
     for (id, event_type, data) in checked {

@@ -11,6 +11,8 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::{CloudEvent, EventData, EventType, ID_NAMESPACE, extension};
+use crate::db::audit::ActorType;
+use crate::messaging::{Origin, SystemUsers};
 use crate::rules::pattern_matches;
 
 /// Longest accepted event id.
@@ -51,6 +53,9 @@ pub enum PoisonCode {
     UnknownType,
     SchemaInvalid,
     PublisherNotAllowed,
+    /// An outside publisher's message whose type is not its routing key: the broker's topic
+    /// permissions, which hold a publisher to its types, check the routing key.
+    RoutingKeyMismatch,
 }
 
 impl PoisonCode {
@@ -64,6 +69,7 @@ impl PoisonCode {
             PoisonCode::UnknownType => "unknown_type",
             PoisonCode::SchemaInvalid => "schema_invalid",
             PoisonCode::PublisherNotAllowed => "publisher_not_allowed",
+            PoisonCode::RoutingKeyMismatch => "routing_key_mismatch",
         }
     }
 }
@@ -102,6 +108,8 @@ pub struct Limits<'a> {
     pub max_bytes: usize,
     /// AMQP user → event-type patterns it may publish.
     pub publishers: &'a BTreeMap<String, Vec<String>>,
+    /// Whose messages are the system's own (see [`Origin`]).
+    pub system: &'a SystemUsers,
 }
 
 /// An inbound event, whatever shape it came in.
@@ -113,8 +121,11 @@ pub struct Envelope {
     pub time: Option<DateTime<Utc>>,
     pub subject: Option<String>,
     pub actor_id: Option<String>,
-    /// `user`, `service`, `rule` or `system`.
-    pub actor_type: String,
+    /// Established from who published it: what the system says for its own messages, always
+    /// `service` for an outside publisher's.
+    pub actor_type: ActorType,
+    /// Who published it, as the broker vouches.
+    pub origin: Origin,
     pub correlation_id: String,
     pub causation_id: Option<String>,
     /// How many rule-caused events led to this one (0 for an event from outside).
@@ -195,14 +206,31 @@ impl Envelope {
                 ),
             )));
         };
-        if let Some(user) = properties.user_id().as_ref().map(|u| u.as_str())
-            && let Some(allowed) = limits.publishers.get(user)
-            && !allowed.iter().any(|p| pattern_matches(p, &type_name))
-        {
-            return Err(about(Poison::new(
-                PoisonCode::PublisherNotAllowed,
-                format!("AMQP user {user:?} may not publish {type_name} (allowed: {})", allowed.join(", ")),
-            )));
+        let origin = Origin::of(properties, limits.system);
+        if let Origin::External { user } = &origin {
+            if !event_type.sent_from_outside() {
+                return Err(about(Poison::new(
+                    PoisonCode::PublisherNotAllowed,
+                    format!("{type_name} is sent by automation-engine itself; no publisher may send it"),
+                )));
+            }
+            if type_name != routing_key {
+                return Err(about(Poison::new(
+                    PoisonCode::RoutingKeyMismatch,
+                    format!(
+                        "type {type_name} arrived with routing key {routing_key:?}; publish each event with its type as the routing key"
+                    ),
+                )));
+            }
+            if let Some(user) = user
+                && let Some(allowed) = limits.publishers.get(user)
+                && !allowed.iter().any(|p| pattern_matches(p, &type_name))
+            {
+                return Err(about(Poison::new(
+                    PoisonCode::PublisherNotAllowed,
+                    format!("AMQP user {user:?} may not publish {type_name} (allowed: {})", allowed.join(", ")),
+                )));
+            }
         }
         let time = match raw.time.take() {
             None => None,
@@ -221,7 +249,12 @@ impl Envelope {
         let actor_id = raw
             .extension(extension::ACTOR_ID)
             .or_else(|| raw.data.get("actorId").and_then(Value::as_str).map(str::to_string));
-        let actor_type = raw.extension(extension::ACTOR_TYPE).unwrap_or_else(|| "service".into());
+        // Only the system's own word about who acted counts; an outsider is a service, whatever
+        // it says it is.
+        let actor_type = match origin {
+            Origin::System => raw.extension(extension::ACTOR_TYPE).map_or(ActorType::Service, |t| ActorType::parse(&t)),
+            Origin::External { .. } => ActorType::Service,
+        };
         let correlation_id = raw.extension(extension::CORRELATION_ID).unwrap_or_else(|| id.clone());
         Ok(Envelope {
             causation_id: raw.extension(extension::CAUSATION_ID),
@@ -233,6 +266,7 @@ impl Envelope {
             subject: raw.subject,
             actor_id,
             actor_type,
+            origin,
             correlation_id,
             chain_depth,
             data,
@@ -256,7 +290,7 @@ impl Envelope {
             extensions: Map::new(),
         }
         .with_optional_extension(extension::ACTOR_ID, self.actor_id.clone())
-        .with_extension(extension::ACTOR_TYPE, self.actor_type.clone())
+        .with_extension(extension::ACTOR_TYPE, self.actor_type.as_str())
         .with_extension(extension::CORRELATION_ID, self.correlation_id.clone())
         .with_optional_extension(extension::CAUSATION_ID, self.causation_id.clone())
         .with_extension(extension::CHAIN_DEPTH, self.chain_depth)
@@ -439,9 +473,14 @@ mod tests {
     use lapin::types::{LongString, ShortString};
     use serde_json::json;
 
+    fn system() -> &'static SystemUsers {
+        static SYSTEM: std::sync::OnceLock<SystemUsers> = std::sync::OnceLock::new();
+        SYSTEM.get_or_init(|| SystemUsers::new("automation", &[]))
+    }
+
     fn limits() -> Limits<'static> {
         static NONE: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        Limits { max_bytes: 256 * 1024, publishers: &NONE }
+        Limits { max_bytes: 256 * 1024, publishers: &NONE, system: system() }
     }
 
     fn workflow_data() -> Value {
@@ -490,7 +529,7 @@ mod tests {
             ]);
             let props =
                 BasicProperties::default().with_content_type(ShortString::from("application/json")).with_headers(h);
-            let e = Envelope::parse("x", &props, workflow_data().to_string().as_bytes(), limits())
+            let e = Envelope::parse("workflow.created", &props, workflow_data().to_string().as_bytes(), limits())
                 .unwrap_or_else(|p| panic!("{prefix}: {p}"));
             assert_eq!(e.shape, Shape::Binary, "{prefix}");
             assert_eq!(e.id, "b-1");
@@ -515,8 +554,12 @@ mod tests {
 
         let typed =
             props.clone().with_type(ShortString::from("workflow.created")).with_message_id(ShortString::from("m-1"));
-        let e = Envelope::parse("some.key", &typed, body.as_bytes(), limits()).expect("valid");
+        let e = Envelope::parse("workflow.created", &typed, body.as_bytes(), limits()).expect("valid");
         assert_eq!(e.id, "m-1");
+        assert_eq!(e.event_type, EventType::WorkflowCreated);
+        // From the system (a test of the type property alone): the routing key is not checked.
+        let ours = typed.clone().with_user_id(ShortString::from("automation"));
+        let e = Envelope::parse("some.key", &ours, body.as_bytes(), limits()).expect("valid");
         assert_eq!(e.event_type, EventType::WorkflowCreated);
     }
 
@@ -575,7 +618,7 @@ mod tests {
     #[test]
     fn a_restricted_publisher_may_send_only_its_types() {
         let publishers = BTreeMap::from([("orders".to_string(), vec!["approval.*".to_string()])]);
-        let limits = Limits { max_bytes: 1 << 20, publishers: &publishers };
+        let limits = Limits { max_bytes: 1 << 20, publishers: &publishers, system: system() };
         let props = BasicProperties::default().with_user_id(ShortString::from("orders"));
         let poison = Envelope::parse("workflow.created", &props, workflow_data().to_string().as_bytes(), limits)
             .expect_err("not allowed");
@@ -593,15 +636,51 @@ mod tests {
             "specversion": "1.0", "id": "e-2", "source": "/x", "type": "workflow.created",
             "chaindepth": 3, "causationid": "e-1", "data": workflow_data()
         });
-        let e =
-            Envelope::parse("k", &BasicProperties::default(), body.to_string().as_bytes(), limits()).expect("valid");
+        let e = Envelope::parse("workflow.created", &BasicProperties::default(), body.to_string().as_bytes(), limits())
+            .expect("valid");
         assert_eq!(e.shape, Shape::Structured, "detected from the body");
         assert_eq!(e.chain_depth, 3);
         let again = serde_json::to_vec(&e.to_cloud_event()).expect("json");
-        let e2 = Envelope::parse("k", &structured_props(), &again, limits()).expect("valid");
+        let e2 = Envelope::parse("workflow.created", &structured_props(), &again, limits()).expect("valid");
         assert_eq!(e2.id, e.id);
         assert_eq!(e2.chain_depth, 3);
         assert_eq!(e2.causation_id.as_deref(), Some("e-1"));
         assert_eq!(e2.correlation_id, e.correlation_id);
+    }
+
+    #[test]
+    fn an_outsider_is_a_service_whatever_it_claims_and_the_system_is_what_it_says() {
+        let body = json!({
+            "specversion": "1.0", "id": "e-3", "source": "/x", "type": "approval.decided",
+            "actortype": "rule", "actorid": "r-1",
+            "data": {"approvalId": Uuid::nil(), "status": "APPROVED"}
+        });
+        let outsider = structured_props().with_user_id(ShortString::from("orders"));
+        let e = Envelope::parse("approval.decided", &outsider, body.to_string().as_bytes(), limits()).expect("valid");
+        assert_eq!(e.actor_type, ActorType::Service);
+        assert_eq!(e.origin, Origin::External { user: Some("orders".into()) });
+        let ours = structured_props().with_user_id(ShortString::from("automation"));
+        let e = Envelope::parse("approval.decided", &ours, body.to_string().as_bytes(), limits()).expect("valid");
+        assert_eq!(e.actor_type, ActorType::Rule);
+        assert_eq!(e.origin, Origin::System);
+    }
+
+    #[test]
+    fn outsiders_cannot_send_internal_types_or_a_type_under_another_routing_key() {
+        let escalate = json!({
+            "specversion": "1.0", "id": "e-4", "source": "/x", "type": "approval.escalate",
+            "data": {"approvalId": Uuid::nil(), "reason": "r", "toRole": "admin"}
+        });
+        let poison =
+            Envelope::parse("approval.escalate", &structured_props(), escalate.to_string().as_bytes(), limits())
+                .expect_err("internal");
+        assert_eq!(poison.code, PoisonCode::PublisherNotAllowed, "{poison}");
+        let workflow = json!({
+            "specversion": "1.0", "id": "e-5", "source": "/x", "type": "workflow.created", "data": workflow_data()
+        });
+        let poison =
+            Envelope::parse("approval.requested", &structured_props(), workflow.to_string().as_bytes(), limits())
+                .expect_err("mismatch");
+        assert_eq!(poison.code, PoisonCode::RoutingKeyMismatch, "{poison}");
     }
 }

@@ -1,6 +1,7 @@
 //! RabbitMQ: the connection (with automatic recovery), the topology, and publishing with
 //! confirms.
 
+pub mod origin;
 pub mod topology;
 
 use std::time::Duration;
@@ -10,6 +11,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
+pub use origin::{Origin, SystemUsers};
 pub use topology::Names;
 
 /// AMQP delivery mode 2: the broker writes the message to disk.
@@ -87,35 +89,76 @@ pub struct Outgoing<'a> {
 }
 
 /// A channel in confirm mode. Every publish waits for the broker's confirm (bounded by the
-/// timeout), so "published" means "the broker has it".
+/// timeout), so "published" means "the broker has it". When the broker closes the channel (a
+/// message it refused with a channel error), the next publish opens a new one: no message can
+/// leave the publisher broken.
 #[derive(Clone)]
 pub struct Publisher {
     connection: std::sync::Arc<Connection>,
-    channel: Channel,
+    channel: std::sync::Arc<std::sync::Mutex<Channel>>,
+    /// Held while a closed channel is replaced, so concurrent publishers open one, not many.
+    reopening: std::sync::Arc<tokio::sync::Mutex<()>>,
     timeout: Duration,
 }
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher").field("channel", &self.channel.id()).field("timeout", &self.timeout).finish()
+        f.debug_struct("Publisher").field("channel", &self.current().id()).field("timeout", &self.timeout).finish()
     }
 }
 
 impl Publisher {
     pub async fn new(connection: std::sync::Arc<Connection>, timeout: Duration) -> lapin::Result<Publisher> {
+        let channel = Self::open(&connection).await?;
+        Ok(Publisher {
+            connection,
+            channel: std::sync::Arc::new(std::sync::Mutex::new(channel)),
+            reopening: std::sync::Arc::default(),
+            timeout,
+        })
+    }
+
+    async fn open(connection: &Connection) -> lapin::Result<Channel> {
         let channel = connection.create_channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Publisher { connection, channel, timeout })
+        Ok(channel)
+    }
+
+    fn current(&self) -> Channel {
+        self.channel.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// The channel to publish on: the current one, or a new one if the broker closed it while
+    /// the connection stayed up (after a reconnect lapin recovers the channel itself).
+    async fn usable(&self) -> Result<Channel, PublishError> {
+        let channel = self.current();
+        let status = channel.status();
+        // Opening, or waiting for the connection's recovery: lapin brings it back itself.
+        if status.connected() || status.initializing() || status.reconnecting() {
+            return Ok(channel);
+        }
+        let _reopening = self.reopening.lock().await;
+        let channel = self.current();
+        if channel.status().connected() {
+            return Ok(channel);
+        }
+        let fresh = tokio::time::timeout(self.timeout, Self::open(&self.connection))
+            .await
+            .map_err(|_| PublishError::Timeout(self.timeout))??;
+        tracing::warn!(channel = fresh.id(), "the broker had closed the publishing channel; opened a new one");
+        *self.channel.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fresh.clone();
+        Ok(fresh)
     }
 
     pub fn connection(&self) -> &Connection {
         &self.connection
     }
 
-    /// Is the broker connected and accepting publishes right now?
+    /// Is the broker connected and accepting publishes right now? (A channel the broker closed
+    /// does not count against it: the next publish replaces it.)
     pub fn is_ready(&self) -> bool {
         let status = self.connection.status();
-        status.connected() && !status.blocked() && self.channel.status().connected()
+        status.connected() && !status.blocked()
     }
 
     /// Publishes and waits for the confirm.
@@ -145,10 +188,11 @@ impl Publisher {
         if status.blocked() {
             return Err(PublishError::Blocked);
         }
+        let channel = self.usable().await?;
         let options = BasicPublishOptions { mandatory: message.mandatory, ..BasicPublishOptions::default() };
         let confirm = tokio::time::timeout(
             self.timeout,
-            self.channel.basic_publish(
+            channel.basic_publish(
                 ShortString::from(message.exchange.to_string()),
                 ShortString::from(message.routing_key.to_string()),
                 options,
@@ -174,7 +218,7 @@ impl Publisher {
     }
 
     pub async fn close(&self) {
-        let _ = self.channel.close(200, ShortString::from("shutting down")).await;
+        let _ = self.current().close(200, ShortString::from("shutting down")).await;
     }
 }
 

@@ -365,3 +365,4 @@ impl NotificationTap {
 
 pub mod private_mariadb;
 pub mod private_rabbitmq;
+pub mod publisher_user;

@@ -8,7 +8,7 @@ use automation_shared::config::Config;
 use automation_shared::db::audit::{ActorType, AuditChain};
 use automation_shared::db::dead_letters::{self, DeadLetterSummary, Filter};
 use automation_shared::dead_letters::{self as actions, ActionReport, Operator};
-use automation_shared::messaging::{self, Names, Publisher};
+use automation_shared::messaging::{self, Names, Publisher, SystemUsers};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -295,6 +295,7 @@ async fn act(config: &Config, pool: &sqlx::MySqlPool, selection: Selection, acti
         Action::Discard => None,
     };
     let names = Names::new(config.amqp.prefix.clone());
+    let system = SystemUsers::of(&config.amqp);
     let pace = match action {
         Action::Replay { rate } => actions::pace(rate),
         Action::Discard => None,
@@ -308,7 +309,7 @@ async fn act(config: &Config, pool: &sqlx::MySqlPool, selection: Selection, acti
         let tick = Instant::now();
         let outcome = match (&publisher, &action) {
             (Some(publisher), Action::Replay { .. }) => {
-                actions::replay(pool, publisher, &names, &mut chain, dead, &operator).await.map(|()| true)
+                actions::replay(pool, publisher, &names, &system, &mut chain, dead, &operator).await.map(|()| true)
             }
             _ => actions::discard(pool, &mut chain, dead, &operator).await,
         };

@@ -30,9 +30,7 @@ impl EventHandler for Handler {
         check_version("approval", current.version, data.expected_version)?;
         // Segregation of duties: nobody decides their own request (a rule may).
         let requester = current.requester_id.to_string();
-        if ActorType::parse(&ctx.envelope.actor_type) != ActorType::Rule
-            && ctx.envelope.actor_id.as_deref() == Some(requester.as_str())
-        {
+        if ctx.envelope.actor_type != ActorType::Rule && ctx.envelope.actor_id.as_deref() == Some(requester.as_str()) {
             return Err(reject(RejectCode::Forbidden, "the requester of an approval cannot decide it"));
         }
         let from = current.status;

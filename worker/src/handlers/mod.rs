@@ -120,7 +120,7 @@ impl Context<'_> {
     /// Who to name as having done this: the user or service, or `rule:<id>` for a rule.
     pub fn actor(&self) -> Option<String> {
         let envelope = self.envelope;
-        match (ActorType::parse(&envelope.actor_type), envelope.actor_id.as_deref()) {
+        match (envelope.actor_type, envelope.actor_id.as_deref()) {
             (ActorType::Rule, Some(id)) => Some(format!("rule:{id}")),
             (_, actor) => actor.map(str::to_string),
         }

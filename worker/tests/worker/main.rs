@@ -15,3 +15,4 @@ mod retries;
 mod rules;
 mod runs;
 mod support;
+mod trust;

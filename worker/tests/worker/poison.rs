@@ -2,9 +2,12 @@
 //! worker goes on with the good ones.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use automation_shared::messaging::{self, Outgoing, Publisher};
 use automation_shared::testing::TestEnv;
+use automation_shared::testing::publisher_user::PublisherUser;
 use lapin::BasicProperties;
 use serde_json::json;
 use uuid::Uuid;
@@ -15,8 +18,9 @@ use crate::support::{TestWorker, event, http_get};
 async fn each_kind_of_poison_is_dead_lettered_with_its_reason_while_good_events_flow() {
     let mut env = TestEnv::new().await;
     env.config.worker.max_message_bytes = 4096;
-    // The broker checks `user_id` against the connection's user: ours is guest.
-    env.config.worker.publishers = BTreeMap::from([("guest".to_string(), vec!["audit.*".to_string()])]);
+    // The broker checks `user_id` against the connection's user: a publisher of its own.
+    let user = PublisherUser::create(&env.config.amqp.prefix, ".*");
+    env.config.worker.publishers = BTreeMap::from([(user.name.clone(), vec!["audit.*".to_string()])]);
     let worker = TestWorker::start(&env.config).await;
     let json_props = || BasicProperties::default().with_content_type("application/json".into());
     let cloud_props = || BasicProperties::default().with_content_type("application/cloudevents+json".into());
@@ -41,13 +45,25 @@ async fn each_kind_of_poison_is_dead_lettered_with_its_reason_while_good_events_
         ),
         (
             "workflow.created",
-            json_props().with_user_id("guest".into()),
+            json_props().with_user_id(user.name.clone().into()),
             br#"{"name":"sneaky"}"#.to_vec(),
             "publisher_not_allowed",
         ),
     ];
+    let connection = messaging::connect_once(&user.url, "tests-outside-publisher").await.expect("the user connects");
+    let outsider = Publisher::new(Arc::new(connection), Duration::from_secs(5)).await.expect("publisher");
+    let exchange = env.names().events();
     for (routing_key, properties, body, _) in &cases {
-        env.publish(routing_key, properties.clone(), body).await;
+        outsider
+            .publish(Outgoing {
+                exchange: &exchange,
+                routing_key,
+                body,
+                properties: properties.clone(),
+                mandatory: false,
+            })
+            .await
+            .expect("the broker takes it");
     }
     let good = event("workflow.created", json!({"workflowId": Uuid::new_v4(), "name": "still flowing"}));
     env.publish_structured(&good).await;

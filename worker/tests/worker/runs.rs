@@ -4,7 +4,7 @@
 
 use automation_shared::db::runs::{self, Run, RunState};
 use automation_shared::events::WorkQueue;
-use automation_shared::messaging::{Outgoing, cloud_event_properties};
+use automation_shared::messaging::{Outgoing, SystemUsers, cloud_event_properties};
 use automation_shared::testing::TestEnv;
 use automation_worker::tasks;
 use chrono::Utc;
@@ -48,7 +48,8 @@ pub async fn publish_start(env: &TestEnv, run: Uuid, attempt: u32) {
             routing_key: &queue,
             body: &start.body,
             properties: cloud_event_properties(&start.message_id.to_string(), tasks::EXECUTE)
-                .with_content_type("application/json".into()),
+                .with_content_type("application/json".into())
+                .with_user_id(SystemUsers::of(&env.config.amqp).own().to_string().into()),
             mandatory: true,
         })
         .await
