@@ -355,3 +355,61 @@ async fn services_publish_cloud_events_over_http_one_or_many() {
     .await;
     assert_eq!(status, 403, "requesters may not publish raw events");
 }
+
+#[tokio::test]
+async fn the_event_door_asks_what_the_dedicated_routes_ask() {
+    let s = setup().await;
+    let service = s.api.user(Role::Service).await;
+    let workflow = s.workflow().await;
+    let approval = s.approval(&workflow).await;
+    let approval_id = approval["id"].as_str().expect("id").to_string();
+    let cloud_event = |event_type: &str, data: Value| {
+        json!({"specversion": "1.0", "id": uuid::Uuid::new_v4().to_string(), "source": "/billing",
+               "type": event_type, "data": data})
+    };
+    let post = |token: &str, body: Value| s.api.request(Method::POST, "/api/v1/events", token).json(&body).send();
+    // A service may not PATCH /approvals/{id}, so it may not send the decision as an event either;
+    // nor a rule that would approve everything, nor a workflow.
+    let forbidden = [
+        cloud_event("approval.decided", json!({"approvalId": approval_id, "status": "APPROVED"})),
+        cloud_event(
+            "rule.upserted",
+            json!({"name": "approve all", "on": "approval.requested", "when": "true",
+                   "then": [{"type": "approval.decide", "status": "APPROVED"}]}),
+        ),
+        cloud_event("workflow.created", json!({"name": "mine now"})),
+    ];
+    for event in &forbidden {
+        let (status, problem) = json(post(&service.token, event.clone()).await.expect("answer")).await;
+        assert_eq!(status, 403, "{} from a service: {problem}", event["type"]);
+        assert!(problem["detail"].as_str().unwrap_or("").contains(event["type"].as_str().unwrap_or("?")), "{problem}");
+    }
+    // One forbidden event in a batch: nothing of the batch is published.
+    let note = cloud_event("audit.recorded", json!({"entity": "invoice", "entityId": "batch", "action": "x"}));
+    let (status, _) = json(post(&service.token, json!([note, forbidden[0].clone()])).await.expect("answer")).await;
+    assert_eq!(status, 403);
+    // What only the system sends is refused to everyone, admins included, naming the field.
+    let escalate =
+        cloud_event("approval.escalate", json!({"approvalId": approval_id, "toRole": "admin", "reason": "r"}));
+    let (status, problem) = json(post(&s.admin.token, escalate).await.expect("answer")).await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "type");
+    // An admin may send what an admin may do on the routes.
+    let (status, accepted) = json(
+        post(&s.admin.token, cloud_event("workflow.created", json!({"name": "by an admin"}))).await.expect("answer"),
+    )
+    .await;
+    assert_eq!(status, 202, "{accepted}");
+    s.env.wait_processed(accepted["eventId"].as_str().expect("id")).await;
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status: String = sqlx::query_scalar("select status from approvals where id = ?")
+        .bind(&approval_id)
+        .fetch_one(&s.env.pool)
+        .await
+        .expect("approval");
+    assert_eq!(status, "PENDING", "no decision reached the worker");
+    assert_eq!(s.env.count("select count(*) from rules").await, 0);
+    assert_eq!(s.env.count("select count(*) from workflows").await, 2, "the test's and the admin's");
+    assert_eq!(s.env.count("select count(*) from audit_log where entity_id = 'batch'").await, 0);
+}
