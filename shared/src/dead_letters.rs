@@ -148,6 +148,12 @@ pub async fn replay(
     dead: &DeadLetter,
     operator: &Operator,
 ) -> anyhow::Result<()> {
+    if let Some(size) = dead.body_bytes {
+        anyhow::bail!(
+            "only {} of its {size} bytes were kept (the message was too big to store whole); it cannot be replayed",
+            dead.body.len()
+        );
+    }
     let exchange = names.events();
     publisher
         .publish(Outgoing {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use automation_shared::db::dead_letters::{self, NewDeadLetter};
+use automation_shared::db::dead_letters::{self, MAX_STORED_BODY, NewDeadLetter};
 use automation_shared::db::{self, Failure};
 use automation_shared::events::envelope::{Limits, amqp_string};
 use automation_shared::events::{Envelope, ID_NAMESPACE, derived_id};
@@ -79,8 +79,10 @@ async fn store(worker: &Worker, delivery: &Delivery, stop: &CancellationToken) -
 }
 
 async fn store_one(worker: &Worker, dead: &NewDeadLetter, stop: &CancellationToken) -> bool {
+    let mut reduced: Option<NewDeadLetter> = None;
     loop {
-        match dead_letters::insert(&worker.pool, dead).await {
+        let record = reduced.as_ref().unwrap_or(dead);
+        match dead_letters::insert(&worker.pool, record).await {
             Ok(new) => {
                 if new {
                     tracing::info!(dead_letter.id = %dead.id, event.id = dead.event_id, reason = %dead.reason, "dead letter stored");
@@ -92,9 +94,26 @@ async fn store_one(worker: &Worker, dead: &NewDeadLetter, stop: &CancellationTok
                     return false;
                 }
             }
+            Err(error) if reduced.is_none() => {
+                // Something of the message itself the database will not take: keep what says
+                // what it was (its id, reason, routing key, history) and say why the rest is not
+                // here, so the intake goes on behind it.
+                tracing::error!(%error, dead_letter.id = %dead.id, "could not store a dead letter whole; storing its record without body and properties");
+                reduced = Some(NewDeadLetter {
+                    reason: format!("{} (stored without its body and properties: {error})", dead.reason)
+                        .chars()
+                        .take(4000)
+                        .collect(),
+                    properties: json!({}),
+                    body: Vec::new(),
+                    body_bytes: Some(dead.body_bytes.unwrap_or(dead.body.len() as u64)),
+                    history: None,
+                    ..dead.clone()
+                });
+            }
             Err(error) => {
-                // Storing failed for a reason waiting will not fix; keep the message in the queue
-                // and say so loudly: nothing is dropped.
+                // Even the bare record failed: the database itself is wrong. Keep the message in
+                // the queue and say so loudly: nothing is dropped.
                 tracing::error!(%error, dead_letter.id = %dead.id, "could not store a dead letter; it stays in the queue");
                 tokio::time::sleep(std::time::Duration::from_secs(5)).await;
                 if stop.is_cancelled() {
@@ -179,17 +198,25 @@ fn describe_message(exchange: &str, delivered_with: &str, properties: &BasicProp
     let time = |name: &str| {
         header(properties, name).and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc))
     };
+    // Whatever the message says about itself fits its column (an unknown type can be any length).
+    let clamp = |text: String, chars: usize| text.chars().take(chars).collect::<String>();
+    let (body, body_bytes) = if data.len() > MAX_STORED_BODY {
+        (data[..MAX_STORED_BODY].to_vec(), Some(data.len() as u64))
+    } else {
+        (data.to_vec(), None)
+    };
     NewDeadLetter {
         id,
-        event_id,
-        event_type,
-        reason,
-        error_kind,
-        origin_queue,
-        exchange: Some(exchange.to_string()),
-        routing_key,
+        event_id: event_id.map(|e| clamp(e, 128)),
+        event_type: event_type.map(|t| clamp(t, 128)),
+        reason: clamp(reason, 4000),
+        error_kind: clamp(error_kind, 24),
+        origin_queue: origin_queue.map(|q| clamp(q, 255)),
+        exchange: Some(clamp(exchange.to_string(), 255)),
+        routing_key: clamp(routing_key, 255),
         properties: properties_json(properties),
-        body: data.to_vec(),
+        body,
+        body_bytes,
         attempts: int_header(properties, headers::ATTEMPT)
             .map(|a| a.max(0) as u32)
             .or_else(|| death.as_ref().and_then(|d| d.count))

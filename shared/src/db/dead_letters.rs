@@ -49,6 +49,9 @@ pub struct DeadLetter {
     /// lossily; `dlq show --raw` writes the exact bytes).
     #[serde(skip)]
     pub body: Vec<u8>,
+    /// Set when the message was too big to keep whole: the size of its body as it arrived, of
+    /// which `body` holds the first [`MAX_STORED_BODY`] bytes. Such a dead letter is not replayed.
+    pub body_bytes: Option<u64>,
     /// The failures before it died, oldest first.
     #[schema(value_type = Option<Vec<Object>>)]
     pub history: Option<Json<Value>>,
@@ -80,17 +83,23 @@ pub struct NewDeadLetter {
     pub routing_key: String,
     pub properties: Value,
     pub body: Vec<u8>,
+    /// The body's size as it arrived when `body` is only its prefix.
+    pub body_bytes: Option<u64>,
     pub attempts: u32,
     pub history: Option<Value>,
     pub first_failed_at: DateTime<Utc>,
     pub dead_at: DateTime<Utc>,
 }
 
+/// The most of a dead message's body the store keeps: every insert stays far below MySQL's
+/// `max_allowed_packet` (16 MiB on MariaDB, 64 MiB on MySQL 8), whatever the broker took.
+pub const MAX_STORED_BODY: usize = 1024 * 1024;
+
 /// Stores a dead letter; storing the same id again changes nothing. Returns whether it was new.
 pub async fn insert<'e>(executor: impl MySqlExecutor<'e>, d: &NewDeadLetter) -> sqlx::Result<bool> {
     let result = sqlx::query(
         "insert into dead_letters (id, event_id, type, reason, error_kind, origin_queue, exchange, routing_key, properties, \
-         body, attempts, history, first_failed_at, dead_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         body, body_bytes, attempts, history, first_failed_at, dead_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
          on duplicate key update id = id",
     )
     .bind(d.id.hyphenated())
@@ -103,6 +112,7 @@ pub async fn insert<'e>(executor: impl MySqlExecutor<'e>, d: &NewDeadLetter) -> 
     .bind(&d.routing_key)
     .bind(Json(&d.properties))
     .bind(&d.body)
+    .bind(d.body_bytes)
     .bind(d.attempts)
     .bind(d.history.as_ref().map(Json))
     .bind(d.first_failed_at)
@@ -208,7 +218,7 @@ pub async fn select_for_action(
     after: u64,
 ) -> sqlx::Result<Vec<DeadLetter>> {
     let mut query = QueryBuilder::new(format!(
-        "select {SUMMARY_COLUMNS}, exchange, properties, body, history, replay_count, replayed_at, replayed_by, \
+        "select {SUMMARY_COLUMNS}, exchange, properties, body, body_bytes, history, replay_count, replayed_at, replayed_by, \
          discarded_at, discarded_by from dead_letters"
     ));
     filter.push_where(&mut query);
@@ -227,7 +237,7 @@ pub async fn count(pool: &MySqlPool, filter: &Filter) -> sqlx::Result<u64> {
 pub async fn get<'e>(executor: impl MySqlExecutor<'e>, id: Uuid) -> sqlx::Result<Option<DeadLetter>> {
     sqlx::query_as(
         "select seq, id, event_id, type, reason, error_kind, origin_queue, routing_key, attempts, first_failed_at, dead_at, \
-         state, exchange, properties, body, history, replay_count, replayed_at, replayed_by, discarded_at, discarded_by \
+         state, exchange, properties, body, body_bytes, history, replay_count, replayed_at, replayed_by, discarded_at, discarded_by \
          from dead_letters where id = ?",
     )
     .bind(id.hyphenated())

@@ -101,3 +101,45 @@ async fn each_kind_of_poison_is_dead_lettered_with_its_reason_while_good_events_
     assert_eq!(status, 200, "the worker is still ready");
     worker.stop().await.expect("clean stop");
 }
+
+#[tokio::test]
+async fn a_message_too_big_to_store_whole_is_kept_as_a_prefix_and_the_intake_goes_on() {
+    use automation_shared::db::audit::{ActorType, AuditChain};
+    use automation_shared::db::dead_letters::{self as rows, MAX_STORED_BODY};
+    use automation_shared::dead_letters::{self as actions, Operator};
+    use automation_shared::messaging::SystemUsers;
+
+    let env = TestEnv::new().await;
+    let _worker = TestWorker::start(&env.config).await;
+    let json_props = || BasicProperties::default().with_content_type("application/json".into());
+    // 17 MiB: RabbitMQ takes it (its limit is 128 MiB), MariaDB's max_allowed_packet (16 MiB)
+    // would not take it in one insert.
+    let size = 17 * 1024 * 1024;
+    let mut big = br#"{"name":""#.to_vec();
+    big.resize(size - 2, b'x');
+    big.extend_from_slice(br#""}"#);
+    env.publish("workflow.created", json_props(), &big).await;
+    // A dead letter behind it is stored too.
+    env.publish("workflow.created", json_props(), b"{\"name\": ").await;
+    env.wait_count("select count(*) from dead_letters", 2, Duration::from_secs(60)).await;
+
+    let (id, kept, bytes, reason): (String, i64, Option<u64>, String) =
+        sqlx::query_as("select id, length(body), body_bytes, reason from dead_letters where reason like 'too_large%'")
+            .fetch_one(&env.pool)
+            .await
+            .expect("the big one is stored");
+    assert_eq!(kept as usize, MAX_STORED_BODY, "a prefix of the body is kept");
+    assert_eq!(bytes, Some(size as u64), "with the size it arrived with");
+    assert!(reason.contains(&size.to_string()), "{reason}");
+    assert_eq!(env.count("select count(*) from dead_letters where reason like 'invalid_json%'").await, 1);
+
+    // What is kept is not the message: it is never replayed.
+    let dead = rows::get(&env.pool, id.parse().expect("uuid")).await.expect("query").expect("row");
+    let mut chain = AuditChain::new(None);
+    let operator = Operator { id: "tests".into(), actor_type: ActorType::User };
+    let system = SystemUsers::of(&env.config.amqp);
+    let refused = actions::replay(&env.pool, &env.publisher, &env.names(), &system, &mut chain, &dead, &operator)
+        .await
+        .expect_err("a prefix is not replayed");
+    assert!(refused.to_string().contains("cannot be replayed"), "{refused}");
+}
