@@ -12,6 +12,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use automation_shared::db::events as event_rows;
+
 use crate::service::Worker;
 
 /// What the probes report, kept up to date by the consumers.
@@ -78,17 +80,33 @@ async fn ready(State(worker): State<Arc<Worker>>) -> Response {
     } else {
         Err("disconnected; reconnecting".to_string())
     };
+    // Publishing: what went in the outbox must come out. Rows older than a few sweeps mean the
+    // worker's publishing is stuck, whatever the connection says.
+    let backlog = match &database {
+        Ok(()) => tokio::time::timeout(Duration::from_secs(2), event_rows::outbox_backlog(&worker.pool)).await.ok(),
+        Err(_) => None,
+    };
+    let stuck_after = Duration::from_millis(worker.config.worker.outbox_sweep_ms).as_secs().max(1) * 5 + 10;
+    let publishing = match backlog {
+        Some(Ok((rows, oldest))) if rows > 0 && oldest > stuck_after => {
+            Err(format!("{rows} messages wait in the outbox, the oldest for {oldest} s: publishing is stuck"))
+        }
+        _ => broker.clone(),
+    };
     let draining = worker.health.draining.load(Ordering::Relaxed);
     let describe = |r: &Result<(), String>| match r {
         Ok(()) => json!({"status": "ok"}),
         Err(e) => json!({"status": "unavailable", "error": e}),
     };
-    let ok = database.is_ok() && broker.is_ok() && !draining;
-    let body = json!({
+    let ok = database.is_ok() && broker.is_ok() && publishing.is_ok() && !draining;
+    let mut body = json!({
         "status": if ok { "ok" } else if draining { "draining" } else { "unavailable" },
-        "dependencies": {"mysql": describe(&database), "rabbitmq": describe(&broker)},
+        "dependencies": {"mysql": describe(&database), "rabbitmq": describe(&broker), "publishing": describe(&publishing)},
         "inFlight": worker.health.in_flight(),
     });
+    if let Some(Ok((rows, oldest))) = backlog {
+        body["outbox"] = json!({"rows": rows, "oldestSeconds": oldest});
+    }
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
 }

@@ -259,6 +259,16 @@ pub async fn delete_leased(pool: &MySqlPool, owner: Uuid, ids: &[u64]) -> sqlx::
 
 /// Deletes published rows by message id (the writer's own rows, published right after its
 /// commit).
+/// The outbox as readiness reports it: rows waiting to be published, and the age in seconds of
+/// the oldest.
+pub async fn outbox_backlog(pool: &MySqlPool) -> sqlx::Result<(u64, u64)> {
+    let (rows, oldest): (i64, Option<i64>) =
+        sqlx::query_as("select count(*), timestampdiff(second, min(created_at), current_timestamp(6)) from outbox")
+            .fetch_one(pool)
+            .await?;
+    Ok((rows.max(0) as u64, oldest.unwrap_or(0).max(0) as u64))
+}
+
 pub async fn delete_published(pool: &MySqlPool, message_ids: &[Uuid]) -> sqlx::Result<()> {
     if message_ids.is_empty() {
         return Ok(());

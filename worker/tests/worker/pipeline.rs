@@ -266,7 +266,7 @@ async fn the_same_event_delivered_five_times_is_applied_and_announced_once() {
 }
 
 #[tokio::test]
-async fn readiness_reports_both_dependencies() {
+async fn readiness_reports_its_dependencies_and_publishing_that_is_stuck() {
     let env = TestEnv::new().await;
     let worker = TestWorker::start(&env.config).await;
     let (status, body) = http_get(&worker.url("/readiness")).await;
@@ -274,7 +274,29 @@ async fn readiness_reports_both_dependencies() {
     let body: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(body["dependencies"]["mysql"]["status"], "ok");
     assert_eq!(body["dependencies"]["rabbitmq"]["status"], "ok");
+    assert_eq!(body["dependencies"]["publishing"]["status"], "ok");
+    assert_eq!(body["outbox"]["rows"], 0);
     let (status, body) = http_get(&worker.url("/health")).await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+
+    // Publishing that is stuck is not ready, whatever the connection says: here a message in the
+    // outbox that no relay can take (another's lease) for a minute.
+    sqlx::query(
+        "insert into outbox (message_id, destination, routing_key, body, created_at, lease_owner, lease_until) \
+         values (?, 'events', 'audit.recorded', '{}', now(6) - interval 60 second, ?, now(6) + interval 1 hour)",
+    )
+    .bind(Uuid::new_v4().to_string())
+    .bind(Uuid::new_v4().to_string())
+    .execute(&env.pool)
+    .await
+    .expect("a stuck row");
+    let (status, body) = http_get(&worker.url("/readiness")).await;
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(body["dependencies"]["publishing"]["status"], "unavailable", "{body}");
+    assert!(body["dependencies"]["publishing"]["error"].as_str().unwrap_or("").contains("outbox"), "{body}");
+    sqlx::query("delete from outbox").execute(&env.pool).await.expect("unstuck");
+    let (status, body) = http_get(&worker.url("/readiness")).await;
+    assert_eq!(status, 200, "{body}");
     worker.stop().await.expect("clean stop");
 }
