@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use automation_shared::access::Permission;
 use automation_shared::db::events as event_rows;
-use automation_shared::events::{CloudEvent, EventData, EventType, ID_NAMESPACE, extension};
+use automation_shared::db::idempotency;
+use automation_shared::events::{CloudEvent, EventData, EventType, extension};
 use automation_shared::messaging::{self, Outgoing};
 use automation_shared::telemetry::TraceParent;
 use axum::Json;
@@ -14,6 +15,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -83,19 +85,42 @@ pub fn requested_wait(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
-/// The event id: derived from the caller, the endpoint and `Idempotency-Key` when given, so a
-/// retried request is the same event; otherwise new.
-pub fn event_id(user: &AuthUser, endpoint: &str, headers: &HeaderMap) -> ApiResult<String> {
+/// The event id: new, or with `Idempotency-Key` the one the key's first use got (per caller and
+/// endpoint), so a retried request is the same event. Ids are random either way, so nobody can
+/// publish under an id a request will use.
+pub async fn event_id(state: &AppState, user: &AuthUser, endpoint: &str, headers: &HeaderMap) -> ApiResult<String> {
+    let fresh = Uuid::now_v7().to_string();
     match headers.get("idempotency-key") {
-        None => Ok(Uuid::now_v7().to_string()),
+        None => Ok(fresh),
         Some(key) => {
             let key = key
                 .to_str()
                 .ok()
                 .filter(|k| !k.is_empty() && k.len() <= 255)
                 .ok_or_else(|| ApiError::field("Idempotency-Key", "must be 1 to 255 visible ASCII characters"))?;
-            Ok(Uuid::new_v5(&ID_NAMESPACE, format!("idempotency:{}:{endpoint}:{key}", user.id).as_bytes()).to_string())
+            let key_hash = hex_sha256(format!("{}\n{endpoint}\n{key}", user.id).as_bytes());
+            Ok(idempotency::claim(&state.pool, &key_hash, &fresh).await?)
         }
+    }
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// With `Idempotency-Key`: the key stands for one request; the same key with another body is
+/// a mistake, not a retry (the IETF Idempotency-Key draft's 422).
+async fn check_fingerprint(state: &AppState, headers: &HeaderMap, event_id: &str, data: &Value) -> ApiResult<()> {
+    if !headers.contains_key("idempotency-key") {
+        return Ok(());
+    }
+    let ours = hex_sha256(&serde_json::to_vec(data).map_err(|e| ApiError::Internal(e.into()))?);
+    match idempotency::fingerprint(&state.pool, event_id, &ours).await? {
+        Some(stored) if stored != ours => Err(ApiError::field(
+            "Idempotency-Key",
+            "this key was used with another request body; use a new key for a new request",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -110,13 +135,15 @@ pub async fn submit(
 ) -> ApiResult<Submitted> {
     let started = tokio::time::Instant::now();
     let event_type = data.event_type().as_str();
+    let data = data.to_value();
+    check_fingerprint(state, headers, &event_id, &data).await?;
     let Some(wait) = requested_wait(headers) else {
-        publish(state, user, headers, &event_id, event_type, data.to_value()).await?;
+        publish(state, user, headers, &event_id, event_type, data).await?;
         return Ok(Submitted::Accepted { event_id });
     };
     // Registered before the publish, so the quickest notification is not missed.
     let waiter = state.waiters.register(&event_id);
-    publish(state, user, headers, &event_id, event_type, data.to_value()).await?;
+    publish(state, user, headers, &event_id, event_type, data).await?;
     // A request retried with its Idempotency-Key may find its event done long ago.
     if headers.contains_key("idempotency-key") {
         match settled(state, &event_id).await {

@@ -145,7 +145,7 @@ pub async fn create(
     if workflows::find(&state.pool, body.workflow_id).await?.is_none() {
         return Err(ApiError::field("workflowId", format!("no workflow with id {}", body.workflow_id)));
     }
-    let event_id = commands::event_id(&user, "POST /approvals", &headers)?;
+    let event_id = commands::event_id(&state, &user, "POST /approvals", &headers).await?;
     let approval_id = derived_id("approval", &event_id);
     let data = EventData::ApprovalRequested(ApprovalRequested {
         approval_id: Some(approval_id),
@@ -207,7 +207,7 @@ pub async fn decide(
 ) -> ApiResult<Response> {
     user.require(Permission::DecideApproval)?;
     let approval = find(&state, &id).await?;
-    let event_id = commands::event_id(&user, &format!("PATCH /approvals/{}", approval.id), &headers)?;
+    let event_id = commands::event_id(&state, &user, &format!("PATCH /approvals/{}", approval.id), &headers).await?;
     let data = EventData::ApprovalDecided(ApprovalDecided {
         approval_id: approval.id,
         status: body.status,

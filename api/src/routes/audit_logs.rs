@@ -112,7 +112,7 @@ pub async fn create(
     ValidJson(body): ValidJson<NewAuditRecord>,
 ) -> ApiResult<Response> {
     user.require(Permission::WriteAudit)?;
-    let event_id = commands::event_id(&user, "POST /auditLogs", &headers)?;
+    let event_id = commands::event_id(&state, &user, "POST /auditLogs", &headers).await?;
     let location = form_urlencoded::Serializer::new(String::from("/auditLogs?"))
         .append_pair("entity", &body.entity)
         .append_pair("entityId", &body.entity_id)

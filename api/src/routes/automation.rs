@@ -84,7 +84,7 @@ pub async fn execute(
     ValidJson(body): ValidJson<Execute>,
 ) -> ApiResult<Response> {
     user.require(Permission::RunAutomations)?;
-    let event_id = commands::event_id(&user, "POST /api/v1/automation/execute", &headers)?;
+    let event_id = commands::event_id(&state, &user, "POST /api/v1/automation/execute", &headers).await?;
     let run_id = derived_id("run", &event_id);
     let data = EventData::AutomationRequested(AutomationRequested {
         run_id: Some(run_id),
@@ -202,7 +202,8 @@ pub async fn cancel(
     if run.state.is_final() {
         return Err(ApiError::Conflict(format!("run {id} is already {}", run.state)));
     }
-    let event_id = commands::event_id(&user, &format!("POST /api/v1/automation/runs/{id}/cancel"), &headers)?;
+    let event_id =
+        commands::event_id(&state, &user, &format!("POST /api/v1/automation/runs/{id}/cancel"), &headers).await?;
     let data = EventData::AutomationCancelled(AutomationCancelled { run_id: id });
     let submitted = commands::submit(&state, &user, &headers, event_id, data).await?;
     Ok(submitted.respond(&format!("/api/v1/automation/runs/{id}"), runs::find(&state.pool, id)).await)

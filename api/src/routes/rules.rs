@@ -149,7 +149,7 @@ pub async fn create(
     user.require(Permission::ManageRules)?;
     require_json(&headers)?;
     let mut rule = read_rule(&body, "")?;
-    let event_id = commands::event_id(&user, "POST /api/v1/rules", &headers)?;
+    let event_id = commands::event_id(&state, &user, "POST /api/v1/rules", &headers).await?;
     let id = *rule.id.get_or_insert_with(|| derived_id("rule", &event_id));
     upsert(&state, &user, &headers, event_id, id, rule).await
 }
@@ -190,7 +190,7 @@ pub async fn replace(
         return Err(ApiError::field("id", "differs from the id in the path"));
     }
     rule.id = Some(id);
-    let event_id = commands::event_id(&user, &format!("PUT /api/v1/rules/{id}"), &headers)?;
+    let event_id = commands::event_id(&state, &user, &format!("PUT /api/v1/rules/{id}"), &headers).await?;
     upsert(&state, &user, &headers, event_id, id, rule).await
 }
 
@@ -220,7 +220,7 @@ pub async fn delete(
     if rule_rows::find(&state.pool, id).await?.is_none() {
         return Err(ApiError::NotFound(format!("no rule with id {id}")));
     }
-    let event_id = commands::event_id(&user, &format!("DELETE /api/v1/rules/{id}"), &headers)?;
+    let event_id = commands::event_id(&state, &user, &format!("DELETE /api/v1/rules/{id}"), &headers).await?;
     let data = EventData::RuleDeleted(RuleDeleted { rule_id: id });
     // There is nothing left to show: 202 whether or not the wait saw it done.
     match commands::submit(&state, &user, &headers, event_id, data).await? {

@@ -128,7 +128,7 @@ pub async fn create(
     ValidJson(body): ValidJson<NewWorkflow>,
 ) -> ApiResult<Response> {
     user.require(Permission::ManageWorkflows)?;
-    let event_id = commands::event_id(&user, "POST /workflows", &headers)?;
+    let event_id = commands::event_id(&state, &user, "POST /workflows", &headers).await?;
     let workflow_id = derived_id("workflow", &event_id);
     let data = EventData::WorkflowCreated(WorkflowCreated {
         workflow_id: Some(workflow_id),
@@ -183,7 +183,7 @@ pub async fn change(
 ) -> ApiResult<Response> {
     user.require(Permission::ManageWorkflows)?;
     let workflow = find(&state, &id).await?;
-    let event_id = commands::event_id(&user, &format!("PATCH /workflows/{}", workflow.id), &headers)?;
+    let event_id = commands::event_id(&state, &user, &format!("PATCH /workflows/{}", workflow.id), &headers).await?;
     let data = EventData::WorkflowStatusChanged(WorkflowStatusChanged {
         workflow_id: workflow.id,
         status: body.status,

@@ -123,7 +123,7 @@ async fn a_requester_deciding_an_approval_gets_403() {
 }
 
 #[tokio::test]
-async fn the_same_idempotency_key_twice_gives_one_effect() {
+async fn the_same_idempotency_key_twice_gives_one_effect_and_with_another_body_a_422() {
     let s = setup().await;
     let workflow = s.workflow().await;
     let send = || {
@@ -164,6 +164,36 @@ async fn the_same_idempotency_key_twice_gives_one_effect() {
     assert_eq!(status, 200);
     assert_eq!(body["title"], "Chair");
     assert_eq!(s.env.count_bound("select count(*) from approvals where workflow_id = ?", &workflow).await, 1);
+
+    // The same key with another body is a mistake, not a retry.
+    let (status, problem) = json(
+        s.api
+            .request(Method::POST, "/approvals", &s.requester.token)
+            .header("idempotency-key", "order-4711")
+            .json(&json!({"workflowId": workflow, "title": "Sofa"}))
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "Idempotency-Key");
+    // Another caller's key of the same name is another request.
+    let other = s.api.user(Role::Requester).await;
+    let (status, theirs) = json(
+        s.api
+            .request(Method::POST, "/approvals", &other.token)
+            .header("idempotency-key", "order-4711")
+            .json(&json!({"workflowId": workflow, "title": "Chair"}))
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_eq!(status, 202, "{theirs}");
+    assert_ne!(theirs["eventId"], first["eventId"]);
+    s.env.wait_processed(theirs["eventId"].as_str().expect("id")).await;
+    assert_eq!(s.env.count_bound("select count(*) from approvals where workflow_id = ?", &workflow).await, 2);
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod dead_letters;
 pub mod deferrals;
 pub mod events;
+pub mod idempotency;
 pub mod insights;
 pub mod instances;
 pub mod rules;

@@ -17,6 +17,8 @@ use crate::rules::pattern_matches;
 
 /// Longest accepted event id.
 pub const MAX_EVENT_ID_CHARS: usize = 128;
+/// Every source the system publishes under starts so (`/automation-engine/api`, `.../rules`).
+pub const SYSTEM_SOURCE: &str = "/automation-engine";
 /// The deepest chain of rule-caused events (CONTRACT §6).
 pub const MAX_CHAIN_DEPTH: u32 = 8;
 
@@ -212,6 +214,13 @@ impl Envelope {
                 return Err(about(Poison::new(
                     PoisonCode::PublisherNotAllowed,
                     format!("{type_name} is sent by automation-engine itself; no publisher may send it"),
+                )));
+            }
+            // The system's sources are its own: an outsider cannot occupy their event ids.
+            if raw.source.starts_with(SYSTEM_SOURCE) {
+                return Err(about(Poison::new(
+                    PoisonCode::PublisherNotAllowed,
+                    format!("source {:?} is automation-engine's own; publish under a source of yours", raw.source),
                 )));
             }
             if type_name != routing_key {
@@ -682,5 +691,12 @@ mod tests {
             Envelope::parse("approval.requested", &structured_props(), workflow.to_string().as_bytes(), limits())
                 .expect_err("mismatch");
         assert_eq!(poison.code, PoisonCode::RoutingKeyMismatch, "{poison}");
+        let api = json!({
+            "specversion": "1.0", "id": "e-6", "source": "/automation-engine/api", "type": "workflow.created",
+            "data": workflow_data()
+        });
+        let poison = Envelope::parse("workflow.created", &structured_props(), api.to_string().as_bytes(), limits())
+            .expect_err("the system's source");
+        assert_eq!(poison.code, PoisonCode::PublisherNotAllowed, "{poison}");
     }
 }
