@@ -40,6 +40,9 @@ enum Command {
         delete: bool,
         #[arg(long, requires = "delete")]
         yes: bool,
+        /// Print the rabbitmqctl commands that hold each configured publisher to its types.
+        #[arg(long, conflicts_with = "delete")]
+        permissions: bool,
     },
     /// Inspect, replay and discard dead letters.
     Dlq {
@@ -80,6 +83,9 @@ async fn main() -> ExitCode {
             serve(config).await.map(|()| true)
         }
         Some(Command::Migrate { json }) => cli::migrate(&config, json).await.map(|()| true),
+        Some(Command::Topology { json, permissions: true, .. }) => {
+            cli::publisher_permissions(&config, json).map(|()| true)
+        }
         Some(Command::Topology { json, delete: false, .. }) => cli::topology(&config, json).await.map(|()| true),
         Some(Command::Topology { delete: true, yes, .. }) => cli::delete_topology(&config, yes).await.map(|()| true),
         Some(Command::Dlq { command }) => cli::dlq::run(&config, *command).await,

@@ -96,6 +96,61 @@ pub async fn topology(config: &Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `topology --permissions`: the `rabbitmqctl` commands that hold each publisher of
+/// `AUTOMATION_WORKER__PUBLISHERS` to its types at the broker (write on the events exchange only,
+/// topic permissions on its routing keys), whether or not it sets `user_id`.
+pub fn publisher_permissions(config: &Config, json: bool) -> anyhow::Result<()> {
+    let names = Names::new(config.amqp.prefix.clone());
+    let exchange = names.events();
+    let vhost = config.amqp.url.parse::<lapin::uri::AMQPUri>().map(|u| u.vhost).unwrap_or_else(|_| "/".into());
+    let system = automation_shared::messaging::SystemUsers::of(&config.amqp);
+    let mut publishers = Vec::new();
+    for (user, patterns) in &config.worker.publishers {
+        if system.contains(user) {
+            anyhow::bail!(
+                "AUTOMATION_WORKER__PUBLISHERS names {user:?}, which is the system's own AMQP user: give the publisher a user of its own"
+            );
+        }
+        let topics = format!("^({})$", patterns.iter().map(|p| routing_key_regex(p)).collect::<Vec<_>>().join("|"));
+        let commands = [
+            format!("rabbitmqctl add_user {user} \"$PUBLISHER_PASSWORD\"   # once"),
+            format!("rabbitmqctl set_permissions -p {vhost} {user} '^$' '^{}$' '^$'", regex_escape(&exchange)),
+            format!("rabbitmqctl set_topic_permissions -p {vhost} {user} {exchange} '{topics}' '^$'"),
+        ];
+        publishers.push(json!({"user": user, "types": patterns, "topics": topics, "commands": commands}));
+    }
+    if json {
+        println!("{}", json!({"vhost": vhost, "exchange": exchange, "publishers": publishers}));
+        return Ok(());
+    }
+    if publishers.is_empty() {
+        println!("# AUTOMATION_WORKER__PUBLISHERS is empty: every publisher may send every public type.");
+        println!("# Name each publishing service's AMQP user and its types there, e.g. {{orders=[\"approval.*\"]}}.");
+    }
+    for publisher in &publishers {
+        println!("# {} may publish {}", publisher["user"].as_str().unwrap_or(""), publisher["types"]);
+        for command in publisher["commands"].as_array().into_iter().flatten() {
+            println!("{}", command.as_str().unwrap_or(""));
+        }
+    }
+    Ok(())
+}
+
+/// A type pattern of `AUTOMATION_WORKER__PUBLISHERS` (`approval.*`) as a regular expression over
+/// routing keys, as RabbitMQ's topic permissions take it.
+fn routing_key_regex(pattern: &str) -> String {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => format!("{}.*", regex_escape(prefix)),
+        None => regex_escape(pattern),
+    }
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { vec![c] } else { vec!['\\', c] })
+        .collect()
+}
+
 /// `topology --delete`: removes every exchange and queue under the prefix, messages included.
 pub async fn delete_topology(config: &Config, yes: bool) -> anyhow::Result<()> {
     let names = Names::new(config.amqp.prefix.clone());
