@@ -1,12 +1,13 @@
 //! Issue 9, "Trust boundaries", at the API: claims of any shape in a signed token, amounts the
 //! database cannot hold, framework-made errors, JSON content types, and the security headers.
 
+use automation_api::auth::Role;
 use automation_shared::testing::TestEnv;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{TestApi, json};
+use crate::support::{TestApi, TestWorker, json};
 
 const SECRET: &str = "a-test-secret-that-is-long-enough-for-hs256";
 
@@ -73,4 +74,48 @@ async fn a_signed_token_whose_jti_or_sub_cannot_be_stored_is_401_naming_the_clai
         let again = api.request(Method::GET, "/workflows", &token).send().await.expect("answer");
         assert_eq!(again.status(), 401, "{jti}: refused once logged out");
     }
+}
+
+#[tokio::test]
+async fn an_amount_the_column_cannot_hold_is_422_and_the_largest_that_fits_is_stored() {
+    let env = TestEnv::new().await;
+    let worker = TestWorker::start(&env.config).await;
+    let api = TestApi::start(&env.config).await;
+    let admin = api.user(Role::Admin).await;
+    let requester = api.user(Role::Requester).await;
+    let (status, workflow) = json(
+        api.request(Method::POST, "/workflows", &admin.token)
+            .header("prefer", "wait=10")
+            .json(&json!({"name": "Big purchases"}))
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_eq!(status, 200, "{workflow}");
+    let request = |amount: Value| {
+        api.request(Method::POST, "/approvals", &requester.token)
+            .header("prefer", "wait=10")
+            .json(&json!({"workflowId": workflow["id"], "title": "A ship", "amount": amount, "currency": "EUR"}))
+            .send()
+    };
+    // 10^15 has 16 digits before the point; decimal(19, 4) holds 15. So does anything that
+    // parses to it (999999999999999.99 rounds up to 10^15 as a double).
+    for amount in [json!(1e15), json!(1_000_000_000_000_000_u64), json!(999_999_999_999_999.99), json!(1e300)] {
+        let body = problem(request(amount.clone()).await.expect("answer"), 422, &format!("amount {amount}")).await;
+        assert_eq!(body["errors"][0]["field"], "amount", "{body}");
+        assert!(body["errors"][0]["message"].as_str().unwrap_or_default().contains("below 1000000000000000"), "{body}");
+    }
+    let message = |body: &Value| body["errors"][0]["message"].as_str().unwrap_or_default().to_string();
+    let body = problem(request(json!(-0.01)).await.expect("answer"), 422, "a negative amount").await;
+    assert_eq!(message(&body), "must not be negative", "{body}");
+    // The largest double below 10^15 (999999999999999.875), as JSON writes it.
+    let largest = json!(999_999_999_999_999.9);
+    let (status, approval) = json(request(largest).await.expect("answer")).await;
+    assert_eq!(status, 200, "the largest amount below 10^15 is applied: {approval}");
+    let stored = approval["amount"].as_f64().expect("amount");
+    assert!((999_999_999_999_999.0..1e15).contains(&stored), "{stored}");
+    let (status, _) = json(request(json!(0)).await.expect("answer")).await;
+    assert_eq!(status, 200, "zero is an amount");
+    worker.stop().await;
 }
