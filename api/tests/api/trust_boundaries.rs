@@ -119,3 +119,57 @@ async fn an_amount_the_column_cannot_hold_is_422_and_the_largest_that_fits_is_st
     assert_eq!(status, 200, "zero is an amount");
     worker.stop().await;
 }
+
+#[tokio::test]
+async fn only_application_json_and_plus_json_bodies_are_read_anything_else_is_415() {
+    let env = TestEnv::new().await;
+    let api = TestApi::start(&env.config).await;
+    let admin = api.user(Role::Admin).await;
+    let routes = [
+        (Method::POST, "/api/v1/events"),
+        (Method::POST, "/api/v1/rules"),
+        (Method::PUT, "/api/v1/rules/5f0c8e0e-2b43-4c4e-9a51-0d1c2a0f7e11"),
+        (Method::POST, "/api/v1/rules/test"),
+        (Method::POST, "/workflows"),
+        (Method::POST, "/approvals"),
+        (Method::POST, "/auditLogs"),
+        (Method::POST, "/api/v1/automation/execute"),
+        (Method::POST, "/auth/login"),
+    ];
+    // `text/plain` is a CORS "simple" type: a browser sends it cross-site without a preflight.
+    for refused in [
+        "text/plain; charset=json",
+        "text/plain",
+        "text/json",
+        "application/x-www-form-urlencoded",
+        "application/jsonp",
+    ] {
+        for (method, path) in &routes {
+            let r = api
+                .request(method.clone(), path, &admin.token)
+                .header("content-type", refused)
+                .body("{}")
+                .send()
+                .await
+                .expect("answer");
+            problem(r, 415, &format!("{refused} on {path}")).await;
+        }
+    }
+    let r = api.request(Method::POST, "/api/v1/events", &admin.token).body("{}").send().await.expect("answer");
+    problem(r, 415, "no content type").await;
+    // Accepted types get as far as the body: `{}` is no event, rule or workflow (422).
+    for accepted in
+        ["application/json", "Application/JSON; charset=UTF-8", "application/cloudevents+json; charset=utf-8"]
+    {
+        for (method, path) in &routes[..5] {
+            let r = api
+                .request(method.clone(), path, &admin.token)
+                .header("content-type", accepted)
+                .body("{}")
+                .send()
+                .await
+                .expect("answer");
+            problem(r, 422, &format!("{accepted} on {path}")).await;
+        }
+    }
+}
