@@ -27,7 +27,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::broker::Broker;
 use crate::problem::ApiError;
 use crate::waiters::Waiters;
-use crate::{auth, openapi};
+use crate::{auth, openapi, problem};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -90,8 +90,13 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state.clone())
         .layer(axum::extract::DefaultBodyLimit::max(config.api.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(config.api.request_timeout_secs),
+        ))
+        // Outside the timeout, so a 408 and a 413 are problems and readable cross-origin too.
+        .layer(middleware::map_response(problem::framework_errors))
         .layer(cors(config))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(config.api.request_timeout_secs)))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(middleware::from_fn(record_metrics))
         .layer(

@@ -1,11 +1,14 @@
 //! Issue 9, "Trust boundaries", at the API: claims of any shape in a signed token, amounts the
 //! database cannot hold, framework-made errors, JSON content types, and the security headers.
 
+use std::time::Duration;
+
 use automation_api::auth::Role;
 use automation_shared::testing::TestEnv;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use reqwest::Method;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{TestApi, TestWorker, json};
 
@@ -118,6 +121,104 @@ async fn an_amount_the_column_cannot_hold_is_422_and_the_largest_that_fits_is_st
     let (status, _) = json(request(json!(0)).await.expect("answer")).await;
     assert_eq!(status, 200, "zero is an amount");
     worker.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_413_problem_json_on_every_route_that_reads_one() {
+    let env = TestEnv::new().await;
+    let api = TestApi::start(&env.config).await;
+    let admin = api.user(Role::Admin).await;
+    // 5 MiB of valid JSON, declared by Content-Length.
+    let big = format!("{{\"name\":\"{}\"}}", "x".repeat(5 * 1024 * 1024));
+    for (method, path) in [
+        (Method::POST, "/api/v1/events"),
+        (Method::POST, "/api/v1/rules"),
+        (Method::PUT, "/api/v1/rules/5f0c8e0e-2b43-4c4e-9a51-0d1c2a0f7e11"),
+        (Method::POST, "/api/v1/rules/test"),
+        (Method::POST, "/workflows"),
+        (Method::POST, "/auth/login"),
+    ] {
+        let r = api
+            .request(method, path, &admin.token)
+            .header("content-type", "application/json")
+            .body(big.clone())
+            .send()
+            .await
+            .expect("answer");
+        let body = problem(r, 413, path).await;
+        assert!(body["type"].as_str().unwrap_or_default().ends_with("/payload-too-large"), "{path}: {body}");
+    }
+}
+
+/// Sends a request whose body never finishes, over a bare socket, and reads the answer.
+async fn stalled_request(address: &str) -> (String, String) {
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    let head = "POST /auth/login HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+                content-length: 100\r\n\r\n{\"email\":";
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let mut buffer = [0_u8; 4096];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer)).await;
+        match read {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buffer[..n]),
+            _ => break,
+        }
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((_, body)) = text.split_once("\r\n\r\n")
+            && body.trim_end().ends_with('}')
+        {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_ascii_lowercase(), body.to_string())
+}
+
+#[tokio::test]
+async fn a_request_past_the_timeout_is_408_problem_json() {
+    let mut env = TestEnv::new().await;
+    env.config.api.request_timeout_secs = 1;
+    let api = TestApi::start(&env.config).await;
+    let (head, body) = stalled_request(api.base.trim_start_matches("http://")).await;
+    assert!(head.starts_with("http/1.1 408"), "{head}");
+    assert!(head.contains("content-type: application/problem+json"), "{head}");
+    // The body may be chunked; the problem is the JSON object in it.
+    let start = body.find('{').expect("a body");
+    let end = body.rfind('}').expect("a whole body");
+    let problem: Value = serde_json::from_str(&body[start..=end]).expect("problem JSON");
+    assert_eq!(problem["status"], 408, "{problem}");
+    assert!(problem["type"].as_str().unwrap_or_default().ends_with("/request-timeout"), "{problem}");
+}
+
+#[tokio::test]
+async fn rejections_made_by_the_framework_are_problem_json() {
+    let env = TestEnv::new().await;
+    let api = TestApi::start(&env.config).await;
+    let viewer = api.user(Role::Viewer).await;
+    // A path parameter that is not UTF-8 once decoded: axum's own 400.
+    let r = api.request(Method::GET, "/approvals/%FF%FE", &viewer.token).send().await.expect("answer");
+    problem(r, 400, "a path that is not UTF-8").await;
+    let r = api.request(Method::DELETE, "/approvals", &viewer.token).send().await.expect("answer");
+    problem(r, 405, "an unknown method").await;
+    let r = api.request(Method::GET, "/no/such/route", &viewer.token).send().await.expect("answer");
+    problem(r, 404, "an unknown route").await;
+    let r = api.request(Method::GET, "/docs/no-such-file.js", &viewer.token).send().await.expect("answer");
+    problem(r, 404, "an unknown file of the docs").await;
+    let r = api.request(Method::GET, "/approvals?limit=lots", &viewer.token).send().await.expect("answer");
+    problem(r, 422, "a query parameter of the wrong type").await;
+    let r = api
+        .request(Method::POST, "/workflows", &viewer.token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("answer");
+    problem(r, 400, "a body that is not JSON").await;
+    // Readiness keeps its own body: probes read `dependencies`.
+    let r = api.client.get(api.url("/readiness")).send().await.expect("answer");
+    assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]
