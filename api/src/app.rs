@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -77,11 +78,22 @@ impl AppState {
     }
 }
 
+/// The Content-Security-Policy of the docs UI. Swagger UI is vendored: its scripts, styles,
+/// fonts and icons come from this origin (`self`), its SVG icons as `data:` images, and React sets
+/// some inline styles. It fetches `/openapi.json` and, with "Try it out", the API itself. Nothing
+/// may frame it (clickjacking a logged-in "Try it out").
+const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+                        img-src 'self' data:; font-src 'self'; connect-src 'self'; base-uri 'none'; \
+                        form-action 'none'; frame-ancestors 'none'";
+
 /// The router with every route, the OpenAPI document, the docs UI and the middleware.
 pub fn router(state: AppState) -> Router {
     let (routes, api) = openapi::routes().split_for_parts();
     let api = openapi::finish(api);
-    let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", api);
+    let docs: Router<AppState> = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", api).into();
+    let docs = docs
+        .layer(SetResponseHeaderLayer::overriding(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(DOCS_CSP)))
+        .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")));
     let config = &state.config;
     Router::new()
         .merge(routes)
@@ -97,6 +109,10 @@ pub fn router(state: AppState) -> Router {
         // Outside the timeout, so a 408 and a 413 are problems and readable cross-origin too.
         .layer(middleware::map_response(problem::framework_errors))
         .layer(cors(config))
+        // Tokens and personal data must not stay in a browser's or a proxy's cache; nothing the
+        // API answers is worth caching (the vendored docs are small and served locally).
+        .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(middleware::from_fn(record_metrics))
         .layer(

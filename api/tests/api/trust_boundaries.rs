@@ -184,6 +184,7 @@ async fn a_request_past_the_timeout_is_408_problem_json() {
     let (head, body) = stalled_request(api.base.trim_start_matches("http://")).await;
     assert!(head.starts_with("http/1.1 408"), "{head}");
     assert!(head.contains("content-type: application/problem+json"), "{head}");
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
     // The body may be chunked; the problem is the JSON object in it.
     let start = body.find('{').expect("a body");
     let end = body.rfind('}').expect("a whole body");
@@ -272,5 +273,51 @@ async fn only_application_json_and_plus_json_bodies_are_read_anything_else_is_41
                 .expect("answer");
             problem(r, 422, &format!("{accepted} on {path}")).await;
         }
+    }
+}
+
+#[tokio::test]
+async fn every_answer_says_nosniff_tokens_are_never_cached_and_the_docs_cannot_be_framed() {
+    let env = TestEnv::new().await;
+    let api = TestApi::start(&env.config).await;
+    let admin = api.user(Role::Admin).await;
+    let header = |r: &reqwest::Response, name: &str| {
+        r.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    };
+    let login = api
+        .client
+        .post(api.url("/auth/login"))
+        .json(&json!({"email": admin.email, "password": crate::support::PASSWORD}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(login.status(), 200);
+    let users = api.request(Method::GET, "/users", &admin.token).send().await.expect("answer");
+    let approvals = api.request(Method::GET, "/approvals", &admin.token).send().await.expect("answer");
+    let refused = api.client.get(api.url("/users")).send().await.expect("answer");
+    for (what, r) in [("login", &login), ("users", &users), ("approvals", &approvals), ("a 401", &refused)] {
+        assert_eq!(header(r, "x-content-type-options"), "nosniff", "{what}");
+        assert_eq!(header(r, "cache-control"), "no-store", "{what}");
+    }
+    for path in ["/health", "/metrics", "/openapi.json", "/nope"] {
+        let r = api.client.get(api.url(path)).send().await.expect("answer");
+        assert_eq!(header(&r, "x-content-type-options"), "nosniff", "{path}");
+    }
+    // The docs: not framed, scripts only from here; and served with the types that nosniff
+    // holds them to, so the page still loads.
+    for (path, kind) in [
+        ("/docs/", "text/html"),
+        ("/docs/swagger-ui-bundle.js", "javascript"),
+        ("/docs/swagger-initializer.js", "javascript"),
+        ("/docs/swagger-ui.css", "text/css"),
+    ] {
+        let r = api.client.get(api.url(path)).send().await.expect("answer");
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(header(&r, "content-type").contains(kind), "{path}: {}", header(&r, "content-type"));
+        assert_eq!(header(&r, "x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(header(&r, "x-frame-options"), "DENY", "{path}");
+        let csp = header(&r, "content-security-policy");
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(csp.contains("script-src 'self'"), "{path}: {csp}");
     }
 }
