@@ -100,10 +100,15 @@ impl JwtKeys {
                 let decoding = DecodingKey::from_rsa_pem(public.as_bytes())
                     .context("JWT_PUBLIC_KEY is not an RSA public key in PEM")?;
                 let encoding = match config.private_key.as_deref() {
-                    Some(private) => Some(
+                    Some(private) => Some({
+                        tracing::warn!(
+                            "JWT_PRIVATE_KEY is set: /auth/login signs RS256 tokens with the rsa crate, whose \
+                             private-key operations are not constant-time (RUSTSEC-2023-0071); let the token \
+                             issuer hold the private key and give this API only JWT_PUBLIC_KEY"
+                        );
                         EncodingKey::from_rsa_pem(private.as_bytes())
-                            .context("JWT_PRIVATE_KEY is not an RSA private key in PEM")?,
-                    ),
+                            .context("JWT_PRIVATE_KEY is not an RSA private key in PEM")?
+                    }),
                     None => None,
                 };
                 (Algorithm::RS256, encoding, decoding, format!("rs256-{}", fingerprint(public.trim().as_bytes())))
