@@ -5,8 +5,10 @@ SHELL := bash
 
 # Tests build the worker with its test-only fault hooks (a crash after COMMIT, a handler panic).
 TEST_FEATURES := --features automation-worker/fault-injection
+# The advisory checker, installed into the cargo bin directory on first use.
+CARGO_DENY_VERSION := 0.20.2
 
-.PHONY: help deps build run test chaos fuzz-api check check-deploy bench schemas
+.PHONY: help deps build run test chaos fuzz-api check check-advisories check-deploy bench schemas
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,11 +33,16 @@ chaos: deps ## the fault suite: kills, crashes and outages under load, with tall
 fuzz-api: deps ## schemathesis against the API's OpenAPI document
 	@scripts/fuzz-api.sh
 
-check: ## formatting, clippy, and the rustls-on-ring-only dependency rule
+check: ## formatting, clippy, the rustls-on-ring-only dependency rule, and known advisories
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets $(TEST_FEATURES) -- -D warnings
 	@scripts/check-dependencies.sh
+	@$(MAKE) --no-print-directory check-advisories
 	@scripts/check-deploy.sh
+
+check-advisories: ## RustSec advisories in Cargo.lock (cargo-deny; exceptions with reasons in deny.toml)
+	@command -v cargo-deny >/dev/null 2>&1 || cargo install --locked cargo-deny --version $(CARGO_DENY_VERSION)
+	@scripts/check-advisories.sh
 
 check-deploy: ## the Dockerfile, docker-compose.yml and k8s/ manifests, checked offline
 	@scripts/check-deploy.sh

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -28,7 +29,7 @@ use crate::auth::jwt::JwtKeys;
 use crate::broker::Broker;
 use crate::problem::ApiError;
 use crate::waiters::Waiters;
-use crate::{auth, openapi};
+use crate::{auth, openapi, problem};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -81,11 +82,22 @@ impl AppState {
     }
 }
 
+/// The Content-Security-Policy of the docs UI. Swagger UI is vendored: its scripts, styles,
+/// fonts and icons come from this origin (`self`), its SVG icons as `data:` images, and React sets
+/// some inline styles. It fetches `/openapi.json` and, with "Try it out", the API itself. Nothing
+/// may frame it (clickjacking a logged-in "Try it out").
+const DOCS_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+                        img-src 'self' data:; font-src 'self'; connect-src 'self'; base-uri 'none'; \
+                        form-action 'none'; frame-ancestors 'none'";
+
 /// The router with every route, the OpenAPI document, the docs UI and the middleware.
 pub fn router(state: AppState) -> Router {
     let (routes, api) = openapi::routes().split_for_parts();
     let api = openapi::finish(api);
-    let docs = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", api);
+    let docs: Router<AppState> = utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", api).into();
+    let docs = docs
+        .layer(SetResponseHeaderLayer::overriding(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(DOCS_CSP)))
+        .layer(SetResponseHeaderLayer::overriding(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")));
     let config = &state.config;
     Router::new()
         .merge(routes)
@@ -94,8 +106,17 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state.clone())
         .layer(axum::extract::DefaultBodyLimit::max(config.api.body_limit_bytes))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(config.api.request_timeout_secs),
+        ))
+        // Outside the timeout, so a 408 and a 413 are problems and readable cross-origin too.
+        .layer(middleware::map_response(problem::framework_errors))
         .layer(cors(config))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(config.api.request_timeout_secs)))
+        // Tokens and personal data must not stay in a browser's or a proxy's cache; nothing the
+        // API answers is worth caching (the vendored docs are small and served locally).
+        .layer(SetResponseHeaderLayer::if_not_present(header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
+        .layer(SetResponseHeaderLayer::overriding(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(middleware::from_fn(record_metrics))
         .layer(

@@ -3,14 +3,68 @@
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
 use garde::Validate;
 use serde::de::DeserializeOwned;
 
 use crate::problem::{ApiError, FieldError};
 
-/// A JSON body: `application/json`, parsed into `T` (which denies unknown fields), then
+/// Is this `Content-Type` JSON? Only `application/json` and `application/<subtype>+json` are,
+/// with or without parameters (`; charset=utf-8`), compared case-insensitively on the parsed type
+/// and subtype. A substring match would take `text/plain; charset=json`, a type a browser sends
+/// cross-site without a CORS preflight.
+pub fn is_json_media_type(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else { return false };
+    let is_token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b));
+    if !kind.eq_ignore_ascii_case("application") || !is_token(subtype) {
+        return false;
+    }
+    let subtype = subtype.to_ascii_lowercase();
+    subtype == "json" || subtype.strip_suffix("+json").is_some_and(|prefix| !prefix.is_empty())
+}
+
+/// Refuses a request whose body is not declared as JSON (one `Content-Type`, see
+/// [`is_json_media_type`]) with 415. Every route that reads a JSON body goes through here.
+pub fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let mut types = headers.get_all(header::CONTENT_TYPE).iter();
+    let json = match (types.next(), types.next()) {
+        (Some(one), None) => one.to_str().is_ok_and(is_json_media_type),
+        _ => false,
+    };
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(
+            "send the body as application/json (or an application/...+json type)".into(),
+        ))
+    }
+}
+
+/// A JSON body, unparsed: the `Content-Type` checked by [`require_json`] and the size limit
+/// answered as 413 problem+json. For routes that parse the body themselves (to name the item of a
+/// batch at fault, or to refuse unknown fields of an open shape).
+#[derive(Debug, Clone)]
+pub struct JsonBytes(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBytes {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        require_json(req.headers())?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge("the body is larger than the API accepts".into())
+            } else {
+                ApiError::BadRequest(format!("the body could not be read: {rejection}"))
+            }
+        })?;
+        Ok(JsonBytes(bytes))
+    }
+}
+
+/// A JSON body (see [`JsonBytes`]), parsed into `T` (which denies unknown fields), then
 /// validated.
 #[derive(Debug, Clone)]
 pub struct ValidJson<T>(pub T);
@@ -23,20 +77,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let json = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-            let essence = v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-            essence == "application/json" || essence.ends_with("+json")
-        });
-        if !json {
-            return Err(ApiError::UnsupportedMediaType("send the body as application/json".into()));
-        }
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge("the body is larger than the API accepts".into())
-            } else {
-                ApiError::BadRequest(format!("the body could not be read: {rejection}"))
-            }
-        })?;
+        let JsonBytes(bytes) = JsonBytes::from_request(req, state).await?;
         let value: T = parse_json(&bytes)?;
         validate(&value)?;
         Ok(ValidJson(value))
@@ -110,4 +151,41 @@ pub fn parse_query<T: DeserializeOwned + Validate<Context = ()>>(query: &str) ->
     })?;
     validate(&value)?;
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json_media_type;
+
+    #[test]
+    fn only_application_json_and_plus_json_types_are_json() {
+        for json in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=UTF-8",
+            "application/cloudevents+json",
+            "application/cloudevents+json; charset=utf-8",
+            "application/problem+JSON",
+        ] {
+            assert!(is_json_media_type(json), "{json} is JSON");
+        }
+        for other in [
+            "text/plain; charset=json",
+            "text/plain",
+            "text/json",
+            "application/x-www-form-urlencoded; json",
+            "multipart/form-data; boundary=json",
+            "application/jsonx",
+            "application/json5",
+            "application/+json",
+            "text/foo+json",
+            "application /json",
+            "application/ json",
+            "json",
+            "",
+        ] {
+            assert!(!is_json_media_type(other), "{other:?} is not JSON");
+        }
+    }
 }

@@ -2,7 +2,10 @@
 //! with the docs UI at `/docs`.
 
 use utoipa::OpenApi;
+use utoipa::openapi::content::ContentBuilder;
+use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{Ref, RefOr};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -62,12 +65,39 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(dead_letters::discard))
 }
 
-/// Adds what the annotations cannot: the bearer scheme and the version.
+/// Adds what the annotations cannot: the bearer scheme, the version, and the problems the
+/// middleware can answer for any operation (408 past the request timeout; 413 and 415 for any
+/// operation with a body), so no generated client is surprised by them.
 pub fn finish(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     api.info.version = env!("CARGO_PKG_VERSION").to_string();
     api.components.get_or_insert_with(Default::default).add_security_scheme(
         "bearer",
         SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
     );
+    for item in api.paths.paths.values_mut() {
+        let operations = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+        for operation in operations.into_iter().flatten() {
+            let mut add = |status: &str, description: &str| {
+                operation.responses.responses.entry(status.to_string()).or_insert_with(|| problem(description));
+            };
+            add("408", "The request was not completed within the request timeout");
+            if operation.request_body.is_some() {
+                add("413", "The body is larger than the API accepts");
+                add("415", "The body is not application/json (or application/...+json)");
+            }
+        }
+    }
     api
+}
+
+fn problem(description: &str) -> RefOr<Response> {
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/problem+json",
+                ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build(),
+            )
+            .build(),
+    )
 }

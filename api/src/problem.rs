@@ -1,6 +1,9 @@
 //! Every error the API answers with, as RFC 9457 `application/problem+json`. Internal errors are
-//! logged once here and answered with a generic 500 that carries no internal text.
+//! logged once here and answered with a generic 500 that carries no internal text. Errors that
+//! the framework makes (a body over the limit, a timeout, an unparsable path) are rewritten into
+//! problems by [`framework_errors`].
 
+use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -184,3 +187,75 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Marks an error response whose body is deliberately not a problem: readiness answers 503 with
+/// the `dependencies` that failed, as probes and the contract expect.
+#[derive(Debug, Clone, Copy)]
+pub struct NotAProblem;
+
+/// The longest framework error text kept as a problem's `detail`.
+const MAX_FRAMEWORK_DETAIL: usize = 500;
+
+/// Middleware: every 4xx and 5xx leaves as `application/problem+json`. Our own errors already
+/// are; what axum and tower-http make themselves (413 from the body limit, 408 from the timeout,
+/// 400 from a path that is not UTF-8, ...) is plain text or empty, and is rewritten here with the
+/// same `type`, `title`, `status` and `detail` as ours, keeping its headers (`Allow`,
+/// `Retry-After`, CORS). A client error keeps the framework's text as `detail`; a server error's
+/// text is never sent.
+pub async fn framework_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/problem+json")
+    });
+    if !(status.is_client_error() || status.is_server_error())
+        || is_problem
+        || response.extensions().get::<NotAProblem>().is_some()
+    {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = if status.is_client_error() {
+        axum::body::to_bytes(body, 16 * 1024)
+            .await
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+            .map(|text| text.trim().chars().take(MAX_FRAMEWORK_DETAIL).collect::<String>())
+            .filter(|text| !text.is_empty())
+    } else {
+        None
+    };
+    let (slug, detail) = match status {
+        StatusCode::BAD_REQUEST => ("bad-request", "the request could not be read"),
+        StatusCode::NOT_FOUND => ("not-found", "no such route"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "this method is not allowed here"),
+        StatusCode::REQUEST_TIMEOUT => {
+            ("request-timeout", "the request was not completed in time; nothing is known to have been accepted")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload-too-large", "the body is larger than the API accepts"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported-media-type", "send the body as application/json"),
+        StatusCode::UNPROCESSABLE_ENTITY => ("validation", "the request could not be used as sent"),
+        s if s.is_server_error() => ("internal", "an internal error occurred"),
+        _ => ("client-error", "the request was refused"),
+    };
+    let title =
+        status.canonical_reason().unwrap_or(if status.is_server_error() { "Server error" } else { "Client error" });
+    let problem = Problem {
+        kind: format!("{PROBLEM_BASE}/{slug}"),
+        title: title.to_string(),
+        status: status.as_u16(),
+        // The framework's own words are more precise (`Failed to parse the request body as JSON: ...`),
+        // except for the body limit, whose text names an internal type.
+        detail: match text {
+            Some(text) if status != StatusCode::PAYLOAD_TOO_LARGE => text,
+            _ => detail.to_string(),
+        },
+        errors: Vec::new(),
+        code: None,
+        event_id: None,
+    };
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    Response::from_parts(parts, Body::from(body))
+}

@@ -13,6 +13,13 @@ use super::Role;
 /// Clock skew tolerated between this API and whoever issued a token.
 const LEEWAY_SECS: u64 = 5;
 
+/// The longest `jti` and `sub` a token may carry: `revoked_tokens.jti` is `varchar(64)` in ASCII,
+/// and user and actor ids are `varchar(64)` wherever they are stored.
+pub const MAX_CLAIM_CHARS: usize = 64;
+
+/// The latest `expires_at` MySQL's `datetime` holds (9999-12-31 23:59:59 UTC).
+pub const MAX_DATETIME_SECS: i64 = 253_402_300_799;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
@@ -24,6 +31,31 @@ pub struct Claims {
     pub jti: String,
     pub iss: String,
     pub aud: String,
+}
+
+impl Claims {
+    /// What a correctly signed token may still not carry, as the problem names it: a `jti` or a
+    /// `sub` that could not be stored (so could not be revoked, or would fail where the actor is
+    /// recorded). A `jti` of spaces or control characters is refused too: MySQL's padding
+    /// comparison would make `"a"` and `"a "` the same token.
+    pub fn malformed(&self) -> Option<&'static str> {
+        let jti = &self.jti;
+        if jti.is_empty() || jti.len() > MAX_CLAIM_CHARS || !jti.bytes().all(|b| b.is_ascii_graphic()) {
+            return Some("the token's jti claim must be 1 to 64 visible ASCII characters; this token cannot be used");
+        }
+        let sub = &self.sub;
+        if sub.is_empty()
+            || sub.chars().count() > MAX_CLAIM_CHARS
+            || sub.chars().any(char::is_control)
+            || sub.trim() != sub
+        {
+            return Some(
+                "the token's sub claim must be 1 to 64 characters, without control characters or surrounding spaces; \
+                 this token cannot be used",
+            );
+        }
+        None
+    }
 }
 
 pub struct JwtKeys {
@@ -68,10 +100,15 @@ impl JwtKeys {
                 let decoding = DecodingKey::from_rsa_pem(public.as_bytes())
                     .context("JWT_PUBLIC_KEY is not an RSA public key in PEM")?;
                 let encoding = match config.private_key.as_deref() {
-                    Some(private) => Some(
+                    Some(private) => Some({
+                        tracing::warn!(
+                            "JWT_PRIVATE_KEY is set: /auth/login signs RS256 tokens with the rsa crate, whose \
+                             private-key operations are not constant-time (RUSTSEC-2023-0071); let the token \
+                             issuer hold the private key and give this API only JWT_PUBLIC_KEY"
+                        );
                         EncodingKey::from_rsa_pem(private.as_bytes())
-                            .context("JWT_PRIVATE_KEY is not an RSA private key in PEM")?,
-                    ),
+                            .context("JWT_PRIVATE_KEY is not an RSA private key in PEM")?
+                    }),
                     None => None,
                 };
                 (Algorithm::RS256, encoding, decoding, format!("rs256-{}", fingerprint(public.trim().as_bytes())))

@@ -144,7 +144,12 @@ pub async fn login(
     )
 )]
 pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
-    let expires_at = chrono::DateTime::from_timestamp(user.expires_at, 0).unwrap_or_else(chrono::Utc::now);
+    // A revocation must outlive its token; past what `datetime` holds, "never" is 9999-12-31.
+    // Bound as a naive UTC `datetime`: sqlx sends a `DateTime<Utc>` as a `timestamp`, which
+    // MariaDB turns into NULL past 2038-01-19.
+    let expires_at = chrono::DateTime::from_timestamp(user.expires_at.min(super::jwt::MAX_DATETIME_SECS), 0)
+        .unwrap_or_else(chrono::Utc::now)
+        .naive_utc();
     sqlx::query(
         "insert into revoked_tokens (jti, user_id, expires_at) values (?, ?, ?) on duplicate key update jti = jti",
     )

@@ -58,6 +58,11 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthU
         tracing::debug!(%reason, "a token was refused");
         ApiError::Unauthorized("the token is invalid or expired; log in again".into())
     })?;
+    // Checked before any query: such a claim would fail in MySQL (a 500 on every request, and a
+    // token that could never be logged out).
+    if let Some(problem) = claims.malformed() {
+        return Err(ApiError::Unauthorized(problem.into()));
+    }
     let revoked: Option<i32> = sqlx::query_scalar("select 1 from revoked_tokens where jti = ?")
         .bind(&claims.jti)
         .fetch_optional(&state.pool)

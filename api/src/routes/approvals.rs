@@ -91,6 +91,24 @@ async fn find(state: &AppState, id: &str) -> ApiResult<Approval> {
     approvals::find(&state.pool, uuid).await?.ok_or_else(|| ApiError::NotFound(format!("no approval with id {uuid}")))
 }
 
+/// The largest amount an approval can hold. `approvals.amount` is `decimal(19, 4)`: 15 digits
+/// before the point, so every amount must be below 10^15, and the largest `f64` below 10^15 is
+/// 999,999,999,999,999.875 (this literal's shortest form). 10^15 itself fails in MySQL.
+pub const MAX_AMOUNT: f64 = 999_999_999_999_999.9;
+const _: () = assert!(MAX_AMOUNT < 1e15);
+
+/// A JSON number as close to 10^15 as `999999999999999.99` is read as 10^15 itself, so the
+/// message says where the limit is rather than repeating the number sent.
+fn amount_fits(amount: &Option<f64>, _context: &()) -> garde::Result {
+    match amount {
+        Some(amount) if *amount < 0.0 => Err(garde::Error::new("must not be negative")),
+        Some(amount) if *amount > MAX_AMOUNT => Err(garde::Error::new(
+            "must be below 1000000000000000 (10^15): amounts are stored with 15 digits before the point",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// What a requester sends. The requester is the caller; status, id and version are the
 /// system's to set.
 #[derive(Debug, Deserialize, Validate, ToSchema)]
@@ -101,8 +119,9 @@ pub struct NewApproval {
     #[garde(length(chars, min = 1, max = 300))]
     #[schema(min_length = 1, max_length = 300)]
     pub title: String,
-    #[garde(range(min = 0.0, max = 1e15))]
-    #[schema(minimum = 0.0, maximum = 1e15)]
+    /// At least 0 and below 10^15 (`approvals.amount` is `decimal(19, 4)`).
+    #[garde(custom(amount_fits))]
+    #[schema(minimum = 0.0, exclusive_maximum = 1e15)]
     pub amount: Option<f64>,
     /// ISO 4217, e.g. `EUR`.
     #[garde(pattern(r"^[A-Z]{3}$"))]
@@ -220,4 +239,14 @@ pub async fn decide(
 
 async fn respond(state: &AppState, submitted: Submitted, approval: Uuid) -> Response {
     submitted.respond(&format!("/approvals/{approval}"), approvals::find(&state.pool, approval)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MAX_AMOUNT;
+
+    #[test]
+    fn the_largest_amount_is_the_last_f64_below_ten_to_the_fifteen() {
+        assert_eq!(MAX_AMOUNT.next_up(), 1e15, "nothing between the limit and what decimal(19, 4) refuses");
+    }
 }

@@ -4,7 +4,6 @@
 use automation_shared::db::events::{self as event_rows, EventStatus};
 use automation_shared::events::{EventData, EventType, envelope::MAX_EVENT_ID_CHARS};
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +14,7 @@ use utoipa::ToSchema;
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission, Role};
 use crate::commands::{self, Accepted};
-use crate::extract::parse_json;
+use crate::extract::{JsonBytes, parse_json};
 use crate::problem::{ApiError, ApiResult, FieldError, Problem};
 
 /// The most events one request may carry.
@@ -107,14 +106,9 @@ pub async fn publish(
     State(state): State<AppState>,
     user: AuthUser,
     headers: HeaderMap,
-    body: Bytes,
+    JsonBytes(body): JsonBytes,
 ) -> ApiResult<Response> {
     user.require(Permission::PublishEvents)?;
-    let json =
-        headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("json"));
-    if !json {
-        return Err(ApiError::UnsupportedMediaType("send application/json or application/cloudevents+json".into()));
-    }
     let value: Value = parse_json(&body)?;
     let (items, many) = match value {
         Value::Array(items) => (items, true),

@@ -11,6 +11,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
+use crate::problem::NotAProblem;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Live {
@@ -72,7 +73,10 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     let ok = mysql.status == "ok" && rabbitmq.status == "ok";
     let body =
         Readiness { status: if ok { "ok" } else { "unavailable" }, dependencies: Dependencies { mysql, rabbitmq } };
-    (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body)).into_response()
+    let mut response = (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body)).into_response();
+    // Probes and dashboards read `dependencies`: this 503 keeps its own body.
+    response.extensions_mut().insert(NotAProblem);
+    response
 }
 
 #[utoipa::path(

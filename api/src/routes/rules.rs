@@ -8,7 +8,6 @@ use automation_shared::events::{EventData, EventType, RuleDeleted, derived_id};
 use automation_shared::rules::engine::{self, ConditionCache, Evaluation, StoredRule};
 use automation_shared::rules::{self, RuleDefinition};
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -22,7 +21,7 @@ use super::parse_id;
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
 use crate::commands::{self, Submitted};
-use crate::extract::{ValidQuery, parse_json, validate};
+use crate::extract::{JsonBytes, ValidQuery, parse_json, validate};
 use crate::pagination::Keyset;
 use crate::problem::{ApiError, ApiResult, FieldError, Problem};
 
@@ -144,10 +143,9 @@ pub async fn create(
     State(state): State<AppState>,
     user: AuthUser,
     headers: HeaderMap,
-    body: Bytes,
+    JsonBytes(body): JsonBytes,
 ) -> ApiResult<Response> {
     user.require(Permission::ManageRules)?;
-    require_json(&headers)?;
     let mut rule = read_rule(&body, "")?;
     let event_id = commands::event_id(&state, &user, "POST /api/v1/rules", &headers).await?;
     let id = *rule.id.get_or_insert_with(|| derived_id("rule", &event_id));
@@ -180,11 +178,10 @@ pub async fn replace(
     user: AuthUser,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Bytes,
+    JsonBytes(body): JsonBytes,
 ) -> ApiResult<Response> {
     user.require(Permission::ManageRules)?;
     let id = parse_id(&id, "rule")?;
-    require_json(&headers)?;
     let mut rule = read_rule(&body, "")?;
     if rule.id.is_some_and(|given| given != id) {
         return Err(ApiError::field("id", "differs from the id in the path"));
@@ -241,12 +238,6 @@ async fn upsert(
     Ok(submitted.respond(&format!("/api/v1/rules/{id}"), rule_rows::find(&state.pool, id)).await)
 }
 
-fn require_json(headers: &HeaderMap) -> ApiResult<()> {
-    let json =
-        headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("json"));
-    if json { Ok(()) } else { Err(ApiError::UnsupportedMediaType("send the body as application/json".into())) }
-}
-
 /// What a dry run returns.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -283,11 +274,9 @@ pub struct DryRun {
 pub async fn test(
     State(state): State<AppState>,
     user: AuthUser,
-    headers: HeaderMap,
-    body: Bytes,
+    JsonBytes(body): JsonBytes,
 ) -> ApiResult<Json<DryRun>> {
     user.require(Permission::ManageRules)?;
-    require_json(&headers)?;
     let request: Value = parse_json(&body)?;
     let Some(request) = request.as_object() else { return Err(ApiError::field("", "must be a JSON object")) };
     if let Some(unknown) = request.keys().find(|k| !["rule", "ruleId", "event", "entity"].contains(&k.as_str())) {

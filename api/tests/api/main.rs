@@ -10,3 +10,4 @@ mod jwt;
 mod outages;
 mod rules_and_automation;
 mod support;
+mod trust_boundaries;
