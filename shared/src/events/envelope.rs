@@ -585,6 +585,15 @@ mod tests {
             ),
             (BasicProperties::default(), br#"{"name":"x"}"#.to_vec(), "workflow.exploded", PoisonCode::UnknownType),
             (BasicProperties::default(), br#"{"name":""}"#.to_vec(), "workflow.created", PoisonCode::SchemaInvalid),
+            // More than decimal(19, 4) holds.
+            (
+                BasicProperties::default(),
+                json!({"workflowId": Uuid::nil(), "title": "t", "requesterId": Uuid::nil(), "amount": 1e15})
+                    .to_string()
+                    .into_bytes(),
+                "approval.requested",
+                PoisonCode::SchemaInvalid,
+            ),
             (BasicProperties::default(), vec![b' '; 300 * 1024], "workflow.created", PoisonCode::TooLarge),
             (
                 structured_props(),

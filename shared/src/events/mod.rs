@@ -156,7 +156,7 @@ pub struct ApprovalRequested {
     pub workflow_id: Uuid,
     #[garde(length(chars, min = 1, max = 300))]
     pub title: String,
-    #[garde(range(min = 0.0, max = 1e15))]
+    #[garde(range(min = 0.0, max = 999_999_999_999_999.9))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount: Option<f64>,
     /// ISO 4217 code, e.g. `EUR`.
