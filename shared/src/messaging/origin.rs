@@ -162,11 +162,9 @@ mod tests {
 
     #[test]
     fn the_own_user_comes_from_the_url() {
-        let mut config = AmqpConfig::default();
-        config.url = "amqp://automation%2Dworker:secret@127.0.0.1:5672/%2f".into();
-        assert_eq!(SystemUsers::of(&config).own(), "automation-worker");
-        config.url = "amqp://127.0.0.1:5672".into();
-        assert_eq!(SystemUsers::of(&config).own(), "guest");
+        let of = |url: &str| SystemUsers::of(&AmqpConfig { url: url.into(), ..AmqpConfig::default() });
+        assert_eq!(of("amqp://automation%2Dworker:secret@127.0.0.1:5672/%2f").own(), "automation-worker");
+        assert_eq!(of("amqp://127.0.0.1:5672").own(), "guest");
     }
 
     fn set_marks(properties: BasicProperties, publisher: &str) -> BasicProperties {
