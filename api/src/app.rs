@@ -26,6 +26,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::jwt::JwtKeys;
+use crate::auth::sessions::Sessions;
 use crate::broker::Broker;
 use crate::problem::ApiError;
 use crate::waiters::Waiters;
@@ -48,6 +49,8 @@ pub struct Inner {
     pub audit: tokio::sync::Mutex<AuditChain>,
     /// The AMQP user this process publishes as (`user_id`, which the broker vouches for).
     pub system_users: SystemUsers,
+    /// Which users' tokens are no longer good (deactivated, deleted, another role).
+    pub sessions: Arc<Sessions>,
 }
 
 impl Deref for AppState {
@@ -69,7 +72,10 @@ impl AppState {
         let config_audit_key = config.audit.key.clone();
         let pool = db::lazy_pool(&config.database)?;
         let dummy_hash = auth::password::hash(uuid::Uuid::new_v4().to_string()).await?;
+        let sessions = Arc::new(Sessions::default());
+        sessions.keep_fresh(pool.clone());
         Ok(AppState(Arc::new(Inner {
+            sessions,
             broker: Arc::new(Broker::new(config.clone())),
             system_users: SystemUsers::of(&config.amqp),
             config,

@@ -4,6 +4,7 @@
 pub mod jwt;
 pub mod login;
 pub mod password;
+pub mod sessions;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -46,7 +47,8 @@ impl FromRequestParts<AppState> for AuthUser {
     }
 }
 
-/// Checks the bearer token: signature, claims, and that it was not logged out.
+/// Checks the bearer token: signature, claims, that its user is still who it says (active, same
+/// role) and that it was not logged out.
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthUser, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -62,6 +64,9 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthU
     // token that could never be logged out).
     if let Some(problem) = claims.malformed() {
         return Err(ApiError::Unauthorized(problem.into()));
+    }
+    if let Some(reason) = state.sessions.refusal(&claims.sub, claims.role) {
+        return Err(ApiError::Unauthorized(reason.into()));
     }
     let revoked: Option<i32> = sqlx::query_scalar("select 1 from revoked_tokens where jti = ?")
         .bind(&claims.jti)

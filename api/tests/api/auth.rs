@@ -212,3 +212,50 @@ async fn user_create_takes_the_password_from_an_environment_variable_never_from_
     api.login("first@example.com", PASSWORD).await;
     api.login("second@example.com", PASSWORD).await;
 }
+
+#[tokio::test]
+async fn a_token_of_a_user_deactivated_deleted_or_given_another_role_is_refused_within_seconds() {
+    let env = TestEnv::new().await;
+    let api = TestApi::start(&env.config).await;
+    let (deactivated, deleted, demoted, untouched) = (
+        api.user(Role::Approver).await,
+        api.user(Role::Approver).await,
+        api.user(Role::Admin).await,
+        api.user(Role::Viewer).await,
+    );
+    for user in [&deactivated, &deleted, &demoted, &untouched] {
+        let r = api.request(Method::GET, "/approvals", &user.token).send().await.expect("answer");
+        assert_eq!(r.status(), 200);
+    }
+    // Users the API has known for a while (a deleted user is one it has seen).
+    tokio::time::sleep(automation_api::auth::sessions::REFRESH * 2).await;
+    // What ops do in the database; nothing else tells the API.
+    let update = |sql: &'static str, id: String| {
+        let pool = env.pool.clone();
+        async move { sqlx::query(sql).bind(id).execute(&pool).await.expect("update") }
+    };
+    update("update users set active = false where id = ?", deactivated.id.clone()).await;
+    update("delete from users where id = ?", deleted.id.clone()).await;
+    update("update users set role = 'viewer' where id = ?", demoted.id.clone()).await;
+    let changed = std::time::Instant::now();
+    for (user, says) in [(&deactivated, "deactivated"), (&deleted, "no longer exists"), (&demoted, "role")] {
+        loop {
+            let (status, problem) =
+                json(api.request(Method::GET, "/approvals", &user.token).send().await.expect("answer")).await;
+            if status == 401 {
+                assert!(problem["detail"].as_str().unwrap_or("").contains(says), "{problem}");
+                break;
+            }
+            assert_eq!(status, 200);
+            assert!(changed.elapsed() < std::time::Duration::from_secs(5), "still taken after 5 s");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let r = api.request(Method::GET, "/approvals", &untouched.token).send().await.expect("answer");
+    assert_eq!(r.status(), 200, "the others' tokens are good");
+    // Active again: the token is good again (it was never logged out).
+    update("update users set active = true where id = ?", deactivated.id.clone()).await;
+    tokio::time::sleep(automation_api::auth::sessions::REFRESH * 2).await;
+    let r = api.request(Method::GET, "/approvals", &deactivated.token).send().await.expect("answer");
+    assert_eq!(r.status(), 200);
+}
