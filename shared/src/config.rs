@@ -49,6 +49,22 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub audit: AuditConfig,
     pub tasks: TasksConfig,
+    pub rules: RulesConfig,
+}
+
+/// Rule evaluation, in the worker and in the API's dry run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RulesConfig {
+    /// The most work one rule's evaluation may do, in steps (docs/rules.md, "Cost"); past it the
+    /// evaluation fails as "over budget" without running.
+    pub max_steps: u64,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self { max_steps: crate::rules::engine::DEFAULT_MAX_STEPS }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -470,6 +486,7 @@ impl Default for Config {
             worker: WorkerConfig::default(),
             audit: AuditConfig::default(),
             tasks: TasksConfig::default(),
+            rules: RulesConfig::default(),
         }
     }
 }

@@ -213,9 +213,9 @@ impl Applier {
     pub fn new(worker: Arc<Worker>, queue: WorkQueue, ordered: bool) -> Applier {
         Applier {
             chain: AuditChain::new(worker.config.audit.key.as_deref()),
+            rules: RuleSet::new(worker.config.rules.max_steps),
             worker,
             queue,
-            rules: RuleSet::default(),
             ordered,
             left_unsettled: HashSet::new(),
             unheld: HashSet::new(),

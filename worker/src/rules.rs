@@ -20,12 +20,19 @@ use crate::handlers::Applied;
 type Fingerprint = (Option<DateTime<Utc>>, i64, i64);
 
 /// The enabled rules and their compiled conditions, per consumer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RuleSet {
     fingerprint: Option<Fingerprint>,
     rules: Vec<StoredRule>,
     conditions: ConditionCache,
+    /// The budget of one evaluation (`AUTOMATION_RULES__MAX_STEPS`).
+    max_steps: u64,
 }
+
+/// Events with a collection longer than this are evaluated while the runtime moves the thread's
+/// other tasks elsewhere (on a multi-threaded runtime): comprehensions over them, within the
+/// budget, may take milliseconds.
+const BLOCKING_COLLECTION: usize = 1_000;
 
 /// What the rules made of one applied event.
 #[derive(Debug, Default)]
@@ -39,6 +46,10 @@ pub struct Fired {
 }
 
 impl RuleSet {
+    pub fn new(max_steps: u64) -> RuleSet {
+        RuleSet { fingerprint: None, rules: Vec::new(), conditions: ConditionCache::default(), max_steps }
+    }
+
     /// Reloads the rules if they changed since the last batch (one cheap query per batch, so a
     /// rule applies to every event processed after its change committed).
     pub async fn refresh(&mut self, conn: &mut MySqlConnection) -> sqlx::Result<()> {
@@ -60,8 +71,24 @@ impl RuleSet {
             return fired;
         }
         let event = serde_json::to_value(envelope.to_cloud_event()).unwrap_or(Value::Null);
+        let evaluate = || {
+            engine::evaluate(
+                &self.conditions,
+                &self.rules,
+                envelope.event_type.as_str(),
+                &event,
+                &applied.state,
+                self.max_steps,
+            )
+        };
+        // A costly evaluation (large lists under comprehensions, within the budget) runs while
+        // the runtime moves this thread's other tasks elsewhere.
+        let costly =
+            engine::longest_collection(&event).max(engine::longest_collection(&applied.state)) > BLOCKING_COLLECTION;
+        let multi_threaded = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let (mut evaluations, actions) =
-            engine::evaluate(&self.conditions, &self.rules, envelope.event_type.as_str(), &event, &applied.state);
+            if costly && multi_threaded { tokio::task::block_in_place(evaluate) } else { evaluate() };
         let cause = Cause::from(envelope);
         let mut index_in_rule: std::collections::HashMap<Uuid, usize> = std::collections::HashMap::new();
         let mut described: std::collections::HashMap<Uuid, Vec<String>> = std::collections::HashMap::new();

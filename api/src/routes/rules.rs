@@ -324,8 +324,17 @@ pub async fn test(
             cloud_event[key] = value.clone();
         }
     }
-    let (evaluations, matched_actions) =
-        engine::evaluate(&ConditionCache::default(), &[stored], type_name, &cloud_event, &entity);
+    // Off the async executor: the budget bounds it, but no request's CEL should hold a runtime
+    // thread the other requests need.
+    let max_steps = state.config.rules.max_steps;
+    let (type_name, cloud_event, entity) = (type_name.to_string(), cloud_event, entity);
+    let (evaluations, matched_actions, entity) = tokio::task::spawn_blocking(move || {
+        let (evaluations, actions) =
+            engine::evaluate(&ConditionCache::default(), &[stored], &type_name, &cloud_event, &entity, max_steps);
+        (evaluations, actions, entity)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(anyhow::anyhow!("the dry run failed: {e}")))?;
     let actions = matched_actions
         .iter()
         .map(|(_, action)| match rules::plan(action, &kind, &id, &entity) {

@@ -106,6 +106,24 @@ async fn rules_are_written_through_events_and_dry_run_without_side_effects() {
     assert_eq!((status, run["matched"].as_bool()), (200, Some(true)), "{run}");
     assert_eq!(run["actions"][0]["type"], "audit.recorded");
     assert_eq!(env.count("select count(*) from inbox").await, 1, "a dry run publishes nothing");
+    // An attacker-sized event against a nested comprehension is answered at once: over budget.
+    let items: Vec<u32> = (0..3000).collect();
+    let started = std::time::Instant::now();
+    let (status, run) = json(
+        api.request(Method::POST, "/api/v1/rules/test", &admin.token)
+            .json(&json!({"rule": {"name": "n", "on": "approval.*",
+                                   "when": "event.data.details.items.all(a, event.data.details.items.exists(b, b == a))",
+                                   "then": [{"type": "audit.note", "action": "seen"}]},
+                          "event": {"type": "approval.requested", "data": {"workflowId": workflow, "title": "x",
+                                    "requesterId": Uuid::new_v4(), "details": {"items": items}}}}))
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_eq!((status, run["matched"].as_bool()), (200, Some(false)), "{run}");
+    assert!(run["evaluations"][0]["reason"].as_str().unwrap_or_default().contains("over budget"), "{run}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "took {:?}", started.elapsed());
 
     let mut changed = small_purchases();
     changed["when"] = json!("event.data.amount < 50");

@@ -15,10 +15,23 @@ use super::{MAX_COMPREHENSION_DEPTH, MAX_CONDITION_CHARS, RuleAction, RuleDefini
 /// The variables a condition may read.
 pub const VARIABLES: [&str; 2] = ["event", "entity"];
 
+/// How much work one evaluation may do by default (`AUTOMATION_RULES__MAX_STEPS`), in steps: the
+/// iterations of its comprehensions (nested ones multiply) times the size of the condition, a
+/// `matches` counting 100 (it compiles a regular expression). 2,000,000 steps take about 50 ms
+/// in a release build; an event of the largest size a publisher may send cannot make one rule
+/// take longer than that.
+pub const DEFAULT_MAX_STEPS: u64 = 2_000_000;
+
 /// A compiled condition.
 #[derive(Debug)]
 pub struct Condition {
     program: Program,
+    /// How deep its comprehensions nest.
+    depth: u32,
+    /// What one pass over the condition costs, in steps.
+    weight: u64,
+    /// The longest list written in the condition itself.
+    longest_literal: usize,
 }
 
 /// Compiles `source`, refusing what would make evaluation unbounded or always fail.
@@ -43,10 +56,70 @@ pub fn compile(source: &str) -> Result<Condition, String> {
             return Err(format!("unknown variable `{variable}`: a condition reads `event` and `entity`"));
         }
     }
-    Ok(Condition { program })
+    let condition = Condition {
+        depth: depth as u32,
+        weight: weight(program.expression()),
+        longest_literal: longest_literal(program.expression()),
+        program,
+    };
+    // What the condition alone costs is known now: refuse it at save time.
+    let alone = condition.estimate(&Value::Null, &Value::Null);
+    if alone > DEFAULT_MAX_STEPS {
+        return Err(format!(
+            "the condition would take {alone} steps on any event, over the budget of {DEFAULT_MAX_STEPS}: iterate over less"
+        ));
+    }
+    Ok(condition)
+}
+
+/// What one pass over the expression costs: a step per node, 100 per `matches`.
+fn weight(expr: &IdedExpr) -> u64 {
+    let own = match &expr.expr {
+        Expr::Call(call) if call.func_name == "matches" => 100,
+        _ => 1,
+    };
+    children(expr).into_iter().map(weight).fold(own, u64::saturating_add)
+}
+
+fn longest_literal(expr: &IdedExpr) -> usize {
+    let own = match &expr.expr {
+        Expr::List(list) => list.elements.len(),
+        Expr::Map(map) => map.entries.len(),
+        _ => 0,
+    };
+    children(expr).into_iter().map(longest_literal).fold(own, usize::max)
+}
+
+/// The most elements of any list or map in `value`, at any depth: what a comprehension over it
+/// can iterate.
+pub fn longest_collection(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => items.iter().map(longest_collection).fold(items.len(), usize::max),
+        Value::Object(map) => map.values().map(longest_collection).fold(map.len(), usize::max),
+        _ => 0,
+    }
 }
 
 impl Condition {
+    /// The steps an evaluation against these inputs can take at most: every comprehension
+    /// iterating the longest collection there is, nested ones multiplying.
+    pub fn estimate(&self, event: &Value, entity: &Value) -> u64 {
+        let longest = longest_collection(event).max(longest_collection(entity)).max(self.longest_literal) as u64;
+        longest.saturating_add(1).saturating_pow(self.depth).saturating_mul(self.weight)
+    }
+
+    /// Evaluates unless the estimate is over `max_steps`, which fails as "over budget" at once
+    /// and costs nothing.
+    pub fn evaluate_within(&self, event: &Value, entity: &Value, max_steps: u64) -> Result<bool, String> {
+        let estimate = self.estimate(event, entity);
+        if estimate > max_steps {
+            return Err(format!(
+                "over budget: it could take {estimate} steps on this event, more than the {max_steps} allowed (AUTOMATION_RULES__MAX_STEPS)"
+            ));
+        }
+        self.evaluate(event, entity)
+    }
+
     /// Evaluates against `event` (the CloudEvent with its `data`) and `entity` (the state after
     /// the event was applied). A condition that does not yield a bool is an error.
     pub fn evaluate(&self, event: &Value, entity: &Value) -> Result<bool, String> {
@@ -184,6 +257,7 @@ pub fn evaluate(
     event_type: &str,
     event: &Value,
     entity: &Value,
+    max_steps: u64,
 ) -> (Vec<Evaluation>, Vec<(Uuid, RuleAction)>) {
     let mut candidates: Vec<&StoredRule> =
         rules.iter().filter(|r| r.definition.enabled && pattern_matches(&r.definition.on, event_type)).collect();
@@ -191,7 +265,7 @@ pub fn evaluate(
     let mut evaluations = Vec::new();
     let mut actions = Vec::new();
     for rule in candidates {
-        let outcome = cache.get(rule).and_then(|condition| condition.evaluate(event, entity));
+        let outcome = cache.get(rule).and_then(|condition| condition.evaluate_within(event, entity, max_steps));
         let (matched, reason) = match outcome {
             Ok(true) => (true, format!("`{}` is true", rule.definition.when)),
             Ok(false) => (false, format!("`{}` is false", rule.definition.when)),
@@ -293,7 +367,8 @@ mod tests {
         let cache = ConditionCache::default();
         let rules =
             vec![rule("third", 30, "true", false), rule("first", 10, "false", false), rule("second", 20, "true", true)];
-        let (evaluations, actions) = evaluate(&cache, &rules, "approval.requested", &json!({}), &json!({}));
+        let (evaluations, actions) =
+            evaluate(&cache, &rules, "approval.requested", &json!({}), &json!({}), DEFAULT_MAX_STEPS);
         let names: Vec<_> = evaluations.iter().map(|e| (e.rule_name.as_str(), e.matched)).collect();
         assert_eq!(names, vec![("first", false), ("second", true)]);
         assert_eq!(actions.len(), 1);
@@ -304,7 +379,32 @@ mod tests {
     fn rules_for_other_event_types_are_not_evaluated() {
         let cache = ConditionCache::default();
         let rules = vec![rule("r", 1, "true", false)];
-        let (evaluations, _) = evaluate(&cache, &rules, "workflow.created", &json!({}), &json!({}));
+        let (evaluations, _) = evaluate(&cache, &rules, "workflow.created", &json!({}), &json!({}), DEFAULT_MAX_STEPS);
         assert!(evaluations.is_empty());
+    }
+
+    #[test]
+    fn an_attacker_sized_event_is_over_budget_at_once_and_a_big_flat_one_is_evaluated() {
+        let nested = compile("event.data.items.all(x, event.data.items.exists(y, y == x))").expect("compiles");
+        let items: Vec<u32> = (0..3000).collect();
+        let event = json!({"data": {"items": items}});
+        let started = std::time::Instant::now();
+        let refused = nested.evaluate_within(&event, &json!({}), DEFAULT_MAX_STEPS).expect_err("over budget");
+        assert!(refused.starts_with("over budget"), "{refused}");
+        assert!(started.elapsed() < std::time::Duration::from_millis(100), "refused in {:?}", started.elapsed());
+        // Small enough, the same condition runs.
+        let few = json!({"data": {"items": [1, 2, 3]}});
+        assert_eq!(nested.evaluate_within(&few, &json!({}), DEFAULT_MAX_STEPS), Ok(true));
+        // One level over a list as long as a message can carry is within the budget.
+        let flat = compile("event.data.items.all(x, x >= 0)").expect("compiles");
+        let long: Vec<u32> = (0..100_000).collect();
+        assert_eq!(flat.evaluate_within(&json!({"data": {"items": long}}), &json!({}), DEFAULT_MAX_STEPS), Ok(true));
+    }
+
+    #[test]
+    fn a_condition_over_budget_on_any_event_is_refused_when_saved() {
+        let list = format!("[{}]", (0..400).map(|i| i.to_string()).collect::<Vec<_>>().join(","));
+        let refused = compile(&format!("{list}.all(a, {list}.exists(b, a == b))")).expect_err("over budget");
+        assert!(refused.contains("over the budget"), "{refused}");
     }
 }

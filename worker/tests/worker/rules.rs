@@ -139,3 +139,35 @@ async fn a_rule_loop_stops_at_depth_eight() {
         .expect("row");
     assert_eq!(depth, 9);
 }
+
+#[tokio::test]
+async fn a_rule_over_budget_on_an_attacker_sized_event_fails_as_such_and_holds_nothing_up() {
+    let env = TestEnv::new().await;
+    let _worker = TestWorker::start(&env.config).await;
+    let workflow = Uuid::new_v4();
+    apply(&env, "workflow.created", json!({"workflowId": workflow, "name": "Office"})).await;
+    apply(
+        &env,
+        "rule.upserted",
+        json!({"name": "duplicate items", "on": "approval.requested",
+               "when": "event.data.details.items.exists(a, event.data.details.items.exists(b, a != b && a == b))",
+               "then": [{"type": "audit.note", "action": "duplicates"}]}),
+    )
+    .await;
+    // 3,000 items (about 20 KiB, well inside the message limit): 9 million steps, seconds of CPU
+    // if it ran.
+    let items: Vec<String> = (0..3000).map(|i| format!("item-{i}")).collect();
+    let started = std::time::Instant::now();
+    let big = apply(
+        &env,
+        "approval.requested",
+        json!({"workflowId": workflow, "title": "Many", "requesterId": Uuid::new_v4(), "details": {"items": items}}),
+    )
+    .await;
+    let after = apply(&env, "audit.recorded", json!({"entity": "x", "entityId": "1", "action": "after"})).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    let evaluation = &status(&env, &big).await.rules.expect("evaluations kept")[0];
+    assert_eq!(evaluation["matched"], false);
+    assert!(evaluation["reason"].as_str().unwrap_or_default().contains("over budget"), "{evaluation}");
+    assert_eq!(status(&env, &after).await.status, "processed");
+}
