@@ -68,7 +68,12 @@ impl Broker {
                 status.connected() || status.reconnecting() || status.connecting()
             });
             if !healthy {
-                match self.connect(&waiters).await {
+                // Each attempt is bounded (messaging::CONNECT_TIMEOUT), and SIGTERM ends it.
+                let attempt = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    attempt = self.connect(&waiters) => attempt,
+                };
+                match attempt {
                     Ok(link) => {
                         tracing::info!("connected to RabbitMQ");
                         let old = self.link.write().unwrap_or_else(std::sync::PoisonError::into_inner).replace(link);
@@ -84,6 +89,7 @@ impl Broker {
                     }
                     Err(error) => {
                         tracing::warn!(
+                            broker = %messaging::address(&self.config.amqp.url),
                             error = format!("{error:#}"),
                             retry.in_ms = delay.as_millis() as u64,
                             "RabbitMQ is not reachable; writes answer 503 meanwhile"

@@ -220,7 +220,10 @@ async fn fill(env: &TestEnv, routing_key: &str, bodies: &[(String, Vec<u8>)]) {
 async fn drain(env: &TestEnv, setup: &Setup) -> f64 {
     let events = setup.events as i64;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the worker's health port");
-    let worker = Worker::connect(Arc::new(env.config.clone())).await.expect("the worker connects");
+    let worker = Worker::connect(Arc::new(env.config.clone()), &CancellationToken::new(), &Default::default())
+        .await
+        .expect("the worker connects")
+        .expect("not stopped");
     let shutdown = CancellationToken::new();
     // A failed check stops the worker too, before the environment goes.
     let _stop = shutdown.clone().drop_guard();

@@ -61,6 +61,41 @@ pub fn router(worker: Arc<Worker>) -> Router {
         .with_state(worker)
 }
 
+/// What a worker still starting says on its probes: what it waits for.
+#[derive(Debug, Default)]
+pub struct Starting {
+    broker: std::sync::Mutex<Option<String>>,
+}
+
+impl Starting {
+    pub fn broker_failed(&self, error: String) {
+        *self.broker.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error);
+    }
+}
+
+/// The probes while the worker connects: alive, not ready.
+pub fn starting_router(starting: Arc<Starting>) -> Router {
+    Router::new()
+        .route("/health", get(live))
+        .route("/health/live", get(live))
+        .route("/readiness", get(not_ready_yet))
+        .route("/health/ready", get(not_ready_yet))
+        .route("/metrics", get(render_metrics))
+        .with_state(starting)
+}
+
+async fn not_ready_yet(State(starting): State<Arc<Starting>>) -> Response {
+    let broker = starting.broker.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let body = json!({
+        "status": "starting",
+        "dependencies": {
+            "rabbitmq": {"status": "unavailable", "error": broker.unwrap_or_else(|| "connecting".to_string())},
+            "mysql": {"status": "unknown", "error": "checked once the broker answers"},
+        },
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+}
+
 async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }

@@ -109,14 +109,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .with_context(|| format!("could not listen on {address} (WORKER_PORT)"))?;
-    let worker = tokio::select! {
-        worker = service::Worker::connect(Arc::new(config)) => worker?,
-        _ = shutdown.cancelled() => {
-            tracing::info!("stopped while starting");
-            return Ok(());
-        }
-    };
-    service::run(worker, listener, shutdown).await
+    service::spawn(Arc::new(config), listener, shutdown).await?.await?
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C starts the drain.

@@ -20,13 +20,12 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::health::Health;
+use crate::health::{Health, Starting};
 use crate::membership::Assignment;
 use crate::tasks::Registry;
 use crate::{consumer, dead_letter_store, deferrals, health, membership, outbox, partitions, sequencer};
 
 /// How long start-up waits for RabbitMQ before giving up with a clear error.
-const BROKER_PATIENCE: Duration = Duration::from_secs(60);
 /// How often the audit chains' heads are sealed.
 const SEAL_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -59,16 +58,26 @@ pub struct Exchanges {
 }
 
 impl Worker {
-    /// Connects to MySQL (lazily: it may be down) and RabbitMQ, and declares the topology.
-    pub async fn connect(config: Arc<Config>) -> anyhow::Result<Arc<Worker>> {
+    /// Connects to MySQL (lazily: it may be down) and RabbitMQ, and declares the topology. Waits
+    /// for the broker as long as it takes, saying so on the probes and in the log; `None` when
+    /// `stop` came first.
+    pub async fn connect(
+        config: Arc<Config>,
+        stop: &CancellationToken,
+        starting: &Starting,
+    ) -> anyhow::Result<Option<Arc<Worker>>> {
         // Installed before the first counter is touched; `/metrics` renders it.
         automation_shared::telemetry::metrics();
         // rustls on ring, chosen once per process (a no-op when `main` or an embedder did).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let pool = db::lazy_pool(&config.database)?;
-        let connection = messaging::connect_with_patience(&config.amqp.url, "automation-worker", BROKER_PATIENCE)
-            .await
-            .context("could not connect to RabbitMQ (check AMQP_URL)")?;
+        let Some(connection) = messaging::connect_until(&config.amqp.url, "automation-worker", stop, |error| {
+            starting.broker_failed(format!("{} is not reachable: {error}", messaging::address(&config.amqp.url)))
+        })
+        .await
+        else {
+            return Ok(None);
+        };
         let connection = Arc::new(connection);
         let names = Names::new(config.amqp.prefix.clone());
         declare_topology(&connection, &names, &config).await?;
@@ -80,7 +89,7 @@ impl Worker {
             notifications: names.notifications(),
             tasks_queue: names.work_queue(WorkQueue::Tasks),
         };
-        Ok(Arc::new(Worker {
+        Ok(Some(Arc::new(Worker {
             system_users: SystemUsers::of(&config.amqp),
             config,
             pool,
@@ -96,7 +105,7 @@ impl Worker {
                 .connect_timeout(Duration::from_secs(10))
                 .build()
                 .context("could not build the HTTP client")?,
-        }))
+        })))
     }
 
     /// What an inbound message is checked against.
@@ -170,8 +179,30 @@ pub async fn spawn(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    let worker = Worker::connect(config).await?;
-    Ok(tokio::spawn(run(worker, listener, shutdown)))
+    // The probes answer from the first moment: liveness at once, readiness 503 naming what the
+    // worker waits for. (Two listeners on one socket: the starting one stops taking connections
+    // when the worker's own probe server takes over.)
+    let socket = listener.into_std()?;
+    let early = TcpListener::from_std(socket.try_clone()?)?;
+    let listener = TcpListener::from_std(socket)?;
+    let starting = Arc::new(Starting::default());
+    let started = CancellationToken::new();
+    let early = axum::serve(early, health::starting_router(starting.clone()))
+        .with_graceful_shutdown(started.clone().cancelled_owned());
+    tokio::spawn(async move {
+        if let Err(error) = early.await {
+            tracing::error!(%error, "the probe server stopped while starting");
+        }
+    });
+    let worker = Worker::connect(config, &shutdown, &starting).await;
+    started.cancel();
+    match worker? {
+        Some(worker) => Ok(tokio::spawn(run(worker, listener, shutdown))),
+        None => {
+            tracing::info!("stopped while starting");
+            Ok(tokio::spawn(async { Ok(()) }))
+        }
+    }
 }
 
 /// Runs until `shutdown`, then drains within the grace period and returns. An error means a

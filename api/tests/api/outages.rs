@@ -109,3 +109,69 @@ async fn with_mariadb_restarted_the_api_answers_503_meanwhile_and_recovers_by_it
     api.wait_ready().await;
     api.stop().await;
 }
+
+#[tokio::test]
+async fn with_the_broker_hung_at_start_the_api_is_alive_not_ready_and_sigterm_stops_it_at_once() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = TestEnv::new().await;
+    // A broker that takes TCP connections and never answers.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hung_port = hung.local_addr().expect("address").port();
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            kept.push(socket);
+        }
+    });
+    let port = automation_shared::testing::private_rabbitmq::free_port();
+    let log = std::env::temp_dir().join(format!("automation-api-hung-{}.log", uuid::Uuid::new_v4().simple()));
+    let file = std::fs::File::create(&log).expect("log");
+    let mut api = Command::new(env!("CARGO_BIN_EXE_automation-api"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", env.config.database.url.clone().expect("url"))
+        .env("AMQP_URL", format!("amqp://guest:guest@127.0.0.1:{hung_port}/%2f"))
+        .env("AUTOMATION_AMQP__PREFIX", &env.config.amqp.prefix)
+        .env("API_PORT", port.to_string())
+        .env("LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log"))
+        .stderr(file)
+        .spawn()
+        .expect("the API starts");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("client");
+    let started = Instant::now();
+    let ready = loop {
+        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/readiness")).send().await {
+            break (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap_or_default());
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the API never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ready.0, 503, "{}", ready.1);
+    assert!(ready.1.to_string().contains("rabbitmq"), "{}", ready.1);
+    let live = client.get(format!("http://127.0.0.1:{port}/health")).send().await.expect("alive");
+    assert_eq!(live.status(), 200);
+    // Still inside the first connection attempt (10 s): SIGTERM must not wait for it.
+    let _ = Command::new("kill").args(["-TERM", &api.id().to_string()]).status();
+    let signalled = Instant::now();
+    let status = loop {
+        if let Ok(Some(status)) = api.try_wait() {
+            break status;
+        }
+        if signalled.elapsed() > Duration::from_secs(10) {
+            let _ = api.kill();
+            panic!("still running 10 s after SIGTERM: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = signalled.elapsed();
+    held.abort();
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{status:?}: {output}");
+    assert!(took < Duration::from_secs(2), "stopped in {took:?}");
+    assert!(!output.contains("panicked"), "{output}");
+}

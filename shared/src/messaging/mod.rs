@@ -17,6 +17,60 @@ pub use topology::Names;
 /// AMQP delivery mode 2: the broker writes the message to disk.
 pub const PERSISTENT: u8 = 2;
 
+/// How long one attempt to connect may take: a broker that takes the TCP connection and never
+/// answers (hung, or a half-open load balancer) would otherwise hold the caller for ever.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where `url` points, without credentials: for log lines.
+pub fn address(url: &str) -> String {
+    match url.parse::<lapin::uri::AMQPUri>() {
+        Ok(uri) if uri.vhost == "/" => format!("{}:{}", uri.authority.host, uri.authority.port),
+        Ok(uri) => format!("{}:{}/{}", uri.authority.host, uri.authority.port, uri.vhost),
+        Err(_) => "an unreadable AMQP_URL".to_string(),
+    }
+}
+
+/// Fails an attempt that takes longer than [`CONNECT_TIMEOUT`].
+async fn within_timeout(attempt: impl Future<Output = lapin::Result<Connection>>) -> lapin::Result<Connection> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(lapin::Error::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no AMQP answer within {} s", CONNECT_TIMEOUT.as_secs()),
+        ))),
+    }
+}
+
+/// Connects, retrying with bounded backoff (200 ms doubling to 5 s) and a line per failed attempt
+/// naming the broker, the error and the next delay, until connected or `stop`. `None`: stopped.
+pub async fn connect_until(
+    url: &str,
+    name: &str,
+    stop: &tokio_util::sync::CancellationToken,
+    mut failed: impl FnMut(&lapin::Error),
+) -> Option<Connection> {
+    let broker = address(url);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        let attempt = tokio::select! {
+            _ = stop.cancelled() => return None,
+            attempt = connect(url, name) => attempt,
+        };
+        match attempt {
+            Ok(connection) => return Some(connection),
+            Err(error) => {
+                failed(&error);
+                tracing::warn!(%broker, %error, retry.in_ms = delay.as_millis() as u64, "RabbitMQ is not reachable yet");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
 /// Opens a connection that recovers by itself: after a broker restart lapin reconnects and
 /// replays the exchanges, queues, bindings, QoS and consumers declared on it.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
@@ -31,14 +85,14 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
                 .with_jitter()
                 .without_max_times(),
         );
-    Connection::connect(url, properties).await
+    within_timeout(Connection::connect(url, properties)).await
 }
 
 /// Opens a connection that does not recover: when it fails, everything done on it ends with it.
 /// For work that must not resume by itself after an outage (the sequencer's lock and consumer).
 pub async fn connect_once(url: &str, name: &str) -> lapin::Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(LongString::from(name.to_string()));
-    Connection::connect(url, properties).await
+    within_timeout(Connection::connect(url, properties)).await
 }
 
 /// Connects, retrying with backoff for up to `patience`. Used at start-up, when the broker may
@@ -54,7 +108,7 @@ pub async fn connect_with_patience(url: &str, name: &str, patience: Duration) ->
                 .without_max_times(),
         )
         .notify(|error, after| {
-            tracing::warn!(error = %error, retry.in_ms = after.as_millis() as u64, "RabbitMQ is not reachable yet");
+            tracing::warn!(broker = %address(url), error = %error, retry.in_ms = after.as_millis() as u64, "RabbitMQ is not reachable yet");
         })
         .await
 }

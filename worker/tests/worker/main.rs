@@ -14,5 +14,6 @@ mod rejections;
 mod retries;
 mod rules;
 mod runs;
+mod starting;
 mod support;
 mod trust;
