@@ -65,6 +65,7 @@ impl AppState {
     /// starts (and says it is not ready) while either is down.
     pub async fn build(config: Arc<Config>) -> anyhow::Result<AppState> {
         automation_shared::telemetry::metrics();
+        automation_shared::meters::describe("automation-api", automation_shared::meters::API);
         if config.jwt.algorithm == JwtAlgorithm::HS256 && config.jwt.secret.is_none() {
             tracing::warn!("JWT_SECRET is not set: using the development secret (refused in production)");
         }
@@ -177,8 +178,8 @@ async fn record_metrics(request: Request, next: Next) -> Response {
         request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("automation_api_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("automation_api_request_seconds", "method" => method, "route" => route)
+    metrics::counter!(automation_shared::meters::API_REQUESTS, "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!(automation_shared::meters::API_REQUEST_SECONDS, "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
 }

@@ -222,7 +222,7 @@ pub async fn publish(
         .publish(Outgoing { exchange: &exchange, routing_key: event_type, body: &body, properties, mandatory: true })
         .await
         .map_err(|e| ApiError::BrokerUnavailable { reason: e.to_string() })?;
-    metrics::counter!("automation_api_events_published_total", "type" => event_type.to_string()).increment(1);
+    metrics::counter!(automation_shared::meters::API_EVENTS_PUBLISHED, "type" => event_type.to_string()).increment(1);
     tracing::info!(event.id = %event_id, event.r#type = %event_type, user.id = %user.id, trace_id = %trace.trace_id, "event published");
     Ok(())
 }

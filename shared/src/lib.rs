@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod events;
 pub mod lifecycle;
 pub mod messaging;
+pub mod meters;
 pub mod rules;
 pub mod telemetry;
 #[cfg(feature = "testing")]

@@ -4,10 +4,11 @@
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogFormat};
+use crate::meters::Kind;
 
 /// Installs the global log subscriber. Call once, from `main`.
 pub fn init_tracing(config: &Config) {
@@ -31,8 +32,13 @@ pub fn init_tracing(config: &Config) {
 pub fn metrics() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(&[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+        let histograms = crate::meters::API.iter().chain(crate::meters::WORKER).filter(|m| m.kind == Kind::Histogram);
+        let recorder = histograms
+            .fold(PrometheusBuilder::new().set_buckets(crate::meters::buckets("")), |builder, m| {
+                builder.and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(m.name.to_string()), crate::meters::buckets(m.name))
+                })
+            })
             .map(|b| b.build_recorder())
             .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
         let handle = recorder.handle();

@@ -309,7 +309,7 @@ impl Applier {
                         let result =
                             failures::dead_letter(&self.worker, &message, DeathKind::Poison, &poison.to_string(), None)
                                 .await;
-                        metrics::counter!("automation_worker_dead_lettered_total", "kind" => "poison", "reason" => poison.code.as_str())
+                        metrics::counter!(automation_shared::meters::WORKER_DEAD_LETTERED, "kind" => "poison", "reason" => poison.code.as_str())
                             .increment(1);
                         if let Err(error) = result {
                             tracing::warn!(%error, "could not dead-letter a message; returning it to the queue");
@@ -376,8 +376,8 @@ impl Applier {
             }
         }
         self.worker.health.release(held);
-        metrics::histogram!("automation_worker_batch_seconds").record(started.elapsed().as_secs_f64());
-        metrics::histogram!("automation_worker_batch_size").record(parsed.len() as f64);
+        metrics::histogram!(automation_shared::meters::WORKER_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(automation_shared::meters::WORKER_BATCH_SIZE).record(parsed.len() as f64);
     }
 
     /// A pack that cannot be read (it was not made by a sequencer of this version): kept whole in
@@ -395,7 +395,7 @@ impl Applier {
             event_type: None,
         };
         tracing::error!("dead-lettering a pack of events that cannot be read");
-        metrics::counter!("automation_worker_dead_lettered_total", "kind" => "poison", "reason" => "invalid_pack")
+        metrics::counter!(automation_shared::meters::WORKER_DEAD_LETTERED, "kind" => "poison", "reason" => "invalid_pack")
             .increment(1);
         failures::dead_letter(
             &self.worker,
@@ -443,7 +443,7 @@ impl Applier {
             }
             let ok = match result {
                 Settled::Done(outcome) => {
-                    metrics::counter!("automation_worker_events_total", "type" => p.envelope.event_type.as_str(), "outcome" => outcome.as_str())
+                    metrics::counter!(automation_shared::meters::WORKER_EVENTS, "type" => p.envelope.event_type.as_str(), "outcome" => outcome.as_str())
                         .increment(1);
                     true
                 }
@@ -529,7 +529,8 @@ impl Applier {
                 check_all,
             )
             .await;
-            metrics::histogram!("automation_worker_apply_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!(automation_shared::meters::WORKER_APPLY_SECONDS)
+                .record(started.elapsed().as_secs_f64());
             match result {
                 Ok(committed) => {
                     // Published at once by the relay; if that fails the rows wait for its sweep.
@@ -579,7 +580,7 @@ impl Applier {
         let max = self.worker.config.worker.max_attempts;
         let result = if p.attempt >= max {
             tracing::error!(event.id = %p.envelope.id, event.r#type = %p.envelope.event_type, attempts = p.attempt, error = %text, "giving up on an event");
-            metrics::counter!("automation_worker_dead_lettered_total", "kind" => "exhausted", "reason" => kind)
+            metrics::counter!(automation_shared::meters::WORKER_DEAD_LETTERED, "kind" => "exhausted", "reason" => kind)
                 .increment(1);
             let reason = format!("gave up after {} attempts: {text}", p.attempt);
             failures::dead_letter(&self.worker, &message, DeathKind::Exhausted, &reason, Some((kind, &text)))
@@ -589,7 +590,7 @@ impl Applier {
             match failures::retry_later(&self.worker, &message, kind, &text).await {
                 Ok(delay) => {
                     tracing::warn!(event.id = %p.envelope.id, attempt = p.attempt, retry.in_ms = delay, error = %text, "event failed; it will be retried");
-                    metrics::counter!("automation_worker_retries_total", "kind" => kind).increment(1);
+                    metrics::counter!(automation_shared::meters::WORKER_RETRIES, "kind" => kind).increment(1);
                     let next = Utc::now() + chrono::Duration::milliseconds(delay as i64);
                     let noted = automation_shared::db::events::record_attempt(
                         &self.worker.pool,

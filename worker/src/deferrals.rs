@@ -95,7 +95,7 @@ pub async fn defer_failed(
         .await?;
     Some(stored.map(|()| {
         tracing::warn!(event.id = %item.envelope.id, attempt = ordered.attempt, retry.in_ms = delay, error = %text, "event failed; it waits for its next attempt, and the events after it on its entity wait behind it");
-        metrics::counter!("automation_worker_retries_total", "kind" => kind).increment(1);
+        metrics::counter!(automation_shared::meters::WORKER_RETRIES, "kind" => kind).increment(1);
         SetAside::Deferred
     }))
 }
@@ -129,7 +129,7 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
         if counted.elapsed() >= BACKLOG_EVERY {
             counted = tokio::time::Instant::now();
             if let Ok(waiting) = deferrals::backlog(&worker.pool).await {
-                metrics::gauge!("automation_worker_deferred_events").set(waiting as f64);
+                metrics::gauge!(automation_shared::meters::WORKER_DEFERRED_EVENTS).set(waiting as f64);
             }
         }
         let pause = if idle { WAIT_POLL / 2 } else { Duration::ZERO };
@@ -240,7 +240,7 @@ async fn failed(worker: &Worker, s: &Stored, error: &BatchError) -> sqlx::Result
     let attempt = s.row.attempt;
     if attempt >= worker.config.worker.max_attempts {
         tracing::error!(event.id = %s.envelope.id, attempts = attempt, error = %text, "giving up on an event; the events after it on its entity go on");
-        metrics::counter!("automation_worker_dead_lettered_total", "kind" => "exhausted", "reason" => kind)
+        metrics::counter!(automation_shared::meters::WORKER_DEAD_LETTERED, "kind" => "exhausted", "reason" => kind)
             .increment(1);
         let reason = format!("gave up after {attempt} attempts: {text}");
         return bury(worker, &s.row, &s.properties, DeathKind::Exhausted, &reason, Some((kind, &text))).await;
@@ -250,7 +250,7 @@ async fn failed(worker: &Worker, s: &Stored, error: &BatchError) -> sqlx::Result
     let properties = with_failure(&s.properties, &s.row.routing_key, attempt, kind, &text, &worker.system_users);
     let properties = serde_json::to_value(&properties).unwrap_or_default();
     tracing::warn!(event.id = %s.envelope.id, attempt, retry.in_ms = delay, error = %text, "a waiting event failed again; it waits for its next attempt");
-    metrics::counter!("automation_worker_retries_total", "kind" => kind).increment(1);
+    metrics::counter!(automation_shared::meters::WORKER_RETRIES, "kind" => kind).increment(1);
     let mut tx = worker.pool.begin().await?;
     // The hold first: a lane queueing behind it meanwhile is then either committed (and seen
     // below) or waits for this transaction.

@@ -38,12 +38,12 @@ impl Health {
     /// Deliveries taken from the broker and not yet settled.
     pub fn hold(&self, n: usize) {
         let now = self.in_flight.fetch_add(n as i64, Ordering::Relaxed) + n as i64;
-        metrics::gauge!("automation_worker_in_flight").set(now as f64);
+        metrics::gauge!(automation_shared::meters::WORKER_IN_FLIGHT).set(now as f64);
     }
 
     pub fn release(&self, n: usize) {
         let now = self.in_flight.fetch_sub(n as i64, Ordering::Relaxed) - n as i64;
-        metrics::gauge!("automation_worker_in_flight").set(now as f64);
+        metrics::gauge!(automation_shared::meters::WORKER_IN_FLIGHT).set(now as f64);
     }
 
     pub fn in_flight(&self) -> i64 {

@@ -85,7 +85,8 @@ pub async fn run(worker: Arc<Worker>, me: Uuid, assignment: watch::Sender<Assign
                         sequencer = next.sequencer,
                         "partitions assigned"
                     );
-                    metrics::gauge!("automation_worker_partitions_owned").set(next.partitions.len() as f64);
+                    metrics::gauge!(automation_shared::meters::WORKER_PARTITIONS_OWNED)
+                        .set(next.partitions.len() as f64);
                     *current = next;
                     true
                 });

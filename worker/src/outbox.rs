@@ -83,7 +83,7 @@ async fn publish_fresh(worker: &Worker, messages: Vec<OutboxMessage>) {
         // Published but not deleted: the sweep publishes these again, with the same ids.
         tracing::warn!(%error, rows = ids.len(), "published outbox rows could not be deleted");
     }
-    metrics::counter!("automation_worker_outbox_published_total").increment(messages.len() as u64);
+    metrics::counter!(automation_shared::meters::WORKER_OUTBOX_PUBLISHED).increment(messages.len() as u64);
 }
 
 /// Publishes leftovers until none is left. Returns how many went out.
@@ -110,7 +110,7 @@ pub async fn sweep_leftovers(worker: &Worker, relay: Uuid) -> anyhow::Result<usi
         worker.publisher.publish_all(outgoing).await?;
         let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
         through_conflicts(|| event_rows::delete_leased(&worker.pool, relay, &ids)).await?;
-        metrics::counter!("automation_worker_outbox_swept_total").increment(ids.len() as u64);
+        metrics::counter!(automation_shared::meters::WORKER_OUTBOX_SWEPT).increment(ids.len() as u64);
         tracing::info!(rows = ids.len(), "published outbox rows left behind");
         total += ids.len();
     }

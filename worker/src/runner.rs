@@ -124,7 +124,7 @@ async fn attempt(worker: &Arc<Worker>, delivery: &Delivery, shutdown: &Cancellat
         Ok(outcome) => outcome,
         Err(_) => Err(TaskError::retryable(format!("stopped after its time limit of {:?}", spec.time_limit))),
     };
-    metrics::histogram!("automation_worker_task_seconds", "automation" => run.automation.clone())
+    metrics::histogram!(automation_shared::meters::WORKER_TASK_SECONDS, "automation" => run.automation.clone())
         .record(started.elapsed().as_secs_f64());
     Attempted::Done(Some(Box::new(Finished { run, attempt: request.attempt, outcome })))
 }

@@ -173,7 +173,7 @@ async fn sequence_on(
         if let Err(error) = last.acker.ack(BasicAckOptions { multiple: true }).await {
             break Err(anyhow::anyhow!("could not ack moved events (they come again and are skipped): {error}"));
         }
-        metrics::counter!("automation_worker_sequenced_total").increment(chunk.len() as u64);
+        metrics::counter!(automation_shared::meters::WORKER_SEQUENCED).increment(chunk.len() as u64);
     };
     // The consumer goes first: the lock is let go only once nothing more is taken.
     let _ = channel.close(200, "sequencer stopped".into()).await;

@@ -68,6 +68,7 @@ impl Worker {
     ) -> anyhow::Result<Option<Arc<Worker>>> {
         // Installed before the first counter is touched; `/metrics` renders it.
         automation_shared::telemetry::metrics();
+        automation_shared::meters::describe("automation-worker", automation_shared::meters::WORKER);
         // rustls on ring, chosen once per process (a no-op when `main` or an embedder did).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let pool = db::lazy_pool(&config.database)?;
