@@ -7,7 +7,7 @@ use std::time::Duration;
 use automation_shared::access::Permission;
 use automation_shared::db::events as event_rows;
 use automation_shared::db::idempotency;
-use automation_shared::events::{CloudEvent, EventData, EventType, extension};
+use automation_shared::events::{CloudEvent, EventData, EventState, EventType, RejectCode, extension};
 use automation_shared::messaging::{self, Outgoing};
 use automation_shared::telemetry::TraceParent;
 use axum::Json;
@@ -166,7 +166,7 @@ pub async fn submit(
 fn refusal(notification: &Value, event_id: String) -> ApiError {
     let data = &notification["data"];
     ApiError::refused(
-        data["code"].as_str().unwrap_or("refused"),
+        data["code"].as_str().and_then(RejectCode::parse),
         data["reason"].as_str().unwrap_or("the worker refused the event").to_string(),
         event_id,
     )
@@ -177,13 +177,11 @@ async fn settled(state: &AppState, event_id: &str) -> sqlx::Result<Option<ApiRes
     let mut conn = state.pool.acquire().await?;
     let status = event_rows::status(&mut conn, event_id).await?;
     Ok(match status.status {
-        "processed" => Some(Ok(Submitted::Applied { event_id: event_id.to_string() })),
-        "rejected" => Some(Err(ApiError::refused(
-            status.reason_code.as_deref().unwrap_or("refused"),
-            status.detail.unwrap_or_default(),
-            event_id.to_string(),
-        ))),
-        _ => None,
+        EventState::Processed => Some(Ok(Submitted::Applied { event_id: event_id.to_string() })),
+        EventState::Rejected => {
+            Some(Err(ApiError::refused(status.reason_code, status.detail.unwrap_or_default(), event_id.to_string())))
+        }
+        EventState::Pending | EventState::Retrying | EventState::DeadLettered => None,
     })
 }
 

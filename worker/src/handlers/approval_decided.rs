@@ -1,13 +1,13 @@
 //! `approval.decided`: approves or rejects a `PENDING` or `ESCALATED` approval.
 
 use automation_shared::db::audit::ActorType;
-use automation_shared::events::ApprovalDecided;
+use automation_shared::events::{ApprovalDecided, RejectCode};
 use automation_shared::lifecycle::Decision;
 use serde_json::json;
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, check_version, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, check_version, reject};
 
 pub struct Handler;
 

@@ -1,13 +1,13 @@
 //! `approval.escalate`: hands a `PENDING` approval to a role or a user (from a rule, or from
 //! `approvals.escalate_stale`).
 
-use automation_shared::events::ApprovalEscalate;
+use automation_shared::events::{ApprovalEscalate, RejectCode};
 use automation_shared::lifecycle::ApprovalStatus;
 use serde_json::json;
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, reject};
 
 pub struct Handler;
 

@@ -1,14 +1,14 @@
 //! `approval.requested`: a new `PENDING` approval on an `ACTIVE` workflow.
 
 use automation_shared::db::approvals::Approval;
-use automation_shared::events::{ApprovalRequested, derived_id};
+use automation_shared::events::{ApprovalRequested, RejectCode, derived_id};
 use automation_shared::lifecycle::{ApprovalStatus, WorkflowStatus};
 use serde_json::Value;
 use sqlx::types::Json;
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, reject};
 
 pub struct Handler;
 

@@ -2,11 +2,11 @@
 //! its current attempt, but its result is not applied and it is not retried.
 
 use automation_shared::db::runs::RunState;
-use automation_shared::events::AutomationCancelled;
+use automation_shared::events::{AutomationCancelled, RejectCode};
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, reject};
 
 pub struct Handler;
 

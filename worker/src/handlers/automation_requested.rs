@@ -2,13 +2,13 @@
 //! scheduled run waits in the database, not in a consumer.
 
 use automation_shared::db::runs::{Run, RunState};
-use automation_shared::events::{AutomationRequested, derived_id};
+use automation_shared::events::{AutomationRequested, RejectCode, derived_id};
 use serde_json::Value;
 use sqlx::types::Json;
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, reject};
 
 pub struct Handler;
 

@@ -21,44 +21,13 @@ mod workflow_status_changed;
 
 use automation_shared::db::audit::ActorType;
 use automation_shared::db::events::OutboxMessage;
-use automation_shared::events::{Envelope, EventData};
+use automation_shared::events::{Envelope, EventData, RejectCode};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::entities::{Entities, Needs};
 use crate::tasks::Registry;
-
-/// Why an event was refused: the machine-readable part of `event.rejected` and of the event
-/// status, which the API maps to 404, 409 or 422.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectCode {
-    NotFound,
-    AlreadyExists,
-    InvalidTransition,
-    VersionConflict,
-    WorkflowNotActive,
-    Forbidden,
-    InvalidRule,
-    ChainTooDeep,
-    UnknownAutomation,
-}
-
-impl RejectCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectCode::NotFound => "not_found",
-            RejectCode::AlreadyExists => "already_exists",
-            RejectCode::InvalidTransition => "invalid_transition",
-            RejectCode::VersionConflict => "version_conflict",
-            RejectCode::WorkflowNotActive => "workflow_not_active",
-            RejectCode::Forbidden => "forbidden",
-            RejectCode::InvalidRule => "invalid_rule",
-            RejectCode::ChainTooDeep => "chain_too_deep",
-            RejectCode::UnknownAutomation => "unknown_automation",
-        }
-    }
-}
 
 /// A business "no": recorded, audited, announced as `event.rejected`, acked, never retried.
 #[derive(Debug, Clone, PartialEq, Eq)]

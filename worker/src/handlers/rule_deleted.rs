@@ -1,11 +1,11 @@
 //! `rule.deleted`: removes a rule; its past evaluations stay with the events they ran on.
 
-use automation_shared::events::RuleDeleted;
+use automation_shared::events::{RejectCode, RuleDeleted};
 use serde_json::json;
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, reject};
 
 pub struct Handler;
 

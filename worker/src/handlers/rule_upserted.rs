@@ -2,14 +2,14 @@
 //! the compiler's message.
 
 use automation_shared::db::rules::Rule;
-use automation_shared::events::derived_id;
+use automation_shared::events::{RejectCode, derived_id};
 use automation_shared::rules::RuleDefinition;
 use serde_json::json;
 use sqlx::types::Json;
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, reject};
 
 pub struct Handler;
 

@@ -1,11 +1,11 @@
 //! `workflow.created`: a new workflow, `ACTIVE` unless asked to start as `DRAFT`.
 
 use automation_shared::db::workflows::Workflow;
-use automation_shared::events::{WorkflowCreated, derived_id};
+use automation_shared::events::{RejectCode, WorkflowCreated, derived_id};
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, reject};
 
 pub struct Handler;
 

@@ -1,11 +1,11 @@
 //! `workflow.status_changed`: moves a workflow along its state machine.
 
-use automation_shared::events::WorkflowStatusChanged;
+use automation_shared::events::{RejectCode, WorkflowStatusChanged};
 use serde_json::json;
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, check_version, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, check_version, reject};
 
 pub struct Handler;
 
