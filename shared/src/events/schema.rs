@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::{
     ApprovalDecided, ApprovalEscalate, ApprovalRequested, AuditRecorded, AutomationCancelled, AutomationRequested,
-    EventType, RuleDeleted, WorkflowCreated, WorkflowStatusChanged,
+    EventType, NotificationType, RuleDeleted, WorkflowCreated, WorkflowStatusChanged,
 };
 use crate::rules::RuleDefinition;
 
@@ -72,25 +72,6 @@ pub fn event_schema(event_type: EventType) -> Value {
     schema
 }
 
-/// The notifications the worker publishes and what causes each.
-pub const NOTIFICATIONS: &[(&str, &str)] = &[
-    ("workflow.created", "a workflow was created"),
-    ("workflow.status_changed", "a workflow changed status"),
-    ("approval.created", "an approval was requested"),
-    ("approval.approved", "an approval was approved"),
-    ("approval.rejected", "an approval was rejected"),
-    ("approval.escalated", "an approval was escalated"),
-    ("audit.recorded", "an audit record was written on request"),
-    ("rule.changed", "a rule was created, updated or deleted"),
-    ("rule.fired", "a rule matched an event and its actions were queued"),
-    ("automation.queued", "an automation run was queued"),
-    ("automation.scheduled", "an automation run waits for its start time"),
-    ("automation.succeeded", "an automation run succeeded"),
-    ("automation.failed", "an automation run failed for good"),
-    ("automation.cancelled", "an automation run was cancelled"),
-    ("event.rejected", "an event was refused (data: eventId, type, reason)"),
-];
-
 /// The AsyncAPI 3.0 document of the exchanges, routing keys and messages.
 pub fn asyncapi(prefix: &str) -> Value {
     let mut channels = Map::new();
@@ -113,15 +94,15 @@ pub fn asyncapi(prefix: &str) -> Value {
         inbound.insert(name.clone(), json!({"$ref": format!("#/components/messages/{name}")}));
     }
     let mut outbound = Map::new();
-    for (kind, summary) in NOTIFICATIONS {
-        let name = format!("notification_{}", kind.replace('.', "_"));
+    for kind in NotificationType::ALL {
+        let name = format!("notification_{}", kind.as_str().replace('.', "_"));
         messages.insert(
             name.clone(),
             json!({
-                "name": kind,
-                "title": kind,
+                "name": kind.as_str(),
+                "title": kind.as_str(),
                 "contentType": "application/cloudevents+json",
-                "summary": summary,
+                "summary": kind.summary(),
                 "payload": {"$ref": "#/components/schemas/notification"}
             }),
         );

@@ -2,7 +2,7 @@
 //! its current attempt, but its result is not applied and it is not retried.
 
 use automation_shared::db::runs::RunState;
-use automation_shared::events::{AutomationCancelled, RejectCode};
+use automation_shared::events::{AutomationCancelled, NotificationType, RejectCode};
 
 use crate::entities::Needs;
 
@@ -39,6 +39,6 @@ impl EventHandler for Handler {
         run.state = RunState::Cancelled;
         run.finished_at = Some(now);
         run.updated_at = now;
-        Ok(Applied::new("automation_run", run.id, "automation.cancelled", &*run))
+        Ok(Applied::new("automation_run", run.id, NotificationType::AutomationCancelled, &*run))
     }
 }

@@ -1,7 +1,7 @@
 //! `workflow.created`: a new workflow, `ACTIVE` unless asked to start as `DRAFT`.
 
 use automation_shared::db::workflows::Workflow;
-use automation_shared::events::{RejectCode, WorkflowCreated, derived_id};
+use automation_shared::events::{NotificationType, RejectCode, WorkflowCreated, derived_id};
 
 use crate::entities::Needs;
 
@@ -39,7 +39,7 @@ impl EventHandler for Handler {
             created_at: ctx.now,
             updated_at: ctx.now,
         };
-        let applied = Applied::new("workflow", id, "workflow.created", &workflow);
+        let applied = Applied::new("workflow", id, NotificationType::WorkflowCreated, &workflow);
         ctx.entities.workflows.insert(id, workflow);
         Ok(applied)
     }
