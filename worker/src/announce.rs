@@ -4,8 +4,10 @@
 
 use automation_shared::db::audit::ActorType;
 use automation_shared::db::events::{Destination, OutboxMessage};
-use automation_shared::events::{CloudEvent, Envelope, EventType, NotificationType, derived_id, extension};
-use serde_json::{Value, json};
+use automation_shared::events::{
+    CloudEvent, Envelope, EventRejected, EventType, NotificationType, RejectCode, derived_id, extension,
+};
+use serde_json::Value;
 use uuid::Uuid;
 
 /// The `source` of every notification.
@@ -54,12 +56,14 @@ pub fn notification_with_id(id: Uuid, cause: &Cause, kind: NotificationType, dat
 }
 
 /// `event.rejected` for a refused event: `data` is `{eventId, type, reason, code}`.
-pub fn rejection(cause: &Envelope, code: &str, reason: &str) -> OutboxMessage {
-    notification(
-        &Cause::from(cause),
-        NotificationType::EventRejected,
-        json!({"eventId": cause.id, "type": cause.event_type.as_str(), "reason": reason, "code": code}),
-    )
+pub fn rejection(cause: &Envelope, code: RejectCode, reason: &str) -> OutboxMessage {
+    let data = EventRejected {
+        event_id: cause.id.clone(),
+        event_type: cause.event_type.as_str().to_string(),
+        reason: reason.to_string(),
+        code,
+    };
+    notification(&Cause::from(cause), NotificationType::EventRejected, serde_json::to_value(data).unwrap_or_default())
 }
 
 /// Who a follow-up event is from.

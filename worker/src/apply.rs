@@ -355,7 +355,7 @@ async fn apply_inner(
                         json!({"type": envelope.event_type.as_str(), "code": code.as_str(), "reason": reason}),
                     ),
                 });
-                outbox.push(announce::rejection(envelope, code.as_str(), &reason));
+                outbox.push(announce::rejection(envelope, code, &reason));
                 entry.outcome = RowOutcome::Rejected;
                 entry.reason_code = Some(code);
                 entry.reason = Some(reason);

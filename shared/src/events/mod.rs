@@ -22,7 +22,7 @@ use crate::lifecycle::{Decision, InitialWorkflowStatus, WorkflowStatus};
 use crate::rules::RuleDefinition;
 
 pub use envelope::{Envelope, Poison, PoisonCode, Shape};
-pub use notifications::NotificationType;
+pub use notifications::{EventRejected, Notification, NotificationType};
 pub use outcome::{EventState, RejectCode};
 
 /// The namespace of every id this system derives (entity ids from event ids, ids of messages
