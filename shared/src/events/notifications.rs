@@ -48,7 +48,7 @@ notification_types! {
     AutomationSucceeded => "automation.succeeded", "an automation run succeeded";
     AutomationFailed => "automation.failed", "an automation run failed for good";
     AutomationCancelled => "automation.cancelled", "an automation run was cancelled";
-    EventRejected => "event.rejected", "an event was refused (data: eventId, type, reason)";
+    EventRejected => "event.rejected", "an event was refused (data: eventId, type, reason, code)";
 }
 
 impl std::fmt::Display for NotificationType {

@@ -55,20 +55,24 @@ named! {
     /// event status (`inbox.reason_code`) and of the API's problem, which maps it to an HTTP status.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, JsonSchema)]
     pub enum RejectCode {
-        /// An entity the event names does not exist (after waiting for it a bounded time).
+        /// The workflow, approval, rule or run the event names does not exist (after a bounded
+        /// wait for the event that would create it).
         NotFound => "not_found",
+        /// The id given for a new entity is taken.
         AlreadyExists => "already_exists",
-        /// The state machine does not allow this move.
+        /// The state machine does not allow the move.
         InvalidTransition => "invalid_transition",
         /// `expectedVersion` is stale.
         VersionConflict => "version_conflict",
-        /// An approval asked on a workflow that is not `ACTIVE`.
+        /// An approval was requested on a workflow that is not `ACTIVE`.
         WorkflowNotActive => "workflow_not_active",
-        /// The actor may not do this.
+        /// The actor may not do this (a requester deciding their own approval).
         Forbidden => "forbidden",
+        /// The rule is not valid (its CEL condition does not compile); `reason` says why.
         InvalidRule => "invalid_rule",
-        /// A chain of rule-caused events went deeper than the limit.
+        /// A chain of rule-caused events went deeper than the limit (8).
         ChainTooDeep => "chain_too_deep",
+        /// No task is registered under that name.
         UnknownAutomation => "unknown_automation",
     }
 }
