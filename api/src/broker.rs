@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use automation_shared::config::Config;
+use automation_shared::events::Notification;
 use automation_shared::messaging::topology::{self, TopologySettings};
 use automation_shared::messaging::{self, Names, Publisher};
 use futures_util::StreamExt;
@@ -151,7 +152,7 @@ impl Broker {
                 match consumer.next().await {
                     // Parsed only while a request waits: every notification of the system passes here.
                     Some(Ok(delivery)) if waiters.any() => {
-                        if let Ok(notification) = serde_json::from_slice::<serde_json::Value>(&delivery.data) {
+                        if let Ok(notification) = serde_json::from_slice::<Notification>(&delivery.data) {
                             waiters.deliver(notification);
                         }
                     }

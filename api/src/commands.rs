@@ -7,7 +7,7 @@ use std::time::Duration;
 use automation_shared::access::Permission;
 use automation_shared::db::events as event_rows;
 use automation_shared::db::idempotency;
-use automation_shared::events::{CloudEvent, EventData, EventType, extension};
+use automation_shared::events::{CloudEvent, EventData, EventRejected, EventState, EventType, extension};
 use automation_shared::messaging::{self, Outgoing};
 use automation_shared::telemetry::TraceParent;
 use axum::Json;
@@ -156,20 +156,17 @@ pub async fn submit(
     let room = Duration::from_secs(state.config.api.request_timeout_secs)
         .saturating_sub(started.elapsed())
         .saturating_sub(ANSWER_MARGIN);
-    match waiter.wait(wait.min(room)).await {
-        Some(notification) if notification["type"] == "event.rejected" => Err(refusal(&notification, event_id)),
-        Some(_) => Ok(Submitted::Applied { event_id }),
-        None => Ok(Submitted::Accepted { event_id }),
+    let Some(notification) = waiter.wait(wait.min(room)).await else {
+        return Ok(Submitted::Accepted { event_id });
+    };
+    match notification.rejection() {
+        None => Ok(Submitted::Applied { event_id }),
+        Some(Ok(EventRejected { code, reason, .. })) => Err(ApiError::refused(Some(code), reason, event_id)),
+        Some(Err(error)) => {
+            tracing::warn!(%error, event.id = %event_id, "could not read the worker's refusal");
+            Err(ApiError::refused(None, "the worker refused the event".into(), event_id))
+        }
     }
-}
-
-fn refusal(notification: &Value, event_id: String) -> ApiError {
-    let data = &notification["data"];
-    ApiError::refused(
-        data["code"].as_str().unwrap_or("refused"),
-        data["reason"].as_str().unwrap_or("the worker refused the event").to_string(),
-        event_id,
-    )
 }
 
 /// The outcome if the worker already processed the event.
@@ -177,13 +174,11 @@ async fn settled(state: &AppState, event_id: &str) -> sqlx::Result<Option<ApiRes
     let mut conn = state.pool.acquire().await?;
     let status = event_rows::status(&mut conn, event_id).await?;
     Ok(match status.status {
-        "processed" => Some(Ok(Submitted::Applied { event_id: event_id.to_string() })),
-        "rejected" => Some(Err(ApiError::refused(
-            status.reason_code.as_deref().unwrap_or("refused"),
-            status.detail.unwrap_or_default(),
-            event_id.to_string(),
-        ))),
-        _ => None,
+        EventState::Processed => Some(Ok(Submitted::Applied { event_id: event_id.to_string() })),
+        EventState::Rejected => {
+            Some(Err(ApiError::refused(status.reason_code, status.detail.unwrap_or_default(), event_id.to_string())))
+        }
+        EventState::Pending | EventState::Retrying | EventState::DeadLettered => None,
     })
 }
 

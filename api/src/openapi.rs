@@ -101,3 +101,28 @@ fn problem(description: &str) -> RefOr<Response> {
             .build(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automation_shared::events::{EventState, RejectCode};
+    use serde_json::{Value, json};
+
+    fn schemas() -> Value {
+        let (_, api) = routes().split_for_parts();
+        serde_json::to_value(finish(api)).expect("serializes")["components"]["schemas"].take()
+    }
+
+    #[test]
+    fn the_event_state_and_the_refusal_code_are_enums_of_the_names_sent() {
+        let schemas = schemas();
+        let states: Vec<&str> = EventState::ALL.iter().map(|s| s.as_str()).collect();
+        let codes: Vec<&str> = RejectCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(schemas["EventState"]["enum"], json!(states));
+        assert_eq!(schemas["RejectCode"]["enum"], json!(codes));
+        assert_eq!(schemas["EventStatus"]["properties"]["status"]["$ref"], "#/components/schemas/EventState");
+        let refs = |property: &Value| property["oneOf"][0]["$ref"].clone();
+        assert_eq!(refs(&schemas["EventStatus"]["properties"]["reasonCode"]), "#/components/schemas/RejectCode");
+        assert_eq!(refs(&schemas["Problem"]["properties"]["code"]), "#/components/schemas/RejectCode");
+    }
+}

@@ -3,6 +3,7 @@
 //! the framework makes (a body over the limit, a timeout, an unparsable path) are rewritten into
 //! problems by [`framework_errors`].
 
+use automation_shared::events::RejectCode;
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -21,9 +22,9 @@ pub struct Problem {
     /// Per-field messages, for validation problems.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
-    /// The machine-readable reason of a refusal by the worker (`invalid_transition`, ...).
+    /// The machine-readable reason of a refusal by the worker.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
+    pub code: Option<RejectCode>,
     /// The event a refusal is about.
     #[serde(skip_serializing_if = "Option::is_none", rename = "eventId")]
     pub event_id: Option<String>,
@@ -67,9 +68,10 @@ pub enum ApiError {
     TooManyRequests { retry_after_secs: u64 },
     #[error("the broker is unavailable: {reason}")]
     BrokerUnavailable { reason: String },
-    /// The worker refused the event (for `Prefer: wait`).
+    /// The worker refused the event (for `Prefer: wait`). `code` is `None` when the refusal could
+    /// not be read (a code this build does not know).
     #[error("{reason}")]
-    Refused { status: StatusCode, code: String, reason: String, event_id: String },
+    Refused { status: StatusCode, code: Option<RejectCode>, reason: String, event_id: String },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -109,15 +111,23 @@ impl ApiError {
         }
     }
 
-    /// A refusal code from the worker as an HTTP status.
-    pub fn refused(code: &str, reason: String, event_id: String) -> ApiError {
+    /// A refusal by the worker, with its code as an HTTP status; one it could not name is a 409.
+    pub fn refused(code: Option<RejectCode>, reason: String, event_id: String) -> ApiError {
         let status = match code {
-            "not_found" => StatusCode::NOT_FOUND,
-            "forbidden" => StatusCode::FORBIDDEN,
-            "invalid_rule" | "unknown_automation" | "chain_too_deep" => StatusCode::UNPROCESSABLE_ENTITY,
-            _ => StatusCode::CONFLICT,
+            Some(RejectCode::NotFound) => StatusCode::NOT_FOUND,
+            Some(RejectCode::Forbidden) => StatusCode::FORBIDDEN,
+            Some(RejectCode::InvalidRule | RejectCode::UnknownAutomation | RejectCode::ChainTooDeep) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            Some(
+                RejectCode::AlreadyExists
+                | RejectCode::InvalidTransition
+                | RejectCode::VersionConflict
+                | RejectCode::WorkflowNotActive,
+            )
+            | None => StatusCode::CONFLICT,
         };
-        ApiError::Refused { status, code: code.to_string(), reason, event_id }
+        ApiError::Refused { status, code, reason, event_id }
     }
 }
 
@@ -153,7 +163,7 @@ impl IntoResponse for ApiError {
                 retry_after = Some(5);
             }
             ApiError::Refused { code, event_id, .. } => {
-                problem.code = Some(code);
+                problem.code = code;
                 problem.event_id = Some(event_id);
             }
             ApiError::Database(ref error) => {

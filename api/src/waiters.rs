@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde_json::Value;
+use automation_shared::events::Notification;
 use tokio::sync::oneshot;
 
 /// Waiting requests by event id, each with a token so a timed-out one can remove itself.
-type Pending = HashMap<String, Vec<(u64, oneshot::Sender<Value>)>>;
+type Pending = HashMap<String, Vec<(u64, oneshot::Sender<Notification>)>>;
 
 #[derive(Debug, Default)]
 pub struct Waiters {
@@ -23,7 +23,7 @@ pub struct Waiter<'a> {
     waiters: &'a Waiters,
     event_id: String,
     token: u64,
-    receiver: oneshot::Receiver<Value>,
+    receiver: oneshot::Receiver<Notification>,
 }
 
 impl Waiters {
@@ -35,8 +35,8 @@ impl Waiters {
     }
 
     /// Hands a notification to whoever waits for its cause.
-    pub fn deliver(&self, notification: Value) {
-        let Some(cause) = notification.get("causationid").and_then(Value::as_str) else {
+    pub fn deliver(&self, notification: Notification) {
+        let Some(cause) = notification.causation_id.as_deref() else {
             return;
         };
         let Some(waiting) = self.lock().remove(cause) else {
@@ -64,7 +64,7 @@ impl Waiters {
 
 impl Waiter<'_> {
     /// The notification, or `None` when `timeout` passes first.
-    pub async fn wait(mut self, timeout: std::time::Duration) -> Option<Value> {
+    pub async fn wait(mut self, timeout: std::time::Duration) -> Option<Notification> {
         tokio::time::timeout(timeout, &mut self.receiver).await.ok().and_then(Result::ok)
     }
 }
@@ -84,8 +84,13 @@ impl Drop for Waiter<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use automation_shared::events::NotificationType;
     use serde_json::json;
     use std::time::Duration;
+
+    fn notification(value: serde_json::Value) -> Notification {
+        serde_json::from_value(value).expect("a notification")
+    }
 
     #[tokio::test]
     async fn a_notification_wakes_every_waiter_of_its_cause_and_no_other() {
@@ -93,10 +98,10 @@ mod tests {
         let first = waiters.register("e1");
         let second = waiters.register("e1");
         let other = waiters.register("e2");
-        waiters.deliver(json!({"causationid": "e1", "type": "approval.approved"}));
+        waiters.deliver(notification(json!({"causationid": "e1", "type": "approval.approved"})));
         assert_eq!(
-            first.wait(Duration::from_millis(50)).await.map(|n| n["type"].clone()),
-            Some(json!("approval.approved"))
+            first.wait(Duration::from_millis(50)).await.and_then(|n| n.kind),
+            Some(NotificationType::ApprovalApproved)
         );
         assert!(second.wait(Duration::from_millis(50)).await.is_some());
         assert!(other.wait(Duration::from_millis(20)).await.is_none());

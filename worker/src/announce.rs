@@ -4,8 +4,10 @@
 
 use automation_shared::db::audit::ActorType;
 use automation_shared::db::events::{Destination, OutboxMessage};
-use automation_shared::events::{CloudEvent, Envelope, EventType, derived_id, extension};
-use serde_json::{Value, json};
+use automation_shared::events::{
+    CloudEvent, Envelope, EventRejected, EventType, NotificationType, RejectCode, derived_id, extension,
+};
+use serde_json::Value;
 use uuid::Uuid;
 
 /// The `source` of every notification.
@@ -34,32 +36,34 @@ impl From<&Envelope> for Cause {
 /// A notification caused by `cause`. Its id is derived from the cause and the kind, so if it is
 /// ever published twice (a crash between the broker's confirm and the outbox delete), consumers
 /// see the same id twice and can drop the copy.
-pub fn notification(cause: &Cause, kind: &str, data: Value) -> OutboxMessage {
+pub fn notification(cause: &Cause, kind: NotificationType, data: Value) -> OutboxMessage {
     notification_with_id(derived_id(&format!("notification:{kind}"), &cause.id), cause, kind, data)
 }
 
 /// A notification with an id of the caller's choosing (one cause may announce several of a kind,
 /// e.g. the attempts of a run).
-pub fn notification_with_id(id: Uuid, cause: &Cause, kind: &str, data: Value) -> OutboxMessage {
-    let event = CloudEvent::new(id.to_string(), SOURCE, kind, data)
+pub fn notification_with_id(id: Uuid, cause: &Cause, kind: NotificationType, data: Value) -> OutboxMessage {
+    let event = CloudEvent::new(id.to_string(), SOURCE, kind.as_str(), data)
         .with_extension(extension::CAUSATION_ID, cause.id.clone())
         .with_extension(extension::CORRELATION_ID, cause.correlation_id.clone())
         .with_optional_extension(extension::TRACEPARENT, cause.traceparent.clone());
     OutboxMessage {
         message_id: id,
         destination: Destination::Notifications,
-        routing_key: kind.to_string(),
+        routing_key: kind.as_str().to_string(),
         body: serde_json::to_vec(&event).unwrap_or_default(),
     }
 }
 
 /// `event.rejected` for a refused event: `data` is `{eventId, type, reason, code}`.
-pub fn rejection(cause: &Envelope, code: &str, reason: &str) -> OutboxMessage {
-    notification(
-        &Cause::from(cause),
-        "event.rejected",
-        json!({"eventId": cause.id, "type": cause.event_type.as_str(), "reason": reason, "code": code}),
-    )
+pub fn rejection(cause: &Envelope, code: RejectCode, reason: &str) -> OutboxMessage {
+    let data = EventRejected {
+        event_id: cause.id.clone(),
+        event_type: cause.event_type.as_str().to_string(),
+        reason: reason.to_string(),
+        code,
+    };
+    notification(&Cause::from(cause), NotificationType::EventRejected, serde_json::to_value(data).unwrap_or_default())
 }
 
 /// Who a follow-up event is from.

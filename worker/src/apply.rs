@@ -17,8 +17,8 @@ use automation_shared::db::audit::{ActorType, AuditChain, NewRecord, Staged};
 use automation_shared::db::deferrals::{self, DeferredState, NewDeferred};
 use automation_shared::db::events::{self as event_rows, InboxEntry, OutboxMessage, Outcome as RowOutcome};
 use automation_shared::db::{self, Failure};
-use automation_shared::events::Envelope;
 use automation_shared::events::envelope::MAX_CHAIN_DEPTH;
+use automation_shared::events::{Envelope, RejectCode};
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use serde_json::json;
@@ -26,7 +26,7 @@ use sqlx::MySqlPool;
 
 use crate::announce::{self, Cause};
 use crate::entities::{Entities, Needs};
-use crate::handlers::{self, Context, EntityKey, RejectCode, Rejection, reject};
+use crate::handlers::{self, Context, EntityKey, Rejection, reject};
 use crate::rules::RuleSet;
 use crate::tasks::Registry;
 
@@ -355,9 +355,9 @@ async fn apply_inner(
                         json!({"type": envelope.event_type.as_str(), "code": code.as_str(), "reason": reason}),
                     ),
                 });
-                outbox.push(announce::rejection(envelope, code.as_str(), &reason));
+                outbox.push(announce::rejection(envelope, code, &reason));
                 entry.outcome = RowOutcome::Rejected;
-                entry.reason_code = Some(code.as_str().to_string());
+                entry.reason_code = Some(code);
                 entry.reason = Some(reason);
                 outcomes.push(Outcome::Rejected);
             }

@@ -6,7 +6,7 @@
 use automation_shared::db::audit::ActorType;
 use automation_shared::db::events::OutboxMessage;
 use automation_shared::db::rules as rule_rows;
-use automation_shared::events::{Envelope, derived_id};
+use automation_shared::events::{Envelope, NotificationType, derived_id};
 use automation_shared::rules::engine::{self, ConditionCache, Evaluation, StoredRule};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -118,7 +118,7 @@ impl RuleSet {
                 "eventId": envelope.id, "eventType": envelope.event_type.as_str(), "actions": evaluation.actions,
             });
             let id = derived_id(&format!("rule-fired:{}", evaluation.rule_id), &envelope.id);
-            fired.outbox.push(announce::notification_with_id(id, &cause, "rule.fired", data.clone()));
+            fired.outbox.push(announce::notification_with_id(id, &cause, NotificationType::RuleFired, data.clone()));
             fired.matched.push((evaluation.rule_id, data));
         }
         fired.evaluations = evaluations;

@@ -13,7 +13,7 @@ use automation_shared::db::audit::{ActorType, AuditChain, NewRecord};
 use automation_shared::db::events::{self as event_rows, OutboxMessage};
 use automation_shared::db::runs::{self, Run, RunState};
 use automation_shared::db::{self, Failure};
-use automation_shared::events::{WorkQueue, derived_id};
+use automation_shared::events::{NotificationType, WorkQueue, derived_id};
 use chrono::Utc;
 use futures_util::future::join_all;
 use lapin::message::Delivery;
@@ -232,7 +232,7 @@ async fn record(worker: &Worker, chain: &mut AuditChain, finished: &Finished) ->
             for (id, event_type, data) in &output.events {
                 outbox.push(announce::follow_up(&cause, id, *event_type, data.clone(), &actor));
             }
-            Some("automation.succeeded")
+            Some(NotificationType::AutomationSucceeded)
         }
         Err(error) if error.retryable && finished.attempt < run.max_attempts => {
             run.state = RunState::Retrying;
@@ -244,7 +244,7 @@ async fn record(worker: &Worker, chain: &mut AuditChain, finished: &Finished) ->
             run.state = RunState::Failed;
             run.error = Some(error.message.clone());
             run.finished_at = Some(now);
-            Some("automation.failed")
+            Some(NotificationType::AutomationFailed)
         }
     };
     run.updated_at = now;
@@ -261,7 +261,7 @@ async fn record(worker: &Worker, chain: &mut AuditChain, finished: &Finished) ->
         staged.push(NewRecord {
             entity: "automation_run".into(),
             entity_id: run.id.to_string(),
-            action: kind.into(),
+            action: kind.as_str().into(),
             actor_id: run.requested_by.clone(),
             actor_type: ActorType::System,
             event_id: run.event_id.clone(),

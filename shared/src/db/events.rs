@@ -11,6 +11,8 @@ use sqlx::{FromRow, MySqlConnection, MySqlExecutor, MySqlPool, QueryBuilder};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::events::{EventState, RejectCode};
+
 /// What became of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -40,7 +42,7 @@ pub struct InboxEntry {
     pub causation_id: Option<String>,
     pub chain_depth: u32,
     pub outcome: Outcome,
-    pub reason_code: Option<String>,
+    pub reason_code: Option<RejectCode>,
     pub reason: Option<String>,
     /// What the event changed, so a waiting client can read it back.
     pub entity: Option<String>,
@@ -84,7 +86,7 @@ pub async fn insert_inbox(conn: &mut MySqlConnection, entries: &[InboxEntry]) ->
                 .push_bind(e.causation_id.clone())
                 .push_bind(e.chain_depth)
                 .push_bind(e.outcome.as_str())
-                .push_bind(e.reason_code.clone())
+                .push_bind(e.reason_code.map(RejectCode::as_str))
                 .push_bind(e.reason.clone())
                 .push_bind(e.entity.clone())
                 .push_bind(e.entity_id.clone())
@@ -289,13 +291,12 @@ pub struct EventStatus {
     pub event_id: String,
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
     pub event_type: Option<String>,
-    /// `pending`, `processed`, `rejected`, `retrying` or `dead_lettered`.
-    pub status: &'static str,
+    pub status: EventState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// The machine-readable reason of a refusal (`invalid_transition`, `version_conflict`, ...).
+    /// The machine-readable reason of a refusal.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason_code: Option<String>,
+    pub reason_code: Option<RejectCode>,
     /// Each rule that ran on it: matched or not, and why.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
@@ -343,13 +344,23 @@ struct InboxStatusRow {
     entity_id: Option<String>,
 }
 
+/// A stored refusal code, or `None` for one this build does not know (written by a newer worker
+/// during a rolling update): the status still says `rejected`, with its reason.
+fn known_code(code: &str) -> Option<RejectCode> {
+    let known = RejectCode::parse(code);
+    if known.is_none() {
+        tracing::warn!(reason_code = %code, "an inbox row holds a refusal code this build does not know");
+    }
+    known
+}
+
 /// Looks the event up in the inbox, then the dead-letter store, then the retry bookkeeping.
 /// Not found anywhere means `pending`: published, not processed yet.
 pub async fn status(conn: &mut MySqlConnection, event_id: &str) -> sqlx::Result<EventStatus> {
     let mut status = EventStatus {
         event_id: event_id.to_string(),
         event_type: None,
-        status: "pending",
+        status: EventState::Pending,
         detail: None,
         reason_code: None,
         rules: None,
@@ -365,10 +376,11 @@ pub async fn status(conn: &mut MySqlConnection, event_id: &str) -> sqlx::Result<
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(row) = inbox {
-        status.status = if row.outcome == Outcome::Rejected.as_str() { "rejected" } else { "processed" };
+        status.status =
+            if row.outcome == Outcome::Rejected.as_str() { EventState::Rejected } else { EventState::Processed };
         status.event_type = Some(row.event_type);
         status.detail = row.reason;
-        status.reason_code = row.reason_code;
+        status.reason_code = row.reason_code.as_deref().and_then(known_code);
         status.rules = row.rules.map(|j| j.0);
         status.processed_at = Some(row.processed_at);
         status.actor_id = row.actor_id;
@@ -384,7 +396,7 @@ pub async fn status(conn: &mut MySqlConnection, event_id: &str) -> sqlx::Result<
     if let Some((event_type, reason, state)) = dead
         && state != "replayed"
     {
-        status.status = "dead_lettered";
+        status.status = EventState::DeadLettered;
         status.event_type = event_type;
         status.detail = Some(reason);
         return Ok(status);
@@ -395,7 +407,7 @@ pub async fn status(conn: &mut MySqlConnection, event_id: &str) -> sqlx::Result<
             .fetch_optional(&mut *conn)
             .await?;
     if let Some((event_type, attempts, error)) = retrying {
-        status.status = "retrying";
+        status.status = EventState::Retrying;
         status.event_type = event_type;
         status.detail = Some(format!("attempt {attempts} failed: {error}"));
         return Ok(status);

@@ -5,6 +5,8 @@
 //! so the committed schemas cannot drift from what the worker accepts.
 
 pub mod envelope;
+pub mod notifications;
+pub mod outcome;
 pub mod schema;
 
 use std::fmt;
@@ -20,6 +22,8 @@ use crate::lifecycle::{Decision, InitialWorkflowStatus, WorkflowStatus};
 use crate::rules::RuleDefinition;
 
 pub use envelope::{Envelope, Poison, PoisonCode, Shape};
+pub use notifications::{EventRejected, Notification, NotificationType};
+pub use outcome::{EventState, RejectCode};
 
 /// The namespace of every id this system derives (entity ids from event ids, ids of messages
 /// without a `message_id`, idempotency keys).

@@ -2,12 +2,13 @@
 //! the Rust types. The committed copies under `schemas/` are checked against these by a test;
 //! `make schemas` rewrites them.
 
+use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, schema_for};
 use serde_json::{Map, Value, json};
 
 use super::{
     ApprovalDecided, ApprovalEscalate, ApprovalRequested, AuditRecorded, AutomationCancelled, AutomationRequested,
-    EventType, RuleDeleted, WorkflowCreated, WorkflowStatusChanged,
+    EventRejected, EventType, NotificationType, RuleDeleted, WorkflowCreated, WorkflowStatusChanged,
 };
 use crate::rules::RuleDefinition;
 
@@ -72,27 +73,26 @@ pub fn event_schema(event_type: EventType) -> Value {
     schema
 }
 
-/// The notifications the worker publishes and what causes each.
-pub const NOTIFICATIONS: &[(&str, &str)] = &[
-    ("workflow.created", "a workflow was created"),
-    ("workflow.status_changed", "a workflow changed status"),
-    ("approval.created", "an approval was requested"),
-    ("approval.approved", "an approval was approved"),
-    ("approval.rejected", "an approval was rejected"),
-    ("approval.escalated", "an approval was escalated"),
-    ("audit.recorded", "an audit record was written on request"),
-    ("rule.changed", "a rule was created, updated or deleted"),
-    ("rule.fired", "a rule matched an event and its actions were queued"),
-    ("automation.queued", "an automation run was queued"),
-    ("automation.scheduled", "an automation run waits for its start time"),
-    ("automation.succeeded", "an automation run succeeded"),
-    ("automation.failed", "an automation run failed for good"),
-    ("automation.cancelled", "an automation run was cancelled"),
-    ("event.rejected", "an event was refused (data: eventId, type, reason)"),
-];
+/// The schema a notification's message refers to: `event.rejected` has its own, naming its data.
+fn notification_payload(kind: NotificationType) -> &'static str {
+    match kind {
+        NotificationType::EventRejected => "#/components/schemas/notification_event_rejected",
+        _ => "#/components/schemas/notification",
+    }
+}
 
 /// The AsyncAPI 3.0 document of the exchanges, routing keys and messages.
 pub fn asyncapi(prefix: &str) -> Value {
+    // Inlined: a `$defs` inside an AsyncAPI component would not resolve.
+    let mut event_rejected_data = SchemaSettings::draft2020_12()
+        .with(|settings| settings.inline_subschemas = true)
+        .into_generator()
+        .into_root_schema_for::<EventRejected>()
+        .to_value();
+    if let Some(o) = event_rejected_data.as_object_mut() {
+        o.remove("$schema");
+        o.remove("title");
+    }
     let mut channels = Map::new();
     let mut operations = Map::new();
     let mut messages = Map::new();
@@ -113,16 +113,16 @@ pub fn asyncapi(prefix: &str) -> Value {
         inbound.insert(name.clone(), json!({"$ref": format!("#/components/messages/{name}")}));
     }
     let mut outbound = Map::new();
-    for (kind, summary) in NOTIFICATIONS {
-        let name = format!("notification_{}", kind.replace('.', "_"));
+    for kind in NotificationType::ALL {
+        let name = format!("notification_{}", kind.as_str().replace('.', "_"));
         messages.insert(
             name.clone(),
             json!({
-                "name": kind,
-                "title": kind,
+                "name": kind.as_str(),
+                "title": kind.as_str(),
                 "contentType": "application/cloudevents+json",
-                "summary": summary,
-                "payload": {"$ref": "#/components/schemas/notification"}
+                "summary": kind.summary(),
+                "payload": {"$ref": notification_payload(*kind)}
             }),
         );
         outbound.insert(name.clone(), json!({"$ref": format!("#/components/messages/{name}")}));
@@ -185,8 +185,15 @@ pub fn asyncapi(prefix: &str) -> Value {
                         "time": {"type": "string", "format": "date-time"},
                         "causationid": {"type": "string", "description": "The id of the event that caused this notification."},
                         "correlationid": {"type": "string"},
-                        "data": {"type": "object", "description": "The entity after the change; for event.rejected: eventId, type, reason."}
+                        "data": {"type": "object", "description": "The entity after the change; for event.rejected: eventId, type, reason, code."}
                     }
+                },
+                "notification_event_rejected": {
+                    "description": "A refusal: `data` says which event was refused, why, and the machine-readable code.",
+                    "allOf": [
+                        {"$ref": "#/components/schemas/notification"},
+                        {"properties": {"type": {"const": NotificationType::EventRejected.as_str()}, "data": event_rejected_data}}
+                    ]
                 }
             }
         }
@@ -225,6 +232,26 @@ mod tests {
                 assert!(committed == content, "{} is stale: run `make schemas`", path.display());
             }
         }
+    }
+
+    #[test]
+    fn the_asyncapi_document_names_every_notification_and_every_refusal_code() {
+        let doc = asyncapi("automation");
+        let messages = &doc["components"]["messages"];
+        for kind in NotificationType::ALL {
+            let message = &messages[format!("notification_{}", kind.as_str().replace('.', "_"))];
+            assert_eq!(message["name"], kind.as_str());
+            assert_eq!(message["summary"], kind.summary());
+        }
+        let rejected = &doc["components"]["schemas"]["notification_event_rejected"]["allOf"][1]["properties"];
+        let codes: Vec<&str> = rejected["data"]["properties"]["code"]["oneOf"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["const"].as_str())
+            .collect();
+        let expected: Vec<&str> = crate::events::RejectCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(codes, expected);
     }
 
     #[test]

@@ -1,13 +1,13 @@
 //! `approval.decided`: approves or rejects a `PENDING` or `ESCALATED` approval.
 
 use automation_shared::db::audit::ActorType;
-use automation_shared::events::ApprovalDecided;
+use automation_shared::events::{ApprovalDecided, NotificationType, RejectCode};
 use automation_shared::lifecycle::Decision;
 use serde_json::json;
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, check_version, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, check_version, reject};
 
 pub struct Handler;
 
@@ -52,8 +52,8 @@ impl EventHandler for Handler {
         approval.updated_at = now;
         approval.version += 1;
         let notification = match data.status {
-            Decision::Approved => "approval.approved",
-            Decision::Rejected => "approval.rejected",
+            Decision::Approved => NotificationType::ApprovalApproved,
+            Decision::Rejected => NotificationType::ApprovalRejected,
         };
         Ok(Applied::new("approval", approval.id, notification, &*approval).with_audit_details(
             json!({"from": from, "to": to, "reason": approval.reason, "version": approval.version}),

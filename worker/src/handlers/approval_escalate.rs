@@ -1,13 +1,13 @@
 //! `approval.escalate`: hands a `PENDING` approval to a role or a user (from a rule, or from
 //! `approvals.escalate_stale`).
 
-use automation_shared::events::ApprovalEscalate;
+use automation_shared::events::{ApprovalEscalate, NotificationType, RejectCode};
 use automation_shared::lifecycle::ApprovalStatus;
 use serde_json::json;
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, reject};
 
 pub struct Handler;
 
@@ -46,7 +46,7 @@ impl EventHandler for Handler {
         approval.escalated_at = Some(now);
         approval.updated_at = now;
         approval.version += 1;
-        Ok(Applied::new("approval", approval.id, "approval.escalated", &*approval)
+        Ok(Applied::new("approval", approval.id, NotificationType::ApprovalEscalated, &*approval)
             .with_audit_details(json!({"to": target, "reason": data.reason, "version": approval.version})))
     }
 }

@@ -1,14 +1,14 @@
 //! `approval.requested`: a new `PENDING` approval on an `ACTIVE` workflow.
 
 use automation_shared::db::approvals::Approval;
-use automation_shared::events::{ApprovalRequested, derived_id};
+use automation_shared::events::{ApprovalRequested, NotificationType, RejectCode, derived_id};
 use automation_shared::lifecycle::{ApprovalStatus, WorkflowStatus};
 use serde_json::Value;
 use sqlx::types::Json;
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, reject};
 
 pub struct Handler;
 
@@ -66,7 +66,7 @@ impl EventHandler for Handler {
             decided_at: None,
             escalated_at: None,
         };
-        let applied = Applied::new("approval", id, "approval.created", &approval);
+        let applied = Applied::new("approval", id, NotificationType::ApprovalCreated, &approval);
         ctx.entities.approvals.insert(id, approval);
         Ok(applied)
     }

@@ -1,6 +1,6 @@
 //! `audit.recorded`: an audit record asked for by a client. The record itself is the effect.
 
-use automation_shared::events::AuditRecorded;
+use automation_shared::events::{AuditRecorded, NotificationType};
 use serde_json::json;
 
 use crate::entities::Needs;
@@ -32,7 +32,7 @@ impl EventHandler for Handler {
             "details": data.details,
             "eventId": ctx.envelope.id,
         });
-        let mut applied = Applied::new(&data.entity, &data.entity_id, "audit.recorded", &state);
+        let mut applied = Applied::new(&data.entity, &data.entity_id, NotificationType::AuditRecorded, &state);
         applied.audit_action = data.action.clone();
         applied.audit_details = data.details.clone();
         Ok(applied)

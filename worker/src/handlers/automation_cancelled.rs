@@ -2,11 +2,11 @@
 //! its current attempt, but its result is not applied and it is not retried.
 
 use automation_shared::db::runs::RunState;
-use automation_shared::events::AutomationCancelled;
+use automation_shared::events::{AutomationCancelled, NotificationType, RejectCode};
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, reject};
 
 pub struct Handler;
 
@@ -39,6 +39,6 @@ impl EventHandler for Handler {
         run.state = RunState::Cancelled;
         run.finished_at = Some(now);
         run.updated_at = now;
-        Ok(Applied::new("automation_run", run.id, "automation.cancelled", &*run))
+        Ok(Applied::new("automation_run", run.id, NotificationType::AutomationCancelled, &*run))
     }
 }

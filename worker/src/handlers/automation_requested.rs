@@ -2,13 +2,13 @@
 //! scheduled run waits in the database, not in a consumer.
 
 use automation_shared::db::runs::{Run, RunState};
-use automation_shared::events::{AutomationRequested, derived_id};
+use automation_shared::events::{AutomationRequested, NotificationType, RejectCode, derived_id};
 use serde_json::Value;
 use sqlx::types::Json;
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, reject};
 
 pub struct Handler;
 
@@ -67,9 +67,9 @@ impl EventHandler for Handler {
         };
         let notification = if run.state == RunState::Queued {
             ctx.outbox.push(crate::tasks::start_message(run.id, 1));
-            "automation.queued"
+            NotificationType::AutomationQueued
         } else {
-            "automation.scheduled"
+            NotificationType::AutomationScheduled
         };
         let applied = Applied::new("automation_run", id, notification, &run);
         ctx.entities.runs.insert(id, run);

@@ -21,44 +21,13 @@ mod workflow_status_changed;
 
 use automation_shared::db::audit::ActorType;
 use automation_shared::db::events::OutboxMessage;
-use automation_shared::events::{Envelope, EventData};
+use automation_shared::events::{Envelope, EventData, NotificationType, RejectCode};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::entities::{Entities, Needs};
 use crate::tasks::Registry;
-
-/// Why an event was refused: the machine-readable part of `event.rejected` and of the event
-/// status, which the API maps to 404, 409 or 422.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectCode {
-    NotFound,
-    AlreadyExists,
-    InvalidTransition,
-    VersionConflict,
-    WorkflowNotActive,
-    Forbidden,
-    InvalidRule,
-    ChainTooDeep,
-    UnknownAutomation,
-}
-
-impl RejectCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectCode::NotFound => "not_found",
-            RejectCode::AlreadyExists => "already_exists",
-            RejectCode::InvalidTransition => "invalid_transition",
-            RejectCode::VersionConflict => "version_conflict",
-            RejectCode::WorkflowNotActive => "workflow_not_active",
-            RejectCode::Forbidden => "forbidden",
-            RejectCode::InvalidRule => "invalid_rule",
-            RejectCode::ChainTooDeep => "chain_too_deep",
-            RejectCode::UnknownAutomation => "unknown_automation",
-        }
-    }
-}
 
 /// A business "no": recorded, audited, announced as `event.rejected`, acked, never retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,8 +47,8 @@ pub struct Applied {
     /// `audit.recorded` names) and its id.
     pub entity: String,
     pub entity_id: String,
-    /// The notification type announcing it.
-    pub notification: &'static str,
+    /// The notification announcing it.
+    pub notification: NotificationType,
     /// The entity after the change: the notification's `data` and the rules' `entity`.
     pub state: Value,
     /// The audit record's action and details.
@@ -88,13 +57,18 @@ pub struct Applied {
 }
 
 impl Applied {
-    pub fn new(entity: &str, entity_id: impl ToString, notification: &'static str, state: &impl Serialize) -> Applied {
+    pub fn new(
+        entity: &str,
+        entity_id: impl ToString,
+        notification: NotificationType,
+        state: &impl Serialize,
+    ) -> Applied {
         Applied {
             entity: entity.to_string(),
             entity_id: entity_id.to_string(),
             notification,
             state: serde_json::to_value(state).unwrap_or(Value::Null),
-            audit_action: notification.to_string(),
+            audit_action: notification.as_str().to_string(),
             audit_details: None,
         }
     }

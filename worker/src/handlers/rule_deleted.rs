@@ -1,11 +1,11 @@
 //! `rule.deleted`: removes a rule; its past evaluations stay with the events they ran on.
 
-use automation_shared::events::RuleDeleted;
+use automation_shared::events::{NotificationType, RejectCode, RuleDeleted};
 use serde_json::json;
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, reject};
 
 pub struct Handler;
 
@@ -30,7 +30,7 @@ impl EventHandler for Handler {
         };
         ctx.entities.rules.remove(rule.id);
         let state = json!({"id": rule.id, "name": rule.name, "version": rule.version, "change": "deleted"});
-        let mut applied = Applied::new("rule", rule.id, "rule.changed", &state);
+        let mut applied = Applied::new("rule", rule.id, NotificationType::RuleChanged, &state);
         applied.audit_action = "rule.deleted".into();
         applied.audit_details = Some(json!({"version": rule.version, "name": rule.name}));
         Ok(applied)

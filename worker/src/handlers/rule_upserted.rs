@@ -2,14 +2,14 @@
 //! the compiler's message.
 
 use automation_shared::db::rules::Rule;
-use automation_shared::events::derived_id;
+use automation_shared::events::{NotificationType, RejectCode, derived_id};
 use automation_shared::rules::RuleDefinition;
 use serde_json::json;
 use sqlx::types::Json;
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, reject};
 
 pub struct Handler;
 
@@ -48,7 +48,7 @@ impl EventHandler for Handler {
         };
         let mut state = serde_json::to_value(&rule).unwrap_or_default();
         state["change"] = json!(if existing.is_some() { "updated" } else { "created" });
-        let mut applied = Applied::new("rule", id, "rule.changed", &state);
+        let mut applied = Applied::new("rule", id, NotificationType::RuleChanged, &state);
         applied.audit_action = "rule.upserted".into();
         applied.audit_details = Some(json!({"version": rule.version, "name": rule.name}));
         match ctx.entities.rules.get_mut(id) {

@@ -1,11 +1,11 @@
 //! `workflow.created`: a new workflow, `ACTIVE` unless asked to start as `DRAFT`.
 
 use automation_shared::db::workflows::Workflow;
-use automation_shared::events::{WorkflowCreated, derived_id};
+use automation_shared::events::{NotificationType, RejectCode, WorkflowCreated, derived_id};
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, reject};
 
 pub struct Handler;
 
@@ -39,7 +39,7 @@ impl EventHandler for Handler {
             created_at: ctx.now,
             updated_at: ctx.now,
         };
-        let applied = Applied::new("workflow", id, "workflow.created", &workflow);
+        let applied = Applied::new("workflow", id, NotificationType::WorkflowCreated, &workflow);
         ctx.entities.workflows.insert(id, workflow);
         Ok(applied)
     }

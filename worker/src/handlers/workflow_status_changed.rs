@@ -1,11 +1,11 @@
 //! `workflow.status_changed`: moves a workflow along its state machine.
 
-use automation_shared::events::WorkflowStatusChanged;
+use automation_shared::events::{NotificationType, RejectCode, WorkflowStatusChanged};
 use serde_json::json;
 
 use crate::entities::Needs;
 
-use super::{Applied, Context, EntityKey, EventHandler, RejectCode, Rejection, check_version, reject};
+use super::{Applied, Context, EntityKey, EventHandler, Rejection, check_version, reject};
 
 pub struct Handler;
 
@@ -40,7 +40,7 @@ impl EventHandler for Handler {
         workflow.status = data.status;
         workflow.version += 1;
         workflow.updated_at = now;
-        Ok(Applied::new("workflow", workflow.id, "workflow.status_changed", &*workflow)
+        Ok(Applied::new("workflow", workflow.id, NotificationType::WorkflowStatusChanged, &*workflow)
             .with_audit_details(json!({"from": from, "to": workflow.status, "version": workflow.version})))
     }
 }

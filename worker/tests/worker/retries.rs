@@ -45,7 +45,7 @@ async fn an_event_blocked_by_a_lock_is_retried_later_and_applied_once_the_lock_i
     loop {
         let mut conn = env.pool.acquire().await.expect("conn");
         let status = automation_shared::db::events::status(&mut conn, &id).await.expect("status");
-        if status.status == "retrying" {
+        if status.status == automation_shared::events::EventState::Retrying {
             assert!(status.detail.unwrap_or_default().contains("Lock wait timeout"));
             break;
         }
