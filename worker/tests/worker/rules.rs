@@ -169,5 +169,5 @@ async fn a_rule_over_budget_on_an_attacker_sized_event_fails_as_such_and_holds_n
     let evaluation = &status(&env, &big).await.rules.expect("evaluations kept")[0];
     assert_eq!(evaluation["matched"], false);
     assert!(evaluation["reason"].as_str().unwrap_or_default().contains("over budget"), "{evaluation}");
-    assert_eq!(status(&env, &after).await.status, "processed");
+    assert_eq!(status(&env, &after).await.status, automation_shared::events::outcome::EventState::Processed);
 }
