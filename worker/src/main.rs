@@ -80,7 +80,14 @@ async fn main() -> ExitCode {
     let result = match args.command {
         None | Some(Command::Run) => {
             telemetry::init_tracing(&config);
-            serve(config).await.map(|()| true)
+            let code = match serve(config).await {
+                Ok(()) => 0,
+                Err(error) => {
+                    eprintln!("error: {error:#}");
+                    1
+                }
+            };
+            exit_now(code)
         }
         Some(Command::Migrate { json }) => cli::migrate(&config, json).await.map(|()| true),
         Some(Command::Topology { json, permissions: true, .. }) => {
@@ -128,4 +135,14 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutdown signal received");
     shutdown.cancel();
+}
+
+/// Ends the process here rather than by dropping the runtime: a connection attempt lapin was
+/// still making when SIGTERM came runs on a thread of its own, which panics when the runtime
+/// shuts down under it. Everything of ours is drained and flushed by now.
+fn exit_now(code: i32) -> ! {
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    std::process::exit(code)
 }

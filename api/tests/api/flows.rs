@@ -443,3 +443,37 @@ async fn the_event_door_asks_what_the_dedicated_routes_ask() {
     assert_eq!(s.env.count("select count(*) from workflows").await, 2, "the test's and the admin's");
     assert_eq!(s.env.count("select count(*) from audit_log where entity_id = 'batch'").await, 0);
 }
+
+#[tokio::test]
+async fn an_event_published_first_under_the_id_a_request_would_get_squats_nothing() {
+    let s = setup().await;
+    let service = s.api.user(Role::Service).await;
+    let workflow = s.workflow().await;
+    // The id the API used to derive from the requester, the endpoint and the key.
+    let key = "laptop-2026-12";
+    let derived = uuid::Uuid::new_v5(
+        &automation_shared::events::ID_NAMESPACE,
+        format!("idempotency:{}:POST /approvals:{key}", s.requester.id).as_bytes(),
+    )
+    .to_string();
+    let squat = json!({"specversion": "1.0", "id": derived, "source": "/billing", "type": "audit.recorded",
+                       "data": {"entity": "invoice", "entityId": "squat", "action": "first"}});
+    let (status, _) =
+        json(s.api.request(Method::POST, "/api/v1/events", &service.token).json(&squat).send().await.expect("answer"))
+            .await;
+    assert_eq!(status, 202);
+    s.env.wait_processed(&derived).await;
+    let (status, body) = json(
+        s.api
+            .request(Method::POST, "/approvals", &s.requester.token)
+            .header("idempotency-key", key)
+            .header("prefer", "wait=10")
+            .json(&json!({"workflowId": workflow, "title": "Laptop"}))
+            .send()
+            .await
+            .expect("answer"),
+    )
+    .await;
+    assert_eq!(status, 200, "the requester's approval exists: {body}");
+    assert_eq!(body["title"], "Laptop");
+}
