@@ -115,10 +115,15 @@ pub fn replay_properties(dead: &DeadLetter, system: &SystemUsers) -> BasicProper
     let mut headers = FieldTable::default();
     for (key, value) in stored.get("headers").and_then(Value::as_object).into_iter().flatten() {
         let lower = key.to_ascii_lowercase();
+        // The routing key the replay is published with is the stored one: a header saying
+        // otherwise is not carried (the consumer believes it on a system-published copy).
         if DEATH_HEADERS.contains(&lower.as_str())
             || lower.starts_with("x-dead-")
             || lower == "x-error-kind"
             || lower == "x-origin-queue"
+            || lower == "x-original-routing-key"
+            || lower == "cc"
+            || lower == "bcc"
         {
             continue;
         }

@@ -8,7 +8,7 @@ use automation_shared::db::dead_letters::{self, MAX_STORED_BODY, NewDeadLetter};
 use automation_shared::db::{self, Failure};
 use automation_shared::events::envelope::{Limits, amqp_string};
 use automation_shared::events::{Envelope, ID_NAMESPACE, derived_id};
-use automation_shared::messaging::{self, SystemUsers, header, int_header};
+use automation_shared::messaging::{Origin, SystemUsers, header, int_header};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use lapin::BasicProperties;
@@ -67,7 +67,7 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) -> anyhow::Result
 /// Stores a dead letter (each event of a dead pack), waiting out database outages. `false` when
 /// stopped while waiting.
 async fn store(worker: &Worker, delivery: &Delivery, stop: &CancellationToken) -> bool {
-    for dead in describe_all(delivery) {
+    for dead in describe_all(delivery, &worker.system_users) {
         if !store_one(worker, &dead, stop).await {
             return false;
         }
@@ -124,19 +124,29 @@ async fn store_one(worker: &Worker, dead: &NewDeadLetter, stop: &CancellationTok
     }
 }
 
-/// Everything about a dead message, from its headers (ours or the broker's `x-death`).
-pub fn describe(delivery: &Delivery) -> NewDeadLetter {
-    describe_message(delivery.exchange.as_str(), delivery.routing_key.as_str(), &delivery.properties, &delivery.data)
+/// Everything about a dead message, from its headers (ours, or the broker's `x-death`; a
+/// header of ours counts only on a message the system published, so nobody can dictate the
+/// routing key, id or reason of a dead letter) .
+pub fn describe(delivery: &Delivery, system: &SystemUsers) -> NewDeadLetter {
+    describe_message(
+        delivery.exchange.as_str(),
+        delivery.routing_key.as_str(),
+        None,
+        &delivery.properties,
+        &delivery.data,
+        system,
+    )
 }
 
 /// The dead letters a delivery holds: itself, or each event of a pack the broker dead-lettered
-/// (a pack that kept failing its worker), each with the pack's death.
-pub fn describe_all(delivery: &Delivery) -> Vec<NewDeadLetter> {
-    if !pack::is_pack(&delivery.properties) {
-        return vec![describe(delivery)];
+/// (a pack that kept failing its worker), each with the pack's death. Only the system's packs
+/// are opened: anyone else's is kept whole, as it came.
+pub fn describe_all(delivery: &Delivery, system: &SystemUsers) -> Vec<NewDeadLetter> {
+    if !pack::is_pack(&delivery.properties) || !Origin::of(&delivery.properties, system).is_system() {
+        return vec![describe(delivery, system)];
     }
     let Some(events) = pack::unpack(&delivery.data) else {
-        return vec![describe(delivery)];
+        return vec![describe(delivery, system)];
     };
     let death = delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-death").cloned());
     events
@@ -147,23 +157,38 @@ pub fn describe_all(delivery: &Delivery) -> Vec<NewDeadLetter> {
                 headers.insert("x-death".into(), death.clone());
             }
             let properties = event.properties.clone().with_headers(headers);
-            let properties =
-                messaging::set_header(properties, headers::ORIGINAL_ROUTING_KEY, event.routing_key.clone());
-            describe_message(delivery.exchange.as_str(), &event.routing_key, &properties, &event.body)
+            // The sequencer wrote the routing key it checked into the pack.
+            describe_message(
+                delivery.exchange.as_str(),
+                &event.routing_key,
+                Some(&event.routing_key),
+                &properties,
+                &event.body,
+                system,
+            )
         })
         .collect()
 }
 
-fn describe_message(exchange: &str, delivered_with: &str, properties: &BasicProperties, data: &[u8]) -> NewDeadLetter {
+fn describe_message(
+    exchange: &str,
+    delivered_with: &str,
+    known_routing_key: Option<&str>,
+    properties: &BasicProperties,
+    data: &[u8],
+    system: &SystemUsers,
+) -> NewDeadLetter {
     let now = Utc::now();
     let death = broker_death(properties);
-    let routing_key = header(properties, headers::ORIGINAL_ROUTING_KEY)
+    let ours = properties.user_id().as_ref().is_some_and(|u| system.contains(u.as_str()));
+    let header = |name: &str| if ours { header(properties, name) } else { None };
+    let routing_key = known_routing_key
+        .map(str::to_string)
+        .or_else(|| header(headers::ORIGINAL_ROUTING_KEY))
         .or_else(|| death.as_ref().and_then(|d| d.routing_key.clone()))
         .unwrap_or_else(|| delivered_with.to_string());
-    let origin_queue =
-        header(properties, headers::ORIGIN_QUEUE).or_else(|| death.as_ref().and_then(|d| d.queue.clone()));
-    let (error_kind, reason) = match (header(properties, headers::ERROR_KIND), header(properties, headers::DEAD_REASON))
-    {
+    let origin_queue = header(headers::ORIGIN_QUEUE).or_else(|| death.as_ref().and_then(|d| d.queue.clone()));
+    let (error_kind, reason) = match (header(headers::ERROR_KIND), header(headers::DEAD_REASON)) {
         (Some(kind), Some(reason)) => (kind, reason),
         _ => match &death {
             Some(d) if d.reason == "delivery_limit" => (
@@ -184,20 +209,19 @@ fn describe_message(exchange: &str, delivered_with: &str, properties: &BasicProp
     let as_sent = properties.clone().with_user_id(sender.own().into());
     let limits = Limits { max_bytes: usize::MAX, publishers: &NO_PUBLISHERS, system: &sender };
     let parsed = Envelope::parse(&routing_key, &as_sent, data, limits);
-    let event_id = header(properties, headers::EVENT_ID).or_else(|| parsed.as_ref().ok().map(|e| e.id.clone()));
-    let event_type = header(properties, headers::EVENT_TYPE)
-        .or_else(|| parsed.as_ref().ok().map(|e| e.event_type.as_str().to_string()));
-    let id = header(properties, headers::DEAD_LETTER_ID).and_then(|i| Uuid::parse_str(&i).ok()).unwrap_or_else(|| {
+    let event_id = header(headers::EVENT_ID).or_else(|| parsed.as_ref().ok().map(|e| e.id.clone()));
+    let event_type =
+        header(headers::EVENT_TYPE).or_else(|| parsed.as_ref().ok().map(|e| e.event_type.as_str().to_string()));
+    let id = header(headers::DEAD_LETTER_ID).and_then(|i| Uuid::parse_str(&i).ok()).unwrap_or_else(|| {
         // The broker dead-lettered it: derive an id from the message and its first death, so a
         // redelivered copy is stored once.
         let identity = Uuid::new_v5(&ID_NAMESPACE, &[routing_key.as_bytes(), b"\n", data].concat());
-        let replays = header(properties, automation_shared::dead_letters::REPLAY_COUNT_HEADER).unwrap_or_default();
+        let replays = header(automation_shared::dead_letters::REPLAY_COUNT_HEADER).unwrap_or_default();
         let first_death = death.as_ref().and_then(|d| d.time).unwrap_or(0);
         derived_id(&format!("broker-dead:{reason}:{first_death}:{replays}"), &identity.to_string())
     });
-    let time = |name: &str| {
-        header(properties, name).and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc))
-    };
+    let time =
+        |name: &str| header(name).and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc));
     // Whatever the message says about itself fits its column (an unknown type can be any length).
     let clamp = |text: String, chars: usize| text.chars().take(chars).collect::<String>();
     let (body, body_bytes) = if data.len() > MAX_STORED_BODY {

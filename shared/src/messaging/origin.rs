@@ -98,10 +98,17 @@ impl Origin {
     /// system's `user_id` (an outsider's would make the broker close the channel), and an
     /// outsider's message marked as such, whatever marks it carried.
     pub fn stamp(&self, properties: BasicProperties, system: &SystemUsers) -> BasicProperties {
+        // Headers of ours (`x-…`) count only on what the system published; an outsider's are
+        // dropped, not carried into a copy that bears the system's user_id. `CC` and `BCC` would
+        // make the broker route the copy to queues the outsider names: never carried.
+        let ours = properties.user_id().as_ref().is_some_and(|u| system.contains(u.as_str()));
         let mut headers = FieldTable::default();
         for (key, value) in properties.headers().as_ref().map(|h| h.inner().iter()).into_iter().flatten() {
             let name = key.as_str();
-            if !name.eq_ignore_ascii_case(ORIGIN_HEADER) && !name.eq_ignore_ascii_case(PUBLISHER_HEADER) {
+            let routing = name.eq_ignore_ascii_case("CC") || name.eq_ignore_ascii_case("BCC");
+            let marks = name.eq_ignore_ascii_case(ORIGIN_HEADER) || name.eq_ignore_ascii_case(PUBLISHER_HEADER);
+            let system_header = name.len() > 2 && name[..2].eq_ignore_ascii_case("x-") && !ours;
+            if !routing && !marks && !system_header {
                 headers.insert(key.clone(), value.clone());
             }
         }
@@ -170,5 +177,29 @@ mod tests {
     fn set_marks(properties: BasicProperties, publisher: &str) -> BasicProperties {
         let properties = super::super::set_header(properties, ORIGIN_HEADER, EXTERNAL);
         super::super::set_header(properties, PUBLISHER_HEADER, publisher)
+    }
+
+    #[test]
+    fn a_copy_carries_neither_the_outsiders_routing_headers_nor_its_claims_in_our_headers() {
+        let mut headers = FieldTable::default();
+        let text = |v: &str| AMQPValue::LongString(LongString::from(v.as_bytes().to_vec()));
+        headers.insert("CC".into(), text("automation.dead-letters"));
+        headers.insert("x-original-routing-key".into(), text("workflow.created"));
+        headers.insert("x-dead-letter-id".into(), text("00000000-0000-0000-0000-000000000000"));
+        headers.insert("traceparent".into(), text("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+        let outsiders = BasicProperties::default().with_user_id("orders".into()).with_headers(headers);
+        let origin = Origin::of(&outsiders, &system());
+        let copy = origin.stamp(outsiders, &system());
+        let kept: Vec<&str> =
+            copy.headers().as_ref().map(|h| h.inner().keys().map(|k| k.as_str()).collect()).unwrap_or_default();
+        assert!(kept.contains(&"traceparent"), "{kept:?}");
+        for dropped in ["CC", "x-original-routing-key", "x-dead-letter-id"] {
+            assert!(!kept.contains(&dropped), "{dropped} carried: {kept:?}");
+        }
+        // The system's own copy keeps its headers (a retry's attempt counter and history).
+        let ours = set_marks(BasicProperties::default().with_user_id("automation".into()), "orders");
+        let ours = super::super::set_header(ours, "x-attempt-history", "[]");
+        let again = Origin::of(&ours, &system()).stamp(ours, &system());
+        assert!(again.headers().as_ref().is_some_and(|h| h.inner().contains_key("x-attempt-history")));
     }
 }

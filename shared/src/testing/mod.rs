@@ -267,6 +267,9 @@ impl Drop for TestEnv {
                         .unwrap_or(DEFAULT_PARTITIONS);
                     let _ = topology::delete(&connection, &names, &TopologySettings::of(&widest)).await;
                     let _ = topology::delete(&connection, &names, &TopologySettings::of(&cleanup.declared)).await;
+                    // ...and the retry queues of the default delays, which such a process declares.
+                    widest.retry_delays_ms = crate::config::WorkerConfig::default().retry_delays_ms;
+                    let _ = topology::delete(&connection, &names, &TopologySettings::of(&widest)).await;
                     let _ = connection.close(200, "cleaned up".into()).await;
                 }
             });

@@ -91,6 +91,7 @@ fn start_worker(env: &TestEnv, amqp_port: u16, port: u16) -> Process {
         .env("AMQP_URL", format!("amqp://guest:guest@127.0.0.1:{amqp_port}/%2f"))
         .env("AUTOMATION_AMQP__PREFIX", &env.config.amqp.prefix)
         .env("AUTOMATION_WORKER__PARTITIONS", env.config.worker.partitions.to_string())
+        .env("AUTOMATION_WORKER__RETRY_DELAYS_MS", format!("{:?}", env.config.worker.retry_delays_ms))
         .env("WORKER_PORT", port.to_string())
         .env("LOG_FORMAT", "json")
         .env("LOG_LEVEL", "info")

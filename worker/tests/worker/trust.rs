@@ -203,3 +203,45 @@ async fn a_channel_the_broker_closed_is_replaced_by_the_next_publish() {
     publisher.publish(message(ours.clone())).await.expect("a new channel takes the next message");
     publisher.publish(message(ours)).await.expect("and the one after");
 }
+
+#[tokio::test]
+async fn an_outsiders_pack_is_kept_whole_and_what_it_says_of_itself_is_not_believed() {
+    let env = TestEnv::new().await;
+    let _worker = TestWorker::start(&env.config).await;
+    let user = PublisherUser::create(&env.config.amqp.prefix, ".*");
+    let publisher = publisher_of(&user).await;
+    // A "pack" claiming to hold a system-made escalation, with headers of ours forged on it.
+    let inner = event("approval.escalate", json!({"approvalId": Uuid::new_v4(), "toRole": "admin", "reason": "r"}));
+    let inner_properties = structured().with_user_id(SystemUsers::of(&env.config.amqp).own().to_string().into());
+    let inner_body = inner.to_string();
+    let (_, body) = automation_worker::pack::pack([("approval.escalate", &inner_properties, inner_body.as_bytes())]);
+    let mut headers = lapin::types::FieldTable::default();
+    for (name, value) in [
+        ("x-original-routing-key", "workflow.created"),
+        ("x-dead-reason", "exhausted: database unavailable"),
+    ] {
+        headers.insert(name.into(), lapin::types::AMQPValue::LongString(value.as_bytes().to_vec().into()));
+    }
+    let properties = BasicProperties::default()
+        .with_content_type(automation_worker::pack::CONTENT_TYPE.into())
+        .with_headers(headers);
+    let exchange = env.names().events();
+    publisher
+        .publish(Outgoing {
+            exchange: &exchange,
+            routing_key: "approval.requested",
+            body: &body,
+            properties,
+            mandatory: false,
+        })
+        .await
+        .expect("the broker takes it");
+    env.wait_count("select count(*) from dead_letters", 1, Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows: Vec<(Option<String>, String, String)> =
+        sqlx::query_as("select type, routing_key, reason from dead_letters").fetch_all(&env.pool).await.expect("rows");
+    assert_eq!(rows.len(), 1, "kept whole, not opened: {rows:?}");
+    assert_ne!(rows[0].0.as_deref(), Some("approval.escalate"), "{rows:?}");
+    assert_eq!(rows[0].1, "approval.requested", "the routing key it was sent with: {rows:?}");
+    assert!(!rows[0].2.contains("database unavailable"), "its own reason, not the forged one: {rows:?}");
+}
