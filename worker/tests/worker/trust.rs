@@ -216,10 +216,9 @@ async fn an_outsiders_pack_is_kept_whole_and_what_it_says_of_itself_is_not_belie
     let inner_body = inner.to_string();
     let (_, body) = automation_worker::pack::pack([("approval.escalate", &inner_properties, inner_body.as_bytes())]);
     let mut headers = lapin::types::FieldTable::default();
-    for (name, value) in [
-        ("x-original-routing-key", "workflow.created"),
-        ("x-dead-reason", "exhausted: database unavailable"),
-    ] {
+    for (name, value) in
+        [("x-original-routing-key", "workflow.created"), ("x-dead-reason", "exhausted: database unavailable")]
+    {
         headers.insert(name.into(), lapin::types::AMQPValue::LongString(value.as_bytes().to_vec().into()));
     }
     let properties = BasicProperties::default()
