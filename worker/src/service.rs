@@ -295,8 +295,13 @@ pub async fn run(worker: Arc<Worker>, listener: TcpListener, shutdown: Cancellat
     }
     background.cancel();
     probes.cancel();
-    if tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await.is_err() {
-        tracing::warn!("background tasks did not stop in time");
+    // A background task waiting for a database that is away (an acquire bounded by its own
+    // timeout) has nothing to finish: with MySQL down, a second is all it gets.
+    let database_up =
+        matches!(tokio::time::timeout(Duration::from_millis(500), db::ping(&worker.pool)).await, Ok(Ok(())));
+    let patience = if database_up { Duration::from_secs(5) } else { Duration::from_secs(1) };
+    if tokio::time::timeout(patience, tracker.wait()).await.is_err() {
+        tracing::warn!(waited_ms = patience.as_millis() as u64, "background tasks did not stop in time; leaving them");
     }
     worker.publisher.close().await;
     let _ = worker.connection.close(200, "worker stopped".into()).await;

@@ -105,7 +105,7 @@ fn start_worker(env: &TestEnv, amqp_port: u16, port: u16) -> Process {
 
 async fn probe(port: u16, path: &str) -> Option<(u16, Value)> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().ok()?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().ok()?;
     let response = client.get(format!("http://127.0.0.1:{port}{path}")).send().await.ok()?;
     let status = response.status().as_u16();
     Some((status, response.json().await.unwrap_or(Value::Null)))
@@ -174,4 +174,63 @@ async fn sigterm_while_waiting_for_a_hung_broker_exits_0_at_once() {
     assert!(status.success(), "{status:?}: {}", worker.log());
     assert!(stopped_in < Duration::from_secs(2), "took {stopped_in:?}");
     assert!(!worker.log().contains("panicked"), "{}", worker.log());
+}
+
+#[tokio::test]
+async fn with_the_database_away_at_start_the_worker_is_alive_not_ready_and_starts_once_it_answers() {
+    use automation_shared::testing::private_mariadb::PrivateMariaDb;
+    let mut mariadb = PrivateMariaDb::start().await;
+    let env = TestEnv::on(&mariadb.url(), &automation_shared::testing::amqp_url()).await;
+    mariadb.stop().await;
+    let port = free_port();
+    let mut worker = start_worker(&env, 5672, port);
+    let (_, live_after) =
+        until("liveness", Duration::from_secs(5), async || probe(port, "/health").await.filter(|(s, _)| *s == 200))
+            .await;
+    let ((_, ready), _) = until("readiness names MySQL", Duration::from_secs(15), async || {
+        probe(port, "/readiness")
+            .await
+            .filter(|(s, body)| *s == 503 && body["dependencies"]["mysql"]["status"] == "unavailable")
+    })
+    .await;
+    assert_eq!(ready["dependencies"]["rabbitmq"]["status"], "ok", "{ready}");
+
+    mariadb.restart().await;
+    let (_, ready_after) = until("ready once MySQL answers", Duration::from_secs(30), async || {
+        probe(port, "/readiness").await.filter(|(s, _)| *s == 200)
+    })
+    .await;
+    // The test's own pool held connections to the server that went away: let it find out.
+    for _ in 0..10 {
+        let _ = sqlx::query("select 1").execute(&env.pool).await;
+    }
+    let e = event("workflow.created", json!({"name": "after the database came"}));
+    env.publish_structured(&e).await;
+    assert_eq!(env.wait_processed_within(e["id"].as_str().expect("id"), Duration::from_secs(30)).await, "applied");
+    let (stopped_in, status) = worker.terminate().await;
+    assert!(status.success(), "{status:?}");
+    assert!(!worker.log().contains("panicked"), "{}", worker.log());
+    eprintln!("liveness after {live_after:?}, ready {ready_after:?} after MySQL answered, stopped in {stopped_in:?}");
+}
+
+#[tokio::test]
+async fn sigterm_while_the_database_is_away_exits_0_at_once() {
+    use automation_shared::testing::private_mariadb::PrivateMariaDb;
+    let mut mariadb = PrivateMariaDb::start().await;
+    let env = TestEnv::on(&mariadb.url(), &automation_shared::testing::amqp_url()).await;
+    mariadb.stop().await;
+    let port = free_port();
+    let mut worker = start_worker(&env, 5672, port);
+    until("readiness names MySQL", Duration::from_secs(15), async || {
+        probe(port, "/readiness")
+            .await
+            .filter(|(s, body)| *s == 503 && body["dependencies"]["mysql"]["status"] == "unavailable")
+    })
+    .await;
+    let (stopped_in, status) = worker.terminate().await;
+    assert!(status.success(), "{status:?}: {}", worker.log());
+    assert!(stopped_in < Duration::from_secs(2), "took {stopped_in:?}: {}", worker.log());
+    assert!(!worker.log().contains("panicked"), "{}", worker.log());
+    // Back, so the test environment's clean-up finds its database.
+    mariadb.restart().await;
 }
