@@ -607,6 +607,14 @@ impl Config {
                 if self.jwt.secret.as_deref().is_some_and(str::is_empty) {
                     return Err(ConfigError::key("JWT_SECRET", "is empty"));
                 }
+                // The seed's example sets both; HS256 would ignore the key and, without
+                // JWT_SECRET, verify with the development secret.
+                if self.jwt.public_key.is_some() {
+                    return Err(ConfigError::key(
+                        "JWT_PUBLIC_KEY",
+                        "is set while JWT_ALGORITHM is HS256, which does not use it: set JWT_ALGORITHM=RS256 to verify tokens with the key, or remove JWT_PUBLIC_KEY and set JWT_SECRET",
+                    ));
+                }
             }
             JwtAlgorithm::RS256 => {
                 let Some(key) = &self.jwt.public_key else {
@@ -854,6 +862,19 @@ mod tests {
             assert_eq!(config.api.port, 9100);
             assert_eq!(config.worker.prefetch, 300);
             assert_eq!(config.worker.retry_delays_ms, vec![5, 50]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_public_key_with_hs256_is_refused_saying_what_to_set() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.set_env("JWT_ALGORITHM", "HS256");
+            jail.set_env("JWT_PUBLIC_KEY", "-----BEGIN PUBLIC KEY-----\nMIIB\n-----END PUBLIC KEY-----");
+            let error = load(jail, Component::Api).expect_err("refused").to_string();
+            assert!(error.contains("JWT_PUBLIC_KEY: is set while JWT_ALGORITHM is HS256"), "{error}");
+            assert!(error.contains("JWT_ALGORITHM=RS256"), "{error}");
             Ok(())
         });
     }
