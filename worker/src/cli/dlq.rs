@@ -130,8 +130,9 @@ pub struct Selection {
     dry_run: bool,
     #[arg(long)]
     json: bool,
-    /// Who is acting, for the audit log (default: $USER).
-    #[arg(long = "as", env = "USER", value_name = "NAME")]
+    /// Who is acting, for the audit log (default: $AUTOMATION_OPERATOR, then $USER; a replay
+    /// or discard by nobody in particular is refused).
+    #[arg(long = "as", value_name = "NAME")]
     operator: Option<String>,
 }
 
@@ -276,10 +277,18 @@ async fn act(config: &Config, pool: &sqlx::MySqlPool, selection: Selection, acti
         }
         return Ok(true);
     }
-    let operator = Operator {
-        id: format!("cli:{}", selection.operator.unwrap_or_else(|| "unknown".into())),
-        actor_type: ActorType::User,
+    // Every replay and discard is audited with who did it: in a pod $USER is usually unset.
+    let Some(name) = selection
+        .operator
+        .or_else(|| std::env::var("AUTOMATION_OPERATOR").ok())
+        .or_else(|| std::env::var("USER").ok())
+        .filter(|n| !n.trim().is_empty())
+    else {
+        anyhow::bail!(
+            "who is acting? name yourself with --as NAME (or AUTOMATION_OPERATOR=NAME): every {verb} is audited with its operator"
+        );
     };
+    let operator = Operator { id: format!("cli:{name}"), actor_type: ActorType::User };
     let mut chain = AuditChain::new(config.audit.key.as_deref());
     let publisher = match action {
         Action::Replay { .. } => {

@@ -131,3 +131,25 @@ async fn poison_is_discarded_by_filter_and_audited() {
         1
     );
 }
+
+#[tokio::test]
+async fn an_anonymous_replay_is_refused_naming_how_to_name_oneself() {
+    let env = TestEnv::new().await;
+    let _worker = TestWorker::start(&env.config).await;
+    env.publish("workflow.created", lapin::BasicProperties::default(), b"{not json").await;
+    env.wait_count("select count(*) from dead_letters", 1, Duration::from_secs(20)).await;
+    // As in a distroless pod: no $USER, no --as.
+    let output = Command::new(env!("CARGO_BIN_EXE_automation-worker"))
+        .args(["dlq", "discard", "--all"])
+        .env_remove("USER")
+        .env_remove("AUTOMATION_OPERATOR")
+        .env("DATABASE_URL", env.config.database.url.clone().expect("url"))
+        .env("AMQP_URL", &env.config.amqp.url)
+        .env("AUTOMATION_AMQP__PREFIX", &env.config.amqp.prefix)
+        .output()
+        .expect("dlq runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("--as NAME"), "{stderr}");
+    assert_eq!(env.count("select count(*) from dead_letters where state = 'dead'").await, 1, "nothing was done");
+}
