@@ -40,6 +40,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::ready))
         .routes(routes!(health::ready_alias))
         .routes(routes!(health::info))
+        .routes(routes!(health::home))
         .routes(routes!(health::metrics))
         .routes(routes!(login::login))
         .routes(routes!(login::logout))

@@ -109,6 +109,31 @@ pub async fn info(State(state): State<AppState>) -> Json<Info> {
     })
 }
 
+/// What `GET /` answers: what this is and where to go next.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Home {
+    pub name: &'static str,
+    pub version: &'static str,
+    /// The interactive API documentation.
+    pub docs: &'static str,
+    pub openapi: &'static str,
+    pub health: &'static str,
+    pub readiness: &'static str,
+}
+
+#[utoipa::path(get, path = "/", tag = "health", responses((status = 200, body = Home)))]
+pub async fn home() -> Json<Home> {
+    Json(Home {
+        name: "automation-engine",
+        version: env!("CARGO_PKG_VERSION"),
+        docs: "/docs",
+        openapi: "/openapi.json",
+        health: "/health",
+        readiness: "/readiness",
+    })
+}
+
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics() -> Response {
     let body = automation_shared::telemetry::metrics().render();

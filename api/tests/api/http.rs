@@ -64,6 +64,10 @@ async fn the_openapi_document_and_the_docs_are_served() {
         assert!(doc["paths"].get(path).is_some(), "{path} is documented");
     }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // The root says what this is and where the docs are.
+    let (status, home) = json(api.client.get(api.url("/")).send().await.expect("answer")).await;
+    assert_eq!(status, 200, "{home}");
+    assert_eq!((home["name"].as_str(), home["docs"].as_str()), (Some("automation-engine"), Some("/docs")));
     let docs = api.client.get(api.url("/docs/")).send().await.expect("answer");
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap_or_default().contains("swagger"), "the docs UI is served (vendored)");
