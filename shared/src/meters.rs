@@ -44,6 +44,10 @@ pub const WORKER_SEQUENCED: &str = "automation_worker_sequenced_total";
 pub const WORKER_OUTBOX_SWEPT: &str = "automation_worker_outbox_swept_total";
 pub const WORKER_OUTBOX_PUBLISHED: &str = "automation_worker_outbox_published_total";
 
+pub const WORKER_OUTBOX_ROWS: &str = "automation_worker_outbox_rows";
+pub const WORKER_OUTBOX_OLDEST_SECONDS: &str = "automation_worker_outbox_oldest_seconds";
+pub const WORKER_DEAD_LETTERS: &str = "automation_worker_dead_letters";
+
 /// `automation_build_info{binary, version}`: always 1.
 pub const BUILD_INFO: &str = "automation_build_info";
 
@@ -109,6 +113,27 @@ pub const WORKER: &[Meter] = &[
         "Outbox rows published by the sweeper (left behind by a crash or an outage).",
     ),
     meter(WORKER_OUTBOX_PUBLISHED, Kind::Counter, None, false, "Outbox rows published right after their commit."),
+    meter(
+        WORKER_OUTBOX_ROWS,
+        Kind::Gauge,
+        None,
+        false,
+        "Outbox rows waiting to be published (the whole database: every worker reports the same; take the max).",
+    ),
+    meter(
+        WORKER_OUTBOX_OLDEST_SECONDS,
+        Kind::Gauge,
+        Some(Unit::Seconds),
+        false,
+        "Age of the oldest outbox row waiting to be published (0 when none).",
+    ),
+    meter(
+        WORKER_DEAD_LETTERS,
+        Kind::Gauge,
+        None,
+        true,
+        "Dead letters in the store, by state (dead, replayed, discarded; the whole database).",
+    ),
 ];
 
 /// Buckets per histogram: seconds for durations, counts for sizes.

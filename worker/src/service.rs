@@ -278,6 +278,7 @@ pub async fn run(worker: Arc<Worker>, listener: TcpListener, shutdown: Cancellat
         });
     }
     tracker.spawn(seal_periodically(worker.clone(), background.clone()));
+    tracker.spawn(report_backlogs(worker.clone(), background.clone()));
     tracker.spawn(crate::scheduler::run(worker.clone(), background.clone()));
     tracker.close();
     tracing::info!(prefix = %worker.names.prefix(), "worker running");
@@ -310,6 +311,31 @@ pub async fn run(worker: Arc<Worker>, listener: TcpListener, shutdown: Cancellat
         anyhow::bail!("a consumer failed; see the log above");
     }
     Ok(())
+}
+
+/// How often the database-wide gauges (outbox backlog, dead letters by state) are read.
+const BACKLOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Keeps the outbox and dead-letter gauges current: what ops alert on when publishing is stuck
+/// or dead letters pile up.
+async fn report_backlogs(worker: Arc<Worker>, stop: CancellationToken) {
+    use automation_shared::meters;
+    loop {
+        if let Ok((rows, oldest)) = db::events::outbox_backlog(&worker.pool).await {
+            metrics::gauge!(meters::WORKER_OUTBOX_ROWS).set(rows as f64);
+            metrics::gauge!(meters::WORKER_OUTBOX_OLDEST_SECONDS).set(oldest as f64);
+        }
+        if let Ok(states) = db::dead_letters::count_by_state(&worker.pool).await {
+            for state in ["dead", "replayed", "discarded"] {
+                let count = states.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n);
+                metrics::gauge!(meters::WORKER_DEAD_LETTERS, "state" => state).set(count as f64);
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(BACKLOG_INTERVAL) => {}
+        }
+    }
 }
 
 async fn seal_periodically(worker: Arc<Worker>, stop: CancellationToken) {

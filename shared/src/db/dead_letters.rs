@@ -227,6 +227,11 @@ pub async fn select_for_action(
     query.build_query_as().fetch_all(pool).await
 }
 
+/// How many dead letters are in each state, for the gauges.
+pub async fn count_by_state(pool: &MySqlPool) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as("select state, count(*) from dead_letters group by state").fetch_all(pool).await
+}
+
 pub async fn count(pool: &MySqlPool, filter: &Filter) -> sqlx::Result<u64> {
     let mut query = QueryBuilder::new("select count(*) from dead_letters");
     filter.push_where(&mut query);

@@ -322,7 +322,20 @@ async fn every_metric_has_help_and_a_type_and_promtool_finds_nothing_wrong() {
     let env = TestEnv::new().await;
     let worker = TestWorker::start(&env.config).await;
     let (_, before) = http_get(&worker.url("/metrics")).await;
-    for series in ["automation_build_info{", "automation_worker_in_flight 0", "automation_worker_sequenced_total"] {
+    // The database-wide gauges are read as the worker starts.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut before = before;
+    while !before.contains("automation_worker_dead_letters{state=\"dead\"} 0") {
+        assert!(tokio::time::Instant::now() < deadline, "the dead-letter gauge:\n{before}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        before = http_get(&worker.url("/metrics")).await.1;
+    }
+    for series in [
+        "automation_build_info{",
+        "automation_worker_in_flight 0",
+        "automation_worker_sequenced_total",
+        "automation_worker_outbox_rows 0",
+    ] {
         assert!(before.contains(series), "{series} is there from the start:\n{before}");
     }
     let e = event("workflow.created", json!({"name": "measured"}));
