@@ -75,3 +75,18 @@ async fn the_openapi_document_and_the_docs_are_served() {
     assert_eq!(status, 200);
     assert_eq!(info["name"], "automation-engine");
 }
+
+#[tokio::test]
+async fn every_metric_has_help_and_promtool_finds_nothing_wrong() {
+    let env = TestEnv::new().await;
+    let api = TestApi::start(&env.config).await;
+    // A request of each kind first, so the labelled families exist.
+    let _ = api.client.get(api.url("/health")).send().await.expect("answer");
+    let _ = api.client.get(api.url("/no/such/route")).send().await.expect("answer");
+    let scrape = api.client.get(api.url("/metrics")).send().await.expect("answer").text().await.expect("text");
+    assert!(scrape.contains("automation_build_info{binary=\"automation-api\""), "{scrape}");
+    let types = scrape.lines().filter(|l| l.starts_with("# TYPE ")).count();
+    let helps = scrape.lines().filter(|l| l.starts_with("# HELP ")).count();
+    assert_eq!(types, helps, "every family has HELP:\n{scrape}");
+    assert_eq!(automation_shared::testing::promtool_check(&scrape), "", "promtool check metrics:\n{scrape}");
+}

@@ -369,3 +369,19 @@ impl NotificationTap {
 pub mod private_mariadb;
 pub mod private_rabbitmq;
 pub mod publisher_user;
+
+/// What `promtool check metrics` says about a scrape: nothing, if it is clean.
+pub fn promtool_check(scrape: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (make deps installs it: Debian's prometheus package)");
+    child.stdin.take().expect("stdin").write_all(scrape.as_bytes()).expect("write");
+    let output = child.wait_with_output().expect("promtool ends");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    if output.status.success() { String::new() } else { said }
+}

@@ -301,22 +301,6 @@ async fn readiness_reports_its_dependencies_and_publishing_that_is_stuck() {
     worker.stop().await.expect("clean stop");
 }
 
-/// What `promtool check metrics` says about a scrape: nothing, if it is clean.
-pub fn promtool_check(scrape: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool runs (make deps installs it: Debian's prometheus package)");
-    child.stdin.take().expect("stdin").write_all(scrape.as_bytes()).expect("write");
-    let output = child.wait_with_output().expect("promtool ends");
-    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    if output.status.success() { String::new() } else { said }
-}
-
 #[tokio::test]
 async fn every_metric_has_help_and_a_type_and_promtool_finds_nothing_wrong() {
     let env = TestEnv::new().await;
@@ -347,6 +331,6 @@ async fn every_metric_has_help_and_a_type_and_promtool_finds_nothing_wrong() {
     let families = scrape.lines().filter(|l| l.starts_with("# TYPE ")).count();
     let helps = scrape.lines().filter(|l| l.starts_with("# HELP ")).count();
     assert_eq!(families, helps, "every family has HELP:\n{scrape}");
-    assert_eq!(promtool_check(&scrape), "", "promtool check metrics:\n{scrape}");
+    assert_eq!(automation_shared::testing::promtool_check(&scrape), "", "promtool check metrics:\n{scrape}");
     worker.stop().await.expect("clean stop");
 }
