@@ -180,7 +180,7 @@ fn describe_message(
 ) -> NewDeadLetter {
     let now = Utc::now();
     let death = broker_death(properties);
-    let ours = properties.user_id().as_ref().is_some_and(|u| system.contains(u.as_str()));
+    let ours = system.published(properties);
     let header = |name: &str| if ours { header(properties, name) } else { None };
     let routing_key = known_routing_key
         .map(str::to_string)

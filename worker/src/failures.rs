@@ -93,7 +93,7 @@ pub fn attempt_of(properties: &BasicProperties) -> u32 {
 pub fn original_routing_key(properties: &BasicProperties, delivered_with: &str, system: &SystemUsers) -> String {
     // Only a copy the system made says where it was first sent; an outsider's header would let
     // it pick the routing key its topic permissions were checked against.
-    let ours = properties.user_id().as_ref().is_some_and(|u| system.contains(u.as_str()));
+    let ours = system.published(properties);
     ours.then(|| header(properties, headers::ORIGINAL_ROUTING_KEY))
         .flatten()
         .unwrap_or_else(|| delivered_with.to_string())

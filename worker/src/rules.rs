@@ -83,8 +83,7 @@ impl RuleSet {
         };
         // A costly evaluation (large lists under comprehensions, within the budget) runs while
         // the runtime moves this thread's other tasks elsewhere.
-        let costly =
-            engine::longest_collection(&event).max(engine::longest_collection(&applied.state)) > BLOCKING_COLLECTION;
+        let costly = engine::longest_input(&event, &applied.state) > BLOCKING_COLLECTION;
         let multi_threaded = tokio::runtime::Handle::try_current()
             .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
         let (mut evaluations, actions) =

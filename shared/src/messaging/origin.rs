@@ -53,6 +53,12 @@ impl SystemUsers {
     pub fn contains(&self, user: &str) -> bool {
         self.own == user || self.others.iter().any(|o| o == user)
     }
+
+    /// Did a system connection publish this copy (its validated `user_id` is one of ours)?
+    /// Only then do headers of ours on it count, whoever first sent the message.
+    pub fn published(&self, properties: &BasicProperties) -> bool {
+        properties.user_id().as_ref().is_some_and(|u| self.contains(u.as_str()))
+    }
 }
 
 /// Where a message came from.
@@ -101,7 +107,7 @@ impl Origin {
         // Headers of ours (`x-…`) count only on what the system published; an outsider's are
         // dropped, not carried into a copy that bears the system's user_id. `CC` and `BCC` would
         // make the broker route the copy to queues the outsider names: never carried.
-        let ours = properties.user_id().as_ref().is_some_and(|u| system.contains(u.as_str()));
+        let ours = system.published(&properties);
         let mut headers = FieldTable::default();
         for (key, value) in properties.headers().as_ref().map(|h| h.inner().iter()).into_iter().flatten() {
             let name = key.as_str();

@@ -63,7 +63,7 @@ pub fn compile(source: &str) -> Result<Condition, String> {
         program,
     };
     // What the condition alone costs is known now: refuse it at save time.
-    let alone = condition.estimate(&Value::Null, &Value::Null);
+    let alone = condition.estimate(0);
     if alone > DEFAULT_MAX_STEPS {
         return Err(format!(
             "the condition would take {alone} steps on any event, over the budget of {DEFAULT_MAX_STEPS}: iterate over less"
@@ -92,7 +92,12 @@ fn longest_literal(expr: &IdedExpr) -> usize {
 
 /// The most elements of any list or map in `value`, at any depth: what a comprehension over it
 /// can iterate.
-pub fn longest_collection(value: &Value) -> usize {
+/// The most elements of any list or map in the event or the entity.
+pub fn longest_input(event: &Value, entity: &Value) -> usize {
+    longest_collection(event).max(longest_collection(entity))
+}
+
+fn longest_collection(value: &Value) -> usize {
     match value {
         Value::Array(items) => items.iter().map(longest_collection).fold(items.len(), usize::max),
         Value::Object(map) => map.values().map(longest_collection).fold(map.len(), usize::max),
@@ -101,17 +106,23 @@ pub fn longest_collection(value: &Value) -> usize {
 }
 
 impl Condition {
-    /// The steps an evaluation against these inputs can take at most: every comprehension
-    /// iterating the longest collection there is, nested ones multiplying.
-    pub fn estimate(&self, event: &Value, entity: &Value) -> u64 {
-        let longest = longest_collection(event).max(longest_collection(entity)).max(self.longest_literal) as u64;
+    /// The steps an evaluation can take at most on inputs whose longest collection is
+    /// `longest_input` long ([`longest_input`]): every comprehension iterating the longest
+    /// collection there is, nested ones multiplying.
+    pub fn estimate(&self, longest_input: usize) -> u64 {
+        let longest = longest_input.max(self.longest_literal) as u64;
         longest.saturating_add(1).saturating_pow(self.depth).saturating_mul(self.weight)
     }
 
     /// Evaluates unless the estimate is over `max_steps`, which fails as "over budget" at once
     /// and costs nothing.
     pub fn evaluate_within(&self, event: &Value, entity: &Value, max_steps: u64) -> Result<bool, String> {
-        let estimate = self.estimate(event, entity);
+        self.evaluate_measured(event, entity, longest_input(event, entity), max_steps)
+    }
+
+    /// [`Condition::evaluate_within`] with the inputs measured once for every rule.
+    fn evaluate_measured(&self, event: &Value, entity: &Value, longest: usize, max_steps: u64) -> Result<bool, String> {
+        let estimate = self.estimate(longest);
         if estimate > max_steps {
             return Err(format!(
                 "over budget: it could take {estimate} steps on this event, more than the {max_steps} allowed (AUTOMATION_RULES__MAX_STEPS)"
@@ -264,8 +275,11 @@ pub fn evaluate(
     candidates.sort_by_key(|r| (r.definition.priority, r.id));
     let mut evaluations = Vec::new();
     let mut actions = Vec::new();
+    // Measured once: every candidate's estimate reads the same inputs.
+    let longest = if candidates.is_empty() { 0 } else { longest_input(event, entity) };
     for rule in candidates {
-        let outcome = cache.get(rule).and_then(|condition| condition.evaluate_within(event, entity, max_steps));
+        let outcome =
+            cache.get(rule).and_then(|condition| condition.evaluate_measured(event, entity, longest, max_steps));
         let (matched, reason) = match outcome {
             Ok(true) => (true, format!("`{}` is true", rule.definition.when)),
             Ok(false) => (false, format!("`{}` is false", rule.definition.when)),

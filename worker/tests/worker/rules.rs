@@ -171,3 +171,29 @@ async fn a_rule_over_budget_on_an_attacker_sized_event_fails_as_such_and_holds_n
     assert!(evaluation["reason"].as_str().unwrap_or_default().contains("over budget"), "{evaluation}");
     assert_eq!(status(&env, &after).await.status, automation_shared::events::outcome::EventState::Processed);
 }
+
+/// On a multi-threaded runtime (as in production) a large event's rules run in `block_in_place`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_over_a_large_event_within_budget_is_evaluated_on_a_production_runtime() {
+    let env = TestEnv::new().await;
+    let _worker = TestWorker::start(&env.config).await;
+    let workflow = Uuid::new_v4();
+    apply(&env, "workflow.created", json!({"workflowId": workflow, "name": "Office"})).await;
+    apply(
+        &env,
+        "rule.upserted",
+        json!({"name": "has the last item", "on": "approval.requested",
+               "when": "event.data.details.items.exists(x, x == 'item-1999')",
+               "then": [{"type": "audit.note", "action": "found"}]}),
+    )
+    .await;
+    let items: Vec<String> = (0..2000).map(|i| format!("item-{i}")).collect();
+    let big = apply(
+        &env,
+        "approval.requested",
+        json!({"workflowId": workflow, "title": "Many", "requesterId": Uuid::new_v4(), "details": {"items": items}}),
+    )
+    .await;
+    let evaluation = &status(&env, &big).await.rules.expect("evaluations kept")[0];
+    assert_eq!(evaluation["matched"], true, "{evaluation}");
+}
