@@ -78,6 +78,22 @@ impl PrivateRabbitMq {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // The port opens while the node still boots, and a connection then gets no AMQP answer
+        // a client can parse: wait for a whole AMQP handshake.
+        loop {
+            match crate::messaging::connect_once(&self.url(), "automation-tests-probe").await {
+                Ok(connection) => {
+                    let _ = connection.close(200, "ready".into()).await;
+                    return;
+                }
+                Err(error) => assert!(
+                    Instant::now() < deadline,
+                    "the private RabbitMQ took no AMQP connection within 60 s ({error}; logs in {})",
+                    self.dir.display()
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Stops the node (as an outage would) and waits until its port is closed.
