@@ -172,7 +172,7 @@ pub async fn submit(
 /// The outcome if the worker already processed the event.
 async fn settled(state: &AppState, event_id: &str) -> sqlx::Result<Option<ApiResult<Submitted>>> {
     let mut conn = state.pool.acquire().await?;
-    let status = event_rows::status(&mut conn, event_id).await?;
+    let status = event_rows::status(&mut conn, event_id, Some(SOURCE)).await?;
     Ok(match status.status {
         EventState::Processed => Some(Ok(Submitted::Applied { event_id: event_id.to_string() })),
         EventState::Rejected => {

@@ -17,6 +17,8 @@ pub const SOURCE: &str = "/automation-engine/worker";
 #[derive(Debug, Clone)]
 pub struct Cause {
     pub id: String,
+    /// What the ids of its notifications are derived from: [`Envelope::scoped_id`].
+    pub scoped_id: String,
     pub correlation_id: String,
     pub traceparent: Option<String>,
     pub chain_depth: u32,
@@ -26,6 +28,7 @@ impl From<&Envelope> for Cause {
     fn from(envelope: &Envelope) -> Cause {
         Cause {
             id: envelope.id.clone(),
+            scoped_id: envelope.scoped_id().into_owned(),
             correlation_id: envelope.correlation_id.clone(),
             traceparent: envelope.traceparent.clone(),
             chain_depth: envelope.chain_depth,
@@ -37,7 +40,7 @@ impl From<&Envelope> for Cause {
 /// ever published twice (a crash between the broker's confirm and the outbox delete), consumers
 /// see the same id twice and can drop the copy.
 pub fn notification(cause: &Cause, kind: NotificationType, data: Value) -> OutboxMessage {
-    notification_with_id(derived_id(&format!("notification:{kind}"), &cause.id), cause, kind, data)
+    notification_with_id(derived_id(&format!("notification:{kind}"), &cause.scoped_id), cause, kind, data)
 }
 
 /// A notification with an id of the caller's choosing (one cause may announce several of a kind,

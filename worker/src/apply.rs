@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use automation_shared::db::audit::{ActorType, AuditChain, NewRecord, Staged};
 use automation_shared::db::deferrals::{self, DeferredState, NewDeferred};
-use automation_shared::db::events::{self as event_rows, InboxEntry, OutboxMessage, Outcome as RowOutcome};
+use automation_shared::db::events::{self as event_rows, EventRef, InboxEntry, OutboxMessage, Outcome as RowOutcome};
 use automation_shared::db::{self, Failure};
 use automation_shared::events::envelope::MAX_CHAIN_DEPTH;
 use automation_shared::events::{Envelope, RejectCode};
@@ -204,8 +204,10 @@ async fn apply_inner(
     progress: &Progress,
 ) -> Result<(Committed, Staged), BatchError> {
     let mut tx = pool.begin().await?;
-    let ids: Vec<&str> = items.iter().filter(|i| check_all || i.suspect).map(|i| i.envelope.id.as_str()).collect();
-    let seen = event_rows::already_processed(&mut tx, &ids).await?;
+    let suspects: Vec<EventRef<'_>> =
+        items.iter().filter(|i| check_all || i.suspect).map(|i| i.envelope.event_ref()).collect();
+    let seen = event_rows::already_processed(&mut tx, &suspects).await?;
+    let seen = |envelope: &Envelope| seen.contains(&(envelope.id.clone(), envelope.source.clone()));
     let now = Utc::now();
     let mut staged = chain.stage();
     let mut outbox = Vec::with_capacity(items.len());
@@ -214,7 +216,7 @@ async fn apply_inner(
     let mut in_batch = HashSet::with_capacity(items.len());
     let mut retried = Vec::new();
     let mut needs = Needs::default();
-    for item in items.iter().filter(|i| !seen.contains(&i.envelope.id)) {
+    for item in items.iter().filter(|i| !seen(i.envelope)) {
         needs.add(item.envelope);
     }
     // Per-entity order: which keys are held (locked until the commit, so the deferral store's
@@ -249,7 +251,7 @@ async fn apply_inner(
             outcomes.push(Outcome::Duplicate);
             continue;
         }
-        if seen.contains(&envelope.id) || !in_batch.insert(envelope.id.as_str()) {
+        if seen(envelope) || !in_batch.insert(envelope.event_ref()) {
             order.settled(item);
             outcomes.push(Outcome::Duplicate);
             continue;
@@ -258,7 +260,7 @@ async fn apply_inner(
             && order.must_queue(&ordered, handlers::creates_its_entity(envelope))
         {
             order.queue_behind(&ordered, envelope, item.received_at, now);
-            in_batch.remove(envelope.id.as_str());
+            in_batch.remove(&envelope.event_ref());
             outcomes.push(Outcome::Deferred);
             continue;
         }
@@ -282,18 +284,18 @@ async fn apply_inner(
             && handlers::waits_for_what_it_names(envelope)
         {
             order.wait(&ordered, envelope, item.received_at, now, &rejection.reason);
-            in_batch.remove(envelope.id.as_str());
+            in_batch.remove(&envelope.event_ref());
             outcomes.push(Outcome::Deferred);
             continue;
         }
         order.settled(item);
         if item.retried {
-            retried.push(envelope.id.as_str());
+            retried.push(envelope.event_ref());
         }
         let mut entry = InboxEntry {
             event_id: envelope.id.clone(),
             event_type: envelope.event_type.as_str().to_string(),
-            source: truncate(&envelope.source, 255),
+            source: envelope.source.clone(),
             actor_id: envelope.actor_id.clone(),
             actor_type: envelope.actor_type.as_str().to_string(),
             correlation_id: envelope.correlation_id.clone(),

@@ -594,7 +594,7 @@ impl Applier {
                     let next = Utc::now() + chrono::Duration::milliseconds(delay as i64);
                     let noted = automation_shared::db::events::record_attempt(
                         &self.worker.pool,
-                        &p.envelope.id,
+                        p.envelope.event_ref(),
                         Some(p.envelope.event_type.as_str()),
                         p.attempt,
                         kind,

@@ -82,7 +82,7 @@ pub async fn defer_failed(
             deferrals::hold_and_queue(&mut tx, &event).await?;
             automation_shared::db::events::record_attempt(
                 &mut *tx,
-                &item.envelope.id,
+                item.envelope.event_ref(),
                 Some(item.envelope.event_type.as_str()),
                 ordered.attempt,
                 kind,
@@ -268,7 +268,7 @@ async fn failed(worker: &Worker, s: &Stored, error: &BatchError) -> sqlx::Result
     deferrals::refresh_holds(&mut tx, &[s.row.entity_key.as_str()]).await?;
     automation_shared::db::events::record_attempt(
         &mut *tx,
-        &s.envelope.id,
+        s.envelope.event_ref(),
         Some(s.envelope.event_type.as_str()),
         attempt,
         kind,

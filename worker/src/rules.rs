@@ -96,7 +96,7 @@ impl RuleSet {
             let description =
                 match automation_shared::rules::plan(&action, &applied.entity, &applied.entity_id, &applied.state) {
                     Ok((event_type, data)) => {
-                        let id = derived_id(&format!("rule:{rule_id}:{index}"), &envelope.id).to_string();
+                        let id = derived_id(&format!("rule:{rule_id}:{index}"), &envelope.scoped_id()).to_string();
                         let actor = Actor {
                             id: rule_id.to_string(),
                             actor_type: ActorType::Rule,
@@ -116,7 +116,7 @@ impl RuleSet {
                 "ruleId": evaluation.rule_id, "ruleName": evaluation.rule_name, "version": evaluation.version,
                 "eventId": envelope.id, "eventType": envelope.event_type.as_str(), "actions": evaluation.actions,
             });
-            let id = derived_id(&format!("rule-fired:{}", evaluation.rule_id), &envelope.id);
+            let id = derived_id(&format!("rule-fired:{}", evaluation.rule_id), &envelope.scoped_id());
             fired.outbox.push(announce::notification_with_id(id, &cause, NotificationType::RuleFired, data.clone()));
             fired.matched.push((evaluation.rule_id, data));
         }

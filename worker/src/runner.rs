@@ -211,8 +211,11 @@ async fn record(worker: &Worker, chain: &mut AuditChain, finished: &Finished) ->
         return Ok(Vec::new());
     }
     let now = Utc::now();
+    let cause_id = run.event_id.clone().unwrap_or_else(|| run.id.to_string());
     let cause = Cause {
-        id: run.event_id.clone().unwrap_or_else(|| run.id.to_string()),
+        // A run's notifications take their ids from the run (`notification_with_id`).
+        scoped_id: run.id.to_string(),
+        id: cause_id,
         correlation_id: run.event_id.clone().unwrap_or_else(|| run.id.to_string()),
         traceparent: None,
         chain_depth: 0,

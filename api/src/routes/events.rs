@@ -170,7 +170,7 @@ pub async fn status(
     Path(id): Path<String>,
 ) -> ApiResult<Json<EventStatus>> {
     let mut conn = state.pool.acquire().await?;
-    let mut status = event_rows::status(&mut conn, &id).await?;
+    let mut status = event_rows::status(&mut conn, &id, None).await?;
     // Only the event's actor and admins see it; to anyone else it does not exist.
     if user.role != Role::Admin {
         match &status.actor_id {

@@ -53,19 +53,27 @@ pub struct InboxEntry {
     pub processed_at: DateTime<Utc>,
 }
 
-/// Which of `ids` are already in the inbox.
-pub async fn already_processed(conn: &mut MySqlConnection, ids: &[&str]) -> sqlx::Result<HashSet<String>> {
-    if ids.is_empty() {
+/// An event as the inbox knows it: CloudEvents make `source` + `id` unique.
+pub type EventRef<'a> = (&'a str, &'a str);
+
+/// Which of `events` (id, source) are already in the inbox.
+pub async fn already_processed(
+    conn: &mut MySqlConnection,
+    events: &[EventRef<'_>],
+) -> sqlx::Result<HashSet<(String, String)>> {
+    if events.is_empty() {
         return Ok(HashSet::new());
     }
-    let mut query = QueryBuilder::new("select event_id from inbox where event_id in (");
+    // By id (the primary key's prefix), then by source here: a row-constructor `in` is not
+    // planned as a range on every MySQL and MariaDB version.
+    let mut query = QueryBuilder::new("select event_id, source from inbox where event_id in (");
     let mut list = query.separated(", ");
-    for id in ids {
+    for (id, _) in events {
         list.push_bind(id.to_string());
     }
     query.push(")");
-    let found: Vec<String> = query.build_query_scalar().fetch_all(conn).await?;
-    Ok(found.into_iter().collect())
+    let found: Vec<(String, String)> = query.build_query_as().fetch_all(conn).await?;
+    Ok(found.into_iter().filter(|(id, source)| events.contains(&(id.as_str(), source.as_str()))).collect())
 }
 
 /// Inserts inbox rows. A duplicate key means another worker took one of these events first:
@@ -99,24 +107,26 @@ pub async fn insert_inbox(conn: &mut MySqlConnection, entries: &[InboxEntry]) ->
     Ok(())
 }
 
-/// Forgets the retry bookkeeping of events that are now processed.
-pub async fn clear_attempts(conn: &mut MySqlConnection, ids: &[&str]) -> sqlx::Result<()> {
-    if ids.is_empty() {
+/// Forgets the retry bookkeeping of events (id, source) that are now processed, and rows an
+/// older version wrote for them without a source.
+pub async fn clear_attempts(conn: &mut MySqlConnection, events: &[EventRef<'_>]) -> sqlx::Result<()> {
+    if events.is_empty() {
         return Ok(());
     }
-    let mut query = QueryBuilder::new("delete from event_attempts where event_id in (");
-    let mut list = query.separated(", ");
-    for id in ids {
-        list.push_bind(id.to_string());
+    let mut query = QueryBuilder::new("delete from event_attempts where ");
+    let mut any = query.separated(" or ");
+    for (id, source) in events {
+        any.push("(event_id = ").push_bind_unseparated(id.to_string());
+        any.push_unseparated(" and source in (").push_bind_unseparated(source.to_string());
+        any.push_unseparated(", ''))");
     }
-    query.push(")");
     query.build().execute(conn).await.map(|_| ())
 }
 
 /// Notes that an event failed transiently and waits for attempt `attempts + 1`.
 pub async fn record_attempt<'e>(
     executor: impl MySqlExecutor<'e>,
-    event_id: &str,
+    (event_id, source): EventRef<'_>,
     event_type: Option<&str>,
     attempts: u32,
     error_kind: &str,
@@ -125,12 +135,13 @@ pub async fn record_attempt<'e>(
 ) -> sqlx::Result<()> {
     let now = Utc::now();
     sqlx::query(
-        "insert into event_attempts (event_id, type, attempts, error_kind, last_error, first_failed_at, next_attempt_at, updated_at) \
-         values (?, ?, ?, ?, ?, ?, ?, ?) \
+        "insert into event_attempts (event_id, source, type, attempts, error_kind, last_error, first_failed_at, next_attempt_at, updated_at) \
+         values (?, ?, ?, ?, ?, ?, ?, ?, ?) \
          on duplicate key update attempts = greatest(attempts, values(attempts)), error_kind = values(error_kind), \
          last_error = values(last_error), next_attempt_at = values(next_attempt_at), updated_at = values(updated_at)",
     )
     .bind(event_id)
+    .bind(source)
     .bind(event_type)
     .bind(attempts)
     .bind(error_kind)
@@ -356,7 +367,11 @@ fn known_code(code: &str) -> Option<RejectCode> {
 
 /// Looks the event up in the inbox, then the dead-letter store, then the retry bookkeeping.
 /// Not found anywhere means `pending`: published, not processed yet.
-pub async fn status(conn: &mut MySqlConnection, event_id: &str) -> sqlx::Result<EventStatus> {
+///
+/// Ids are unique per source: with `source` only that source's event counts; without, the
+/// system's own event of that id comes first (an outsider reusing the id of an API event cannot
+/// change what its status reads), then the latest.
+pub async fn status(conn: &mut MySqlConnection, event_id: &str, source: Option<&str>) -> sqlx::Result<EventStatus> {
     let mut status = EventStatus {
         event_id: event_id.to_string(),
         event_type: None,
@@ -370,9 +385,13 @@ pub async fn status(conn: &mut MySqlConnection, event_id: &str) -> sqlx::Result<
         entity_id: None,
     };
     let inbox: Option<InboxStatusRow> = sqlx::query_as(
-        "select type, outcome, reason_code, reason, rules, processed_at, actor_id, entity, entity_id from inbox where event_id = ?",
+        "select type, outcome, reason_code, reason, rules, processed_at, actor_id, entity, entity_id from inbox \
+         where event_id = ? and (? is null or source = ?) \
+         order by source like '/automation-engine%' desc, processed_at desc limit 1",
     )
     .bind(event_id)
+    .bind(source)
+    .bind(source)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(row) = inbox {
@@ -401,11 +420,15 @@ pub async fn status(conn: &mut MySqlConnection, event_id: &str) -> sqlx::Result<
         status.detail = Some(reason);
         return Ok(status);
     }
-    let retrying: Option<(Option<String>, u32, String)> =
-        sqlx::query_as("select type, attempts, last_error from event_attempts where event_id = ?")
-            .bind(event_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let retrying: Option<(Option<String>, u32, String)> = sqlx::query_as(
+        "select type, attempts, last_error from event_attempts where event_id = ? and (? is null or source = ?) \
+             order by source like '/automation-engine%' desc, updated_at desc limit 1",
+    )
+    .bind(event_id)
+    .bind(source)
+    .bind(source)
+    .fetch_optional(&mut *conn)
+    .await?;
     if let Some((event_type, attempts, error)) = retrying {
         status.status = EventState::Retrying;
         status.event_type = event_type;

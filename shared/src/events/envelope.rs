@@ -17,6 +17,8 @@ use crate::rules::pattern_matches;
 
 /// Longest accepted event id.
 pub const MAX_EVENT_ID_CHARS: usize = 128;
+/// Longest accepted `source` (what `inbox.source` holds: the inbox knows an event by both).
+pub const MAX_SOURCE_CHARS: usize = 255;
 /// Every source the system publishes under starts so (`/automation-engine/api`, `.../rules`).
 pub const SYSTEM_SOURCE: &str = "/automation-engine";
 /// The deepest chain of rule-caused events (CONTRACT §6).
@@ -144,6 +146,23 @@ const CE_STANDARD: [&str; 10] =
     ["specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time", "data", "data_base64"];
 
 impl Envelope {
+    /// The event's identity in this system, from which the ids of what it causes are derived.
+    /// CloudEvents make `source` + `id` unique, so two publishers may use the same id under their
+    /// own sources: the system's own events (ids that are random UUIDs) are known by their id,
+    /// every other event by its source and id.
+    pub fn scoped_id(&self) -> std::borrow::Cow<'_, str> {
+        if self.source.starts_with(SYSTEM_SOURCE) {
+            std::borrow::Cow::Borrowed(&self.id)
+        } else {
+            std::borrow::Cow::Owned(format!("{}\n{}", self.source, self.id))
+        }
+    }
+
+    /// The event as the inbox knows it: (`id`, `source`).
+    pub fn event_ref(&self) -> (&str, &str) {
+        (&self.id, &self.source)
+    }
+
     /// Reads one AMQP message.
     pub fn parse(
         routing_key: &str,
@@ -197,6 +216,12 @@ impl Envelope {
             return Err(about(Poison::new(
                 PoisonCode::InvalidCloudEvent,
                 format!("id: must be 1 to {MAX_EVENT_ID_CHARS} printable characters"),
+            )));
+        }
+        if raw.source.chars().count() > MAX_SOURCE_CHARS || raw.source.chars().any(char::is_control) {
+            return Err(about(Poison::new(
+                PoisonCode::InvalidCloudEvent,
+                format!("source: must be at most {MAX_SOURCE_CHARS} printable characters"),
             )));
         }
         let Some(event_type) = EventType::parse(&type_name) else {
@@ -429,7 +454,8 @@ fn plain_attributes(routing_key: &str, properties: &BasicProperties, body: &str,
     if let Some(correlation) = properties.correlation_id() {
         extensions.insert(extension::CORRELATION_ID.to_string(), correlation.as_str().to_string());
     }
-    RawAttributes { id, source: format!("amqp://{publisher}"), event_type, time: None, subject: None, extensions, data }
+    let source = format!("amqp://{}", publisher.chars().take(MAX_SOURCE_CHARS - "amqp://".len()).collect::<String>());
+    RawAttributes { id, source, event_type, time: None, subject: None, extensions, data }
 }
 
 /// CloudEvents attributes carried in headers, under any of the four prefixes, keyed by the
@@ -707,5 +733,19 @@ mod tests {
         let poison = Envelope::parse("workflow.created", &structured_props(), api.to_string().as_bytes(), limits())
             .expect_err("the system's source");
         assert_eq!(poison.code, PoisonCode::PublisherNotAllowed, "{poison}");
+    }
+
+    #[test]
+    fn an_event_is_known_by_its_source_and_id() {
+        let of = |source: &str| {
+            let body = json!({"specversion": "1.0", "id": "1", "source": source, "type": "workflow.created", "data": workflow_data()});
+            Envelope::parse("workflow.created", &structured_props(), body.to_string().as_bytes(), limits())
+        };
+        let (orders, billing) = (of("/orders").expect("valid"), of("/billing").expect("valid"));
+        assert_ne!(orders.scoped_id(), billing.scoped_id(), "one id under two sources is two events");
+        assert_eq!(orders.event_ref(), ("1", "/orders"));
+        let poison = of(&"/s".repeat(200)).expect_err("a source longer than the inbox holds");
+        assert_eq!(poison.code, PoisonCode::InvalidCloudEvent, "{poison}");
+        assert!(poison.detail.contains("source"), "{poison}");
     }
 }

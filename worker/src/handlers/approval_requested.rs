@@ -30,7 +30,7 @@ impl EventHandler for Handler {
     }
 
     fn handle(ctx: &mut Context<'_>, data: &ApprovalRequested) -> Result<Applied, Rejection> {
-        let id = data.approval_id.unwrap_or_else(|| derived_id("approval", &ctx.envelope.id));
+        let id = data.approval_id.unwrap_or_else(|| derived_id("approval", &ctx.envelope.scoped_id()));
         // The batch holds a shared lock on the workflow: it cannot be paused before the commit.
         let Some(workflow) = ctx.entities.workflows.get(data.workflow_id) else {
             return Err(reject(RejectCode::NotFound, format!("workflow {} does not exist", data.workflow_id)));

@@ -36,7 +36,7 @@ impl EventHandler for Handler {
                 ),
             ));
         };
-        let id = data.run_id.unwrap_or_else(|| derived_id("run", &ctx.envelope.id));
+        let id = data.run_id.unwrap_or_else(|| derived_id("run", &ctx.envelope.scoped_id()));
         if ctx.entities.runs.get(id).is_some() {
             return Err(reject(RejectCode::AlreadyExists, format!("run {id} already exists")));
         }

@@ -169,7 +169,7 @@ macro_rules! event_handlers {
         /// The entity an event is ordered by.
         pub fn entity_key(envelope: &Envelope) -> EntityKey {
             match &envelope.data {
-                $(EventData::$variant(data) => <$module::Handler as EventHandler>::key(&envelope.id, data),)+
+                $(EventData::$variant(data) => <$module::Handler as EventHandler>::key(&envelope.scoped_id(), data),)+
             }
         }
 
@@ -190,7 +190,7 @@ macro_rules! event_handlers {
         /// Notes the rows the event reads.
         pub fn needs(envelope: &Envelope, needs: &mut Needs) {
             match &envelope.data {
-                $(EventData::$variant(data) => <$module::Handler as EventHandler>::needs(&envelope.id, data, needs),)+
+                $(EventData::$variant(data) => <$module::Handler as EventHandler>::needs(&envelope.scoped_id(), data, needs),)+
             }
         }
 

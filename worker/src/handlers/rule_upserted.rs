@@ -28,7 +28,7 @@ impl EventHandler for Handler {
 
     fn handle(ctx: &mut Context<'_>, data: &RuleDefinition) -> Result<Applied, Rejection> {
         data.check().map_err(|message| reject(RejectCode::InvalidRule, message))?;
-        let id = data.id.unwrap_or_else(|| derived_id("rule", &ctx.envelope.id));
+        let id = data.id.unwrap_or_else(|| derived_id("rule", &ctx.envelope.scoped_id()));
         let existing = ctx.entities.rules.get(id).cloned();
         let rule = Rule {
             seq: 0,

@@ -23,7 +23,7 @@ impl EventHandler for Handler {
     }
 
     fn handle(ctx: &mut Context<'_>, data: &WorkflowCreated) -> Result<Applied, Rejection> {
-        let id = data.workflow_id.unwrap_or_else(|| derived_id("workflow", &ctx.envelope.id));
+        let id = data.workflow_id.unwrap_or_else(|| derived_id("workflow", &ctx.envelope.scoped_id()));
         if ctx.entities.workflows.get(id).is_some() {
             return Err(reject(RejectCode::AlreadyExists, format!("workflow {id} already exists")));
         }

@@ -333,7 +333,7 @@ async fn a_successor_waits_behind_an_event_that_failed_transiently() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let mut conn = env.pool.acquire().await.expect("conn");
-        let status = automation_shared::db::events::status(&mut conn, &paused_id).await.expect("status");
+        let status = automation_shared::db::events::status(&mut conn, &paused_id, None).await.expect("status");
         if status.status == automation_shared::events::EventState::Retrying {
             assert!(status.detail.unwrap_or_default().contains("Lock wait timeout"));
             break;

@@ -44,7 +44,7 @@ async fn an_event_blocked_by_a_lock_is_retried_later_and_applied_once_the_lock_i
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let mut conn = env.pool.acquire().await.expect("conn");
-        let status = automation_shared::db::events::status(&mut conn, &id).await.expect("status");
+        let status = automation_shared::db::events::status(&mut conn, &id, None).await.expect("status");
         if status.status == automation_shared::events::EventState::Retrying {
             assert!(status.detail.unwrap_or_default().contains("Lock wait timeout"));
             break;

@@ -18,7 +18,7 @@ async fn apply(env: &TestEnv, event_type: &str, data: Value) -> String {
 
 async fn status(env: &TestEnv, event_id: &str) -> automation_shared::db::events::EventStatus {
     let mut conn = env.pool.acquire().await.expect("conn");
-    automation_shared::db::events::status(&mut conn, event_id).await.expect("status")
+    automation_shared::db::events::status(&mut conn, event_id, None).await.expect("status")
 }
 
 #[tokio::test]

@@ -244,3 +244,58 @@ async fn an_outsiders_pack_is_kept_whole_and_what_it_says_of_itself_is_not_belie
     assert_eq!(rows[0].1, "approval.requested", "the routing key it was sent with: {rows:?}");
     assert!(!rows[0].2.contains("database unavailable"), "its own reason, not the forged one: {rows:?}");
 }
+
+#[tokio::test]
+async fn two_publishers_may_use_one_event_id_under_their_own_sources() {
+    let env = TestEnv::new().await;
+    let _worker = TestWorker::start(&env.config).await;
+    let workflow = Uuid::new_v4();
+    let created = event("workflow.created", json!({"workflowId": workflow, "name": "ids per source"}));
+    env.publish_structured(&created).await;
+    env.wait_processed(created["id"].as_str().expect("id")).await;
+
+    // Both leave the approval id out: each gets an approval of its own, derived from its source
+    // and id. The orders service's message comes twice (a redelivery): one effect.
+    let requested = |source: &str, title: &str| {
+        let mut e = event(
+            "approval.requested",
+            json!({"workflowId": workflow, "title": title, "requesterId": Uuid::new_v4(), "amount": 10}),
+        );
+        e["id"] = json!("order-1");
+        e["source"] = json!(source);
+        e
+    };
+    let orders = requested("/spring/orders", "from orders");
+    let billing = requested("/spring/billing", "from billing");
+    env.publish_structured(&orders).await;
+    env.publish_structured(&billing).await;
+    env.publish_structured(&orders).await;
+    env.wait_count("select count(*) from inbox where event_id = 'order-1'", 2, Duration::from_secs(20)).await;
+
+    // The copy is settled before a later event on the orders approval (same entity, in order).
+    let ids: Vec<(String, String)> =
+        sqlx::query_as("select cast(id as char), title from approvals where workflow_id = ? order by title")
+            .bind(workflow.to_string())
+            .fetch_all(&env.pool)
+            .await
+            .expect("approvals");
+    assert_eq!(ids.len(), 2, "one approval per source: {ids:?}");
+    assert_eq!((ids[0].1.as_str(), ids[1].1.as_str()), ("from billing", "from orders"));
+    let decided = event("approval.decided", json!({"approvalId": ids[1].0, "status": "APPROVED"}));
+    env.publish_structured(&decided).await;
+    assert_eq!(env.wait_processed(decided["id"].as_str().expect("id")).await, "applied");
+    assert_eq!(env.count("select count(*) from approvals").await, 2, "the redelivered copy created nothing");
+    assert_eq!(env.count("select count(*) from inbox where event_id = 'order-1'").await, 2);
+
+    // The status of an id two sources use: ask for the one you mean.
+    let mut conn = env.pool.acquire().await.expect("conn");
+    for (source, title) in [("/spring/orders", "from orders"), ("/spring/billing", "from billing")] {
+        let status = automation_shared::db::events::status(&mut conn, "order-1", Some(source)).await.expect("status");
+        let entity: String = sqlx::query_scalar("select title from approvals where cast(id as char) = ?")
+            .bind(status.entity_id.clone().expect("entity id"))
+            .fetch_one(&env.pool)
+            .await
+            .expect("the approval");
+        assert_eq!(entity, title, "{source}");
+    }
+}
