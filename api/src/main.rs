@@ -10,12 +10,18 @@ use automation_api::app::{self, AppState};
 use automation_api::auth::Role;
 use automation_api::routes::users::{self, NewUser};
 use automation_shared::config::{Component, Config};
+use automation_shared::exit::Exit;
 use automation_shared::telemetry;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "automation-api", version, about = "The automation-engine HTTP API.")]
+#[command(
+    name = "automation-api",
+    version,
+    about = "The automation-engine HTTP API.",
+    after_help = automation_shared::exit::HELP
+)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -36,20 +42,32 @@ enum Command {
 enum UserCommand {
     /// Create a user, e.g. the first admin. The password is read from stdin, or from the
     /// environment variable named by --password-env; never from the command line.
+    #[command(after_help = USER_CREATE_EXAMPLES)]
     Create {
+        /// The login email (unique).
         #[arg(long)]
         email: String,
+        /// The display name.
         #[arg(long)]
         name: String,
+        /// admin, approver, requester, viewer or service.
         #[arg(long, value_parser = |s: &str| s.parse::<Role>())]
         role: Role,
         /// Read the password from this environment variable instead of stdin.
         #[arg(long, value_name = "VAR")]
         password_env: Option<String>,
+        /// Print the created user as one JSON document.
         #[arg(long)]
         json: bool,
     },
 }
+
+const USER_CREATE_EXAMPLES: &str = "\
+Examples:
+  printf '%s' \"$ADMIN_PASSWORD\" | automation-api user create --email ops@example.com --name Ops --role admin
+  automation-api user create --email ci@example.com --name CI --role service --password-env CI_PASSWORD --json
+
+Exit codes: 0 created, 1 failed (e.g. the email is taken, the database unreachable), 2 usage, 3 configuration.";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -59,7 +77,7 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{error}");
-            return ExitCode::from(2);
+            return Exit::Config.into();
         }
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -70,7 +88,7 @@ async fn main() -> ExitCode {
                 Ok(()) => 0,
                 Err(error) => {
                     eprintln!("error: {error:#}");
-                    1
+                    Exit::of(&error).code().into()
                 }
             };
             exit_now(code)
@@ -80,10 +98,10 @@ async fn main() -> ExitCode {
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Success.into(),
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            Exit::of(&error).into()
         }
     }
 }

@@ -497,7 +497,7 @@ impl Default for Config {
 pub struct ConfigError(String);
 
 impl ConfigError {
-    fn key(key: &str, problem: impl fmt::Display) -> Self {
+    pub fn key(key: &str, problem: impl fmt::Display) -> Self {
         ConfigError(format!("{key}: {problem}"))
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use automation_shared::config::{Component, Config};
+use automation_shared::exit::Exit;
 use automation_shared::telemetry;
 use automation_worker::{cli, service};
 use clap::{Parser, Subcommand};
@@ -15,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "automation-worker",
     version,
-    about = "Applies automation events from RabbitMQ to MySQL, exactly once."
+    about = "Applies automation events from RabbitMQ to MySQL, exactly once.",
+    after_help = automation_shared::exit::HELP
 )]
 struct Args {
     #[command(subcommand)]
@@ -28,11 +30,13 @@ enum Command {
     Run,
     /// Apply the database migrations.
     Migrate {
+        /// Print one JSON document instead of text (for scripts and jq).
         #[arg(long)]
         json: bool,
     },
     /// Declare the exchanges, queues and bindings (idempotent).
     Topology {
+        /// Print one JSON document instead of text (for scripts and jq).
         #[arg(long)]
         json: bool,
         /// Delete them instead, with the messages in the queues (asks for --yes).
@@ -45,11 +49,13 @@ enum Command {
         permissions: bool,
     },
     /// Inspect, replay and discard dead letters.
+    #[command(after_help = DLQ_EXAMPLES)]
     Dlq {
         #[command(subcommand)]
         command: Box<cli::dlq::Command>,
     },
     /// The audit log.
+    #[command(after_help = AUDIT_EXAMPLES)]
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -60,10 +66,32 @@ enum Command {
 enum AuditCommand {
     /// Prove that no audit record was changed or removed (exit 1 if one was).
     Verify {
+        /// Print one JSON document instead of text (for scripts and jq).
         #[arg(long)]
         json: bool,
     },
 }
+
+const DLQ_EXAMPLES: &str = "\
+Examples:
+  automation-worker dlq list --reason schema_invalid --since 2026-12-01T00:00:00Z
+  automation-worker dlq show 0193a5c2-7f3e-7c1a-9d2b-5e8f4a6b1c0d
+  automation-worker dlq replay --type approval.decided --dry-run
+  automation-worker dlq replay --id 0193a5c2-7f3e-7c1a-9d2b-5e8f4a6b1c0d --as alice
+  automation-worker dlq replay --kind exhausted --rate 20 --as alice --json
+  automation-worker dlq discard --reason unknown_type --as alice
+
+Replays and discards are audited with their operator: --as NAME, else $AUTOMATION_OPERATOR, else $USER.
+
+Exit codes: 0 done, 1 failed, 2 usage, 3 configuration, 4 no such dead letter.";
+
+const AUDIT_EXAMPLES: &str = "\
+Examples:
+  automation-worker audit verify
+  automation-worker audit verify --json | jq .
+
+Exit codes: 0 the chain is intact, 1 a record was changed or removed (or the check could not
+run: the message says which), 3 configuration.";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -73,7 +101,7 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => {
             eprintln!("{error}");
-            return ExitCode::from(2);
+            return Exit::Config.into();
         }
     };
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -84,7 +112,7 @@ async fn main() -> ExitCode {
                 Ok(()) => 0,
                 Err(error) => {
                     eprintln!("error: {error:#}");
-                    1
+                    Exit::of(&error).code().into()
                 }
             };
             exit_now(code)
@@ -99,11 +127,11 @@ async fn main() -> ExitCode {
         Some(Command::Audit { command: AuditCommand::Verify { json } }) => cli::audit_verify(&config, json).await,
     };
     match result {
-        Ok(true) => ExitCode::SUCCESS,
-        Ok(false) => ExitCode::FAILURE,
+        Ok(true) => Exit::Success.into(),
+        Ok(false) => Exit::Failure.into(),
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            Exit::of(&error).into()
         }
     }
 }

@@ -8,6 +8,7 @@ use automation_shared::config::Config;
 use automation_shared::db::audit::{ActorType, AuditChain};
 use automation_shared::db::dead_letters::{self, DeadLetterSummary, Filter};
 use automation_shared::dead_letters::{self as actions, ActionReport, Operator};
+use automation_shared::exit::{NotFound, Usage};
 use automation_shared::messaging::{self, Names, Publisher, SystemUsers};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
@@ -20,14 +21,18 @@ pub enum Command {
     List {
         #[command(flatten)]
         filter: FilterArgs,
+        /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Print one JSON document instead of text (for scripts and jq).
         #[arg(long)]
         json: bool,
     },
     /// Show one dead letter whole: reason, headers, history, body.
     Show {
+        /// The dead letter's id (the first column of `dlq list`).
         id: Uuid,
+        /// Print one JSON document instead of text (for scripts and jq).
         #[arg(long)]
         json: bool,
         /// Write only the body, byte for byte, to stdout.
@@ -96,7 +101,7 @@ impl FilterArgs {
                     "originQueue" => "--origin",
                     _ => "--state",
                 };
-                anyhow::bail!("{flag} {message}")
+                Err(Usage(format!("{flag} {message}")).into())
             }
         }
     }
@@ -128,6 +133,7 @@ pub struct Selection {
     /// Say what would happen; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Print one JSON document instead of text: what matched and what was done.
     #[arg(long)]
     json: bool,
     /// Who is acting, for the audit log (default: $AUTOMATION_OPERATOR, then $USER; a replay
@@ -184,7 +190,7 @@ fn print_row(row: &DeadLetterSummary) {
 
 async fn show(pool: &sqlx::MySqlPool, id: Uuid, json: bool, raw: bool) -> anyhow::Result<bool> {
     let Some(dead) = dead_letters::get(pool, id).await? else {
-        anyhow::bail!("no dead letter {id}; `dlq list` shows the ids");
+        return Err(NotFound(format!("no dead letter {id}; `dlq list` shows the ids")).into());
     };
     if raw {
         std::io::stdout().write_all(&dead.body)?;
@@ -246,9 +252,11 @@ enum Action {
 
 async fn act(config: &Config, pool: &sqlx::MySqlPool, selection: Selection, action: Action) -> anyhow::Result<bool> {
     if selection.ids.is_empty() && !selection.all && selection.filter.is_empty() {
-        anyhow::bail!(
+        return Err(Usage(
             "say which dead letters: --id ID, a filter (--type, --reason, --kind, --origin, --since, --until), or --all"
-        );
+                .into(),
+        )
+        .into());
     }
     let verb = match action {
         Action::Replay { .. } => "replay",
@@ -269,6 +277,14 @@ async fn act(config: &Config, pool: &sqlx::MySqlPool, selection: Selection, acti
         }
         return Ok(true);
     }
+    if selected.is_empty() && !selection.ids.is_empty() && selection.filter.is_empty() {
+        let ids: Vec<String> = selection.ids.iter().map(Uuid::to_string).collect();
+        return Err(NotFound(format!(
+            "no dead letter {} is dead (replayed or discarded ones: `dlq list --state replayed|discarded`)",
+            ids.join(", ")
+        ))
+        .into());
+    }
     if selected.is_empty() {
         if selection.json {
             println!("{}", serde_json::to_string(&report)?);
@@ -284,9 +300,10 @@ async fn act(config: &Config, pool: &sqlx::MySqlPool, selection: Selection, acti
         .or_else(|| std::env::var("USER").ok())
         .filter(|n| !n.trim().is_empty())
     else {
-        anyhow::bail!(
+        return Err(Usage(format!(
             "who is acting? name yourself with --as NAME (or AUTOMATION_OPERATOR=NAME): every {verb} is audited with its operator"
-        );
+        ))
+        .into());
     };
     let operator = Operator { id: format!("cli:{name}"), actor_type: ActorType::User };
     let mut chain = AuditChain::new(config.audit.key.as_deref());

@@ -42,7 +42,11 @@ pub async fn migrate(config: &Config, json: bool) -> anyhow::Result<()> {
 async fn create_database_if_missing(config: &Config) -> anyhow::Result<()> {
     let options = config.database.connect_options()?;
     let Some(name) = options.get_database().map(str::to_string) else {
-        anyhow::bail!("DATABASE_URL names no database (mysql://user:password@host:3306/automation)");
+        return Err(automation_shared::config::ConfigError::key(
+            "DATABASE_URL",
+            "names no database (mysql://user:password@host:3306/automation)",
+        )
+        .into());
     };
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         anyhow::bail!("the database name {name:?} has characters this command will not quote; create it by hand");

@@ -153,3 +153,38 @@ async fn an_anonymous_replay_is_refused_naming_how_to_name_oneself() {
     assert!(stderr.contains("--as NAME"), "{stderr}");
     assert_eq!(env.count("select count(*) from dead_letters where state = 'dead'").await, 1, "nothing was done");
 }
+
+#[tokio::test]
+async fn each_kind_of_end_has_its_own_exit_code() {
+    let env = TestEnv::new().await;
+    let code = |args: &[&str], extra: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_automation-worker"));
+        command
+            .args(args)
+            .env("DATABASE_URL", env.config.database.url.clone().expect("url"))
+            .env("AMQP_URL", &env.config.amqp.url)
+            .env("AUTOMATION_AMQP__PREFIX", &env.config.amqp.prefix)
+            .env("USER", "tester");
+        for (key, value) in extra {
+            command.env(key, value);
+        }
+        let output = command.output().expect("the CLI runs");
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).to_string())
+    };
+    let missing = "0193a5c2-7f3e-7c1a-9d2b-5e8f4a6b1c0d";
+    assert_eq!(code(&["dlq", "list"], &[]).0, Some(0), "done");
+    let (not_found, said) = code(&["dlq", "show", missing], &[]);
+    assert_eq!(not_found, Some(4), "no such dead letter: {said}");
+    assert!(said.contains(missing), "{said}");
+    assert_eq!(code(&["dlq", "replay", "--id", missing], &[]).0, Some(4), "replaying what is not there");
+    let (usage, said) = code(&["dlq", "replay"], &[]);
+    assert_eq!(usage, Some(2), "which dead letters is not said: {said}");
+    assert_eq!(code(&["dlq", "replay", "--bogus"], &[]).0, Some(2), "clap's usage error");
+    let (config, said) = code(&["dlq", "list"], &[("DATABASE_URL", "not a url")]);
+    assert_eq!(config, Some(3), "a configuration error: {said}");
+    assert!(said.contains("DATABASE_URL"), "names the key: {said}");
+    let (failed, said) = code(&["dlq", "list"], &[("DATABASE_URL", "mysql://root@127.0.0.1:1/automation")]);
+    assert_eq!(failed, Some(1), "the database is unreachable: {said}");
+    let help = Command::new(env!("CARGO_BIN_EXE_automation-worker")).arg("--help").output().expect("help");
+    assert!(String::from_utf8_lossy(&help.stdout).contains("4  not found"), "--help documents the codes");
+}
