@@ -1,9 +1,11 @@
-//! Layered configuration: defaults < `automation.toml` < environment, with the legacy names that
-//! the existing Kubernetes ConfigMaps and Secrets use.
+//! Layered configuration: defaults < `.env` < `automation.toml` < environment, with the legacy
+//! names that the existing Kubernetes ConfigMaps and Secrets use.
 //!
-//! Precedence, lowest first: built-in defaults, the TOML file (`automation.toml` or the file named
-//! by `AUTOMATION_CONFIG`), the legacy variables (`DATABASE_URL`, `AMQP_URL`, `JWT_SECRET`, ...),
-//! then `AUTOMATION_*` variables with `__` for nesting (`AUTOMATION_WORKER__PREFETCH=50`).
+//! Precedence, lowest first: built-in defaults, the `.env` file (in the working directory, or the
+//! file named by `AUTOMATION_ENV_FILE`; the same names as the environment), the TOML file
+//! (`automation.toml` or the file named by `AUTOMATION_CONFIG`), the legacy variables
+//! (`DATABASE_URL`, `AMQP_URL`, `JWT_SECRET`, ...), then `AUTOMATION_*` variables with `__` for
+//! nesting (`AUTOMATION_WORKER__PREFETCH=50`).
 //! Every problem is reported as one line that names the key to fix.
 
 use std::collections::BTreeMap;
@@ -14,6 +16,9 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Deserializer, Serialize};
+
+mod dotenv;
+pub use dotenv::ENV_FILE_VARIABLE;
 
 /// The JWT secret used when none is configured outside production. Refused in production.
 pub const DEV_JWT_SECRET: &str = "automation-engine-development-secret-do-not-use";
@@ -550,8 +555,12 @@ impl Config {
             })
             .split(".");
         // `AUTOMATION_CONFIG` names the file; it is not a key.
-        let prefixed = Env::prefixed("AUTOMATION_").ignore(&["CONFIG"]).split("__");
-        Figment::from(Serialized::defaults(Config::default())).merge(Toml::file(file)).merge(legacy).merge(prefixed)
+        let prefixed = Env::prefixed("AUTOMATION_").ignore(&["CONFIG", "ENV_FILE"]).split("__");
+        Figment::from(Serialized::defaults(Config::default()))
+            .merge(dotenv::DotEnv::from_env())
+            .merge(Toml::file(file))
+            .merge(legacy)
+            .merge(prefixed)
     }
 
     pub fn from_figment(figment: Figment, component: Component) -> Result<Config, ConfigError> {
@@ -780,6 +789,10 @@ fn describe_figment(error: figment::Error) -> String {
     let origin = error.metadata.as_ref().and_then(|m| m.source.as_ref()).map(ToString::to_string).unwrap_or_default();
     let key = env_name_for(&path).unwrap_or_else(|| path.clone());
     let kind = error.kind.to_string();
+    if key.is_empty() {
+        // A message of a provider's own (the `.env` file) already says where.
+        return kind;
+    }
     if origin.is_empty() { format!("{key}: {kind}") } else { format!("{key}: {kind} (from {origin})") }
 }
 
@@ -825,6 +838,36 @@ mod tests {
             for component in [Component::Api, Component::Worker, Component::Cli] {
                 assert!(load(jail, component).is_ok());
             }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_dotenv_file_is_the_lowest_layer_and_names_its_bad_line() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                ".env",
+                "# the seed's file\nexport AMQP_URL=amqp://a:b@from-dotenv:5672/%2f\nDATABASE_URL=\"mysql://u:p@db:3306/app\"\n\
+                 AUTOMATION_WORKER__PREFETCH=700 # tuned\nPATH=/ignored\n",
+            )?;
+            let config = load(jail, Component::Worker).map_err(|e| e.to_string())?;
+            assert_eq!(config.amqp.url, "amqp://a:b@from-dotenv:5672/%2f");
+            assert_eq!(config.database.url.as_deref(), Some("mysql://u:p@db:3306/app"));
+            assert_eq!(config.worker.prefetch, 700);
+            // Every other layer overrides it.
+            jail.set_env("AMQP_URL", "amqp://a:b@from-env:5672/%2f");
+            jail.create_file("automation.toml", "[worker]\nprefetch = 900\n")?;
+            let config = load(jail, Component::Worker).map_err(|e| e.to_string())?;
+            assert_eq!(config.amqp.url, "amqp://a:b@from-env:5672/%2f");
+            assert_eq!(config.worker.prefetch, 900);
+
+            jail.create_file(".env", "AMQP_URL=amqp://x\nthis line is wrong\n")?;
+            let error = load(jail, Component::Worker).expect_err("a bad line").to_string();
+            assert!(error.contains(".env:2") && error.contains("KEY=value"), "{error}");
+            jail.set_env(ENV_FILE_VARIABLE, "missing.env");
+            let error = load(jail, Component::Worker).expect_err("a named file that is not there").to_string();
+            assert!(error.contains(ENV_FILE_VARIABLE) && error.contains("missing.env"), "{error}");
             Ok(())
         });
     }
