@@ -28,20 +28,18 @@ impl DotEnv {
         }
     }
 
-    fn entries(&self) -> Result<Vec<(String, String)>, Error> {
+    fn entries(&self) -> Result<Vec<(String, String)>, String> {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound && !self.required => return Ok(Vec::new()),
             Err(error) => {
-                return Err(Error::from(format!("{ENV_FILE_VARIABLE}: cannot read {}: {error}", self.path.display())));
+                return Err(format!("{ENV_FILE_VARIABLE}: cannot read {}: {error}", self.path.display()));
             }
         };
         text.lines()
             .enumerate()
             .filter_map(|(index, line)| parse_line(line).transpose().map(|entry| (index, entry)))
-            .map(|(index, entry)| {
-                entry.map_err(|problem| Error::from(format!("{}:{}: {problem}", self.path.display(), index + 1)))
-            })
+            .map(|(index, entry)| entry.map_err(|problem| format!("{}:{}: {problem}", self.path.display(), index + 1)))
             .collect()
     }
 }
@@ -95,7 +93,7 @@ impl Provider for DotEnv {
 
     fn data(&self) -> Result<Map<Profile, Dict>, Error> {
         let mut layer = Figment::new();
-        for (variable, value) in self.entries()? {
+        for (variable, value) in self.entries().map_err(Error::from)? {
             if let Some(path) = key_path(&variable) {
                 let value: Value = value.parse().unwrap_or_else(|never| match never {});
                 layer = layer.merge(figment::providers::Serialized::default(&path, value));
