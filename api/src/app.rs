@@ -184,11 +184,23 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     response
 }
 
+/// Keeps the pool and broker gauges current until `stop`.
+async fn report_connections(state: AppState, stop: CancellationToken) {
+    loop {
+        automation_shared::meters::report_connections(&state.pool, state.broker.is_ready());
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(automation_shared::meters::CONNECTIONS_INTERVAL) => {}
+        }
+    }
+}
+
 /// Serves until `shutdown`, then stops accepting, lets in-flight requests finish within the
 /// grace period, and closes the broker link.
 pub async fn run(state: AppState, listener: TcpListener, shutdown: CancellationToken) -> anyhow::Result<()> {
     let broker_stop = CancellationToken::new();
     let maintain = tokio::spawn(state.broker.clone().maintain(state.waiters.clone(), broker_stop.clone()));
+    tokio::spawn(report_connections(state.clone(), broker_stop.clone()));
     let grace = Duration::from_secs(state.config.api.shutdown_grace_secs);
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(address = %listener.local_addr()?, "API listening");

@@ -48,8 +48,42 @@ pub const WORKER_OUTBOX_ROWS: &str = "automation_worker_outbox_rows";
 pub const WORKER_OUTBOX_OLDEST_SECONDS: &str = "automation_worker_outbox_oldest_seconds";
 pub const WORKER_DEAD_LETTERS: &str = "automation_worker_dead_letters";
 
+/// `automation_db_pool_connections{state="in_use"|"idle"}`: the MySQL pool, both binaries.
+pub const DB_POOL_CONNECTIONS: &str = "automation_db_pool_connections";
+/// `automation_broker_connected`: 1 while the RabbitMQ connection is open, both binaries.
+pub const BROKER_CONNECTED: &str = "automation_broker_connected";
+
 /// `automation_build_info{binary, version}`: always 1.
 pub const BUILD_INFO: &str = "automation_build_info";
+
+/// Both binaries' own: their connections.
+pub const CONNECTIONS: &[Meter] = &[
+    meter(
+        DB_POOL_CONNECTIONS,
+        Kind::Gauge,
+        None,
+        true,
+        "MySQL connections of this process's pool, by state (in_use, idle); read every 10 s.",
+    ),
+    meter(
+        BROKER_CONNECTED,
+        Kind::Gauge,
+        None,
+        false,
+        "1 while this process's RabbitMQ connection is open and not blocked by an alarm, else 0; read every 10 s.",
+    ),
+];
+
+/// How often [`report_connections`] is meant to run.
+pub const CONNECTIONS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sets the connection gauges from the pool and the broker's state.
+pub fn report_connections(pool: &sqlx::MySqlPool, broker_ready: bool) {
+    let (size, idle) = (pool.size() as f64, pool.num_idle() as f64);
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "in_use").set((size - idle).max(0.0));
+    metrics::gauge!(DB_POOL_CONNECTIONS, "state" => "idle").set(idle);
+    metrics::gauge!(BROKER_CONNECTED).set(if broker_ready { 1.0 } else { 0.0 });
+}
 
 pub const API: &[Meter] = &[
     meter(API_REQUESTS, Kind::Counter, None, true, "HTTP requests answered, by method, route and status."),
@@ -76,7 +110,7 @@ pub const WORKER: &[Meter] = &[
         Kind::Counter,
         None,
         true,
-        "Messages the worker dead-lettered, by kind (poison, exhausted) and reason.",
+        "Messages dead-lettered, by kind and reason: poison and exhausted when the worker sends them; the broker's own (delivery_limit, expired, with reason broker) when the dead-letter store takes them.",
     ),
     meter(WORKER_RETRIES, Kind::Counter, None, true, "Transient failures sent to wait for another attempt, by kind."),
     meter(WORKER_IN_FLIGHT, Kind::Gauge, None, false, "Deliveries held by this worker right now."),
@@ -151,7 +185,7 @@ pub fn buckets(name: &str) -> &'static [f64] {
 pub fn describe(binary: &'static str, meters: &[Meter]) {
     metrics::describe_gauge!(BUILD_INFO, "The binary and its version; always 1.");
     metrics::gauge!(BUILD_INFO, "binary" => binary, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    for m in meters {
+    for m in CONNECTIONS.iter().chain(meters) {
         match (m.kind, m.unit) {
             (Kind::Counter, Some(unit)) => metrics::describe_counter!(m.name, unit, m.help),
             (Kind::Counter, None) => metrics::describe_counter!(m.name, m.help),

@@ -86,6 +86,16 @@ async fn store_one(worker: &Worker, dead: &NewDeadLetter, stop: &CancellationTok
             Ok(new) => {
                 if new {
                     tracing::info!(dead_letter.id = %dead.id, event.id = dead.event_id, reason = %dead.reason, "dead letter stored");
+                    // The worker counts its own when it sends them; the broker's (a delivery
+                    // limit, an expiry) are first seen here.
+                    if !matches!(dead.error_kind.as_str(), "poison" | "exhausted") {
+                        metrics::counter!(
+                            automation_shared::meters::WORKER_DEAD_LETTERED,
+                            "kind" => dead.error_kind.clone(),
+                            "reason" => "broker"
+                        )
+                        .increment(1);
+                    }
                 }
                 return true;
             }

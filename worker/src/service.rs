@@ -313,14 +313,16 @@ pub async fn run(worker: Arc<Worker>, listener: TcpListener, shutdown: Cancellat
     Ok(())
 }
 
-/// How often the database-wide gauges (outbox backlog, dead letters by state) are read.
-const BACKLOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the database-wide gauges (outbox backlog, dead letters by state) and the
+/// connection gauges are read.
+const BACKLOG_INTERVAL: Duration = automation_shared::meters::CONNECTIONS_INTERVAL;
 
 /// Keeps the outbox and dead-letter gauges current: what ops alert on when publishing is stuck
 /// or dead letters pile up.
 async fn report_backlogs(worker: Arc<Worker>, stop: CancellationToken) {
     use automation_shared::meters;
     loop {
+        meters::report_connections(&worker.pool, worker.publisher.is_ready());
         if let Ok((rows, oldest)) = db::events::outbox_backlog(&worker.pool).await {
             metrics::gauge!(meters::WORKER_OUTBOX_ROWS).set(rows as f64);
             metrics::gauge!(meters::WORKER_OUTBOX_OLDEST_SECONDS).set(oldest as f64);

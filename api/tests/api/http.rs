@@ -85,6 +85,9 @@ async fn every_metric_has_help_and_promtool_finds_nothing_wrong() {
     let _ = api.client.get(api.url("/no/such/route")).send().await.expect("answer");
     let scrape = api.client.get(api.url("/metrics")).send().await.expect("answer").text().await.expect("text");
     assert!(scrape.contains("automation_build_info{binary=\"automation-api\""), "{scrape}");
+    for series in ["automation_broker_connected ", "automation_db_pool_connections{state=\"idle\"}"] {
+        assert!(scrape.contains(series), "{series} is read from the start:\n{scrape}");
+    }
     let types = scrape.lines().filter(|l| l.starts_with("# TYPE ")).count();
     let helps = scrape.lines().filter(|l| l.starts_with("# HELP ")).count();
     assert_eq!(types, helps, "every family has HELP:\n{scrape}");

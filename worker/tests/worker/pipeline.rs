@@ -319,6 +319,9 @@ async fn every_metric_has_help_and_a_type_and_promtool_finds_nothing_wrong() {
         "automation_worker_in_flight 0",
         "automation_worker_sequenced_total",
         "automation_worker_outbox_rows 0",
+        "automation_broker_connected 1",
+        "automation_db_pool_connections{state=\"in_use\"}",
+        "automation_db_pool_connections{state=\"idle\"}",
     ] {
         assert!(before.contains(series), "{series} is there from the start:\n{before}");
     }

@@ -143,3 +143,37 @@ async fn a_message_too_big_to_store_whole_is_kept_as_a_prefix_and_the_intake_goe
         .expect_err("a prefix is not replayed");
     assert!(refused.to_string().contains("cannot be replayed"), "{refused}");
 }
+
+#[tokio::test]
+async fn a_dead_letter_the_broker_made_is_stored_and_counted() {
+    let env = TestEnv::new().await;
+    // Expired in its queue before any worker ran: RabbitMQ itself dead-letters it.
+    let e = event("workflow.created", json!({"name": "expired"}));
+    let properties = BasicProperties::default()
+        .with_content_type("application/cloudevents+json".into())
+        .with_delivery_mode(messaging::PERSISTENT)
+        .with_expiration("1".into());
+    env.publish("workflow.created", properties, e.to_string().as_bytes()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let worker = TestWorker::start(&env.config).await;
+    env.wait_count("select count(*) from dead_letters", 1, Duration::from_secs(20)).await;
+    let (kind, event_id): (String, Option<String>) =
+        sqlx::query_as("select error_kind, event_id from dead_letters").fetch_one(&env.pool).await.expect("row");
+    assert_eq!((kind.as_str(), event_id.as_deref()), ("expired", e["id"].as_str()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, scrape) = http_get(&worker.url("/metrics")).await;
+        let counted = scrape.lines().any(|l| {
+            l.starts_with("automation_worker_dead_lettered_total{")
+                && l.contains("kind=\"expired\"")
+                && l.contains("reason=\"broker\"")
+                && l.ends_with(" 1")
+        });
+        if counted {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the broker's dead letter is counted:\n{scrape}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    worker.stop().await.expect("clean stop");
+}
