@@ -184,6 +184,9 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     response
 }
 
+/// How long the stop waits for the MySQL pool to close.
+const POOL_CLOSE_PATIENCE: Duration = Duration::from_secs(1);
+
 /// Keeps the pool and broker gauges current until `stop`.
 async fn report_connections(state: AppState, stop: CancellationToken) {
     loop {
@@ -217,7 +220,11 @@ pub async fn run(state: AppState, listener: TcpListener, shutdown: CancellationT
     broker_stop.cancel();
     let _ = maintain.await;
     state.broker.close().await;
-    state.pool.close().await;
+    // Closing waits for every connection to come back; one the session refresher is still
+    // trying to open to a database that went away would hold the exit for its whole timeout.
+    if tokio::time::timeout(POOL_CLOSE_PATIENCE, state.pool.close()).await.is_err() {
+        tracing::warn!("MySQL connections were still in use or being opened; leaving them");
+    }
     tracing::info!("API stopped");
     Ok(())
 }

@@ -175,3 +175,89 @@ async fn with_the_broker_hung_at_start_the_api_is_alive_not_ready_and_sigterm_st
     assert!(took < Duration::from_secs(2), "stopped in {took:?}");
     assert!(!output.contains("panicked"), "{output}");
 }
+
+#[tokio::test]
+async fn with_the_database_away_at_start_the_api_is_alive_not_ready_ready_once_it_answers_and_sigterm_stops_it() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    use automation_shared::testing::private_mariadb::PrivateMariaDb;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut mariadb = PrivateMariaDb::start().await;
+    let env = TestEnv::on(&mariadb.url(), &automation_shared::testing::amqp_url()).await;
+    mariadb.stop().await;
+    let port = automation_shared::testing::private_rabbitmq::free_port();
+    let log = std::env::temp_dir().join(format!("automation-api-db-away-{}.log", uuid::Uuid::new_v4().simple()));
+    let file = std::fs::File::create(&log).expect("log");
+    let mut api = Command::new(env!("CARGO_BIN_EXE_automation-api"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", env.config.database.url.clone().expect("url"))
+        .env("AMQP_URL", &env.config.amqp.url)
+        .env("AUTOMATION_AMQP__PREFIX", &env.config.amqp.prefix)
+        .env("API_PORT", port.to_string())
+        .env("LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log"))
+        .stderr(file)
+        .spawn()
+        .expect("the API starts");
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("client");
+    let probe = async |path: &str| {
+        let answer = client.get(format!("http://127.0.0.1:{port}{path}")).send().await.ok()?;
+        Some((answer.status().as_u16(), answer.json::<serde_json::Value>().await.unwrap_or_default()))
+    };
+    let started = Instant::now();
+    let live = loop {
+        if let Some((200, _)) = probe("/health").await {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no liveness: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (status, ready) = probe("/health/ready").await.expect("readiness answers");
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["dependencies"]["mysql"]["status"], "unavailable", "{ready}");
+
+    mariadb.restart().await;
+    let back = Instant::now();
+    loop {
+        if let Some((200, _)) = probe("/health/ready").await {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(30),
+            "not ready after MySQL came back: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ready_after = back.elapsed();
+
+    // And away again: SIGTERM while requests would wait for it still ends at once.
+    mariadb.stop().await;
+    let _ = Command::new("kill").args(["-TERM", &api.id().to_string()]).status();
+    let signalled = Instant::now();
+    let exit = loop {
+        if let Ok(Some(exit)) = api.try_wait() {
+            break exit;
+        }
+        if signalled.elapsed() > Duration::from_secs(10) {
+            let _ = api.kill();
+            panic!("still running 10 s after SIGTERM: {}", std::fs::read_to_string(&log).unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = signalled.elapsed();
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    mariadb.restart().await;
+    assert!(exit.success(), "{exit:?}: {output}");
+    assert!(took < Duration::from_secs(2), "stopped in {took:?}");
+    assert!(!output.contains("panicked"), "{output}");
+    eprintln!("liveness after {live:?}, ready {ready_after:?} after MySQL answered, stopped in {took:?}");
+}
