@@ -109,6 +109,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(routes)
         .merge(docs)
+        // The Python service served ReDoc there; bookmarks and links to it reach the same
+        // document in the vendored Swagger UI (ReDoc would need a script from a CDN).
+        .route("/redoc", axum::routing::get(|| async { axum::response::Redirect::permanent("/docs/") }))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state.clone())

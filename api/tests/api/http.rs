@@ -68,6 +68,16 @@ async fn the_openapi_document_and_the_docs_are_served() {
     let (status, home) = json(api.client.get(api.url("/")).send().await.expect("answer")).await;
     assert_eq!(status, 200, "{home}");
     assert_eq!((home["name"].as_str(), home["docs"].as_str()), (Some("automation-engine"), Some("/docs")));
+    let redoc = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(api.url("/redoc"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(redoc.status(), 308, "the seed's /redoc leads to the docs");
+    assert_eq!(redoc.headers().get("location").and_then(|l| l.to_str().ok()), Some("/docs/"));
     let docs = api.client.get(api.url("/docs/")).send().await.expect("answer");
     assert_eq!(docs.status(), 200);
     assert!(docs.text().await.unwrap_or_default().contains("swagger"), "the docs UI is served (vendored)");
