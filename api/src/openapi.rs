@@ -114,6 +114,21 @@ mod tests {
         serde_json::to_value(finish(api)).expect("serializes")["components"]["schemas"].take()
     }
 
+    /// The committed `schemas/openapi.json` is what the handlers document, so a change to the
+    /// interface shows in review. `UPDATE_SCHEMAS=1` (or `make schemas`) rewrites it.
+    #[test]
+    fn committed_openapi_matches_the_handlers() {
+        let (_, api) = routes().split_for_parts();
+        let document = serde_json::to_string_pretty(&finish(api)).expect("serializes") + "\n";
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/openapi.json");
+        if std::env::var_os("UPDATE_SCHEMAS").is_some() {
+            std::fs::write(&path, &document).expect("write");
+        } else {
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(committed == document, "{} is stale: run `make schemas`", path.display());
+        }
+    }
+
     #[test]
     fn the_event_state_and_the_refusal_code_are_enums_of_the_names_sent() {
         let schemas = schemas();
