@@ -53,5 +53,6 @@ check-deploy: ## the Dockerfile, docker-compose.yml and k8s/ manifests, checked 
 bench: deps ## worker throughput: one event per transaction against batches of 100; competing against partitioned
 	cargo bench -p automation-worker --bench throughput
 
-schemas: ## regenerate schemas/ (JSON Schemas and AsyncAPI) from the Rust types
+schemas: ## regenerate schemas/ (JSON Schemas, AsyncAPI, OpenAPI) from the Rust types
 	UPDATE_SCHEMAS=1 cargo test -p automation-shared --lib committed_schemas_match_the_rust_types
+	UPDATE_SCHEMAS=1 cargo test -p automation-api --lib committed_openapi_matches_the_handlers

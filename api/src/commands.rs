@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -39,6 +39,23 @@ pub struct Accepted {
     pub status: &'static str,
     /// Where to follow the event.
     pub status_url: String,
+}
+
+/// The request headers every write reads, documented once.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct CommandHeaders {
+    /// The same key from the same user on the same endpoint is the same event: a retried request
+    /// is applied once. The same key with another body is refused (422).
+    #[param(rename = "Idempotency-Key", min_length = 1, max_length = 255, example = "order-4711-approve")]
+    pub idempotency_key: Option<String>,
+    /// `wait=N` (N ≤ 30): hold the answer until the worker applied the event (200 with the
+    /// resource) or refused it (the problem), or 202 once N seconds pass.
+    #[param(rename = "Prefer", example = "wait=10")]
+    pub prefer: Option<String>,
+    /// W3C trace context: the event and the worker's spans join this trace.
+    #[param(example = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]
+    pub traceparent: Option<String>,
 }
 
 /// What happened to a submitted event by the time the answer is due.

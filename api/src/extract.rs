@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, header};
 use garde::Validate;
 use serde::de::DeserializeOwned;
 
+use crate::pagination::Paging;
 use crate::problem::{ApiError, FieldError};
 
 /// Is this `Content-Type` JSON? Only `application/json` and `application/<subtype>+json` are,
@@ -153,9 +154,66 @@ pub fn parse_query<T: DeserializeOwned + Validate<Context = ()>>(query: &str) ->
     Ok(value)
 }
 
+/// A list's query string: its own filters (`T`, which refuses unknown names) and the
+/// [`Paging`] every list shares, each validated; a problem in either is a 422 naming the field.
+#[derive(Debug, Clone)]
+pub struct ListQuery<T>(pub T, pub Paging);
+
+impl<S, T> FromRequestParts<S> for ListQuery<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Validate<Context = ()>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        list_query(parts.uri.query().unwrap_or_default())
+    }
+}
+
+/// Splits `query` into the filters and the paging, and reads each.
+pub fn list_query<T: DeserializeOwned + Validate<Context = ()>>(query: &str) -> Result<ListQuery<T>, ApiError> {
+    let (paging, filters): (Vec<_>, Vec<_>) =
+        form_urlencoded::parse(query.as_bytes()).partition(|(name, _)| Paging::NAMES.contains(&name.as_ref()));
+    let encode = |pairs: Vec<_>| form_urlencoded::Serializer::new(String::new()).extend_pairs(pairs).finish();
+    Ok(ListQuery(parse_query(&encode(filters))?, parse_query(&encode(paging))?))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::is_json_media_type;
+    use super::{ApiError, ListQuery, is_json_media_type, list_query};
+
+    #[derive(Debug, serde::Deserialize, garde::Validate)]
+    #[serde(deny_unknown_fields)]
+    struct Filters {
+        #[garde(length(max = 3))]
+        status: Option<String>,
+    }
+
+    fn field_of(error: ApiError) -> String {
+        match error {
+            ApiError::Validation(errors) => errors.into_iter().map(|e| e.field).collect::<Vec<_>>().join(","),
+            other => panic!("not a validation error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_list_query_reads_its_filters_and_the_shared_paging_apart() {
+        let ListQuery(filters, paging) = list_query::<Filters>("status=NEW&limit=20&cursor=c9").expect("valid");
+        assert_eq!(filters.status.as_deref(), Some("NEW"));
+        assert_eq!((paging.limit(), paging.before().expect("a cursor")), (20, Some(9)));
+        let ListQuery(_, paging) = list_query::<Filters>("").expect("valid");
+        assert_eq!((paging.limit(), paging.before().expect("none")), (50, None));
+    }
+
+    #[test]
+    fn a_list_query_names_the_parameter_it_cannot_use() {
+        assert_eq!(field_of(list_query::<Filters>("limit=0").expect_err("too small")), "limit");
+        assert_eq!(field_of(list_query::<Filters>("limit=501").expect_err("too big")), "limit");
+        assert_eq!(field_of(list_query::<Filters>("status=TOOLONG").expect_err("too long")), "status");
+        let unknown = list_query::<Filters>("colour=red").expect_err("unknown filter");
+        assert!(matches!(unknown, ApiError::Validation(_)), "{unknown:?}");
+    }
 
     #[test]
     fn only_application_json_and_plus_json_types_are_json() {

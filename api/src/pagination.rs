@@ -4,14 +4,48 @@
 use axum::Json;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use garde::Validate;
+use serde::{Deserialize, Serialize};
 use sqlx::mysql::MySqlRow;
 use sqlx::{Encode, FromRow, MySql, MySqlPool, QueryBuilder, Type};
+use utoipa::IntoParams;
 
 use crate::problem::ApiError;
 
-/// Items per page when `limit` is not given (each list's query type caps it at 500).
+/// Items per page when `limit` is not given.
 pub const DEFAULT_LIMIT: u32 = 50;
+/// The most items a page holds.
+pub const MAX_LIMIT: u32 = 500;
+
+/// The paging parameters every list takes (read apart from its filters by
+/// [`ListQuery`](crate::extract::ListQuery), documented once as `components/parameters`).
+#[derive(Debug, Clone, Default, Deserialize, Validate, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct Paging {
+    /// Items per page: 1 to 500 (default 50).
+    #[garde(range(min = 1, max = MAX_LIMIT))]
+    #[param(minimum = 1, maximum = 500, default = 50, example = 50)]
+    pub limit: Option<u32>,
+    /// Where the page starts: take it from the `Link: <...>; rel="next"` header of the previous
+    /// page. Opaque.
+    #[garde(skip)]
+    pub cursor: Option<String>,
+}
+
+impl Paging {
+    /// The query parameters that are paging, not filters.
+    pub const NAMES: [&str; 2] = ["limit", "cursor"];
+
+    pub fn limit(&self) -> u32 {
+        self.limit.unwrap_or(DEFAULT_LIMIT)
+    }
+
+    /// The position after which the page starts.
+    pub fn before(&self) -> Result<Option<u64>, ApiError> {
+        decode_cursor(self.cursor.as_deref())
+    }
+}
 
 /// The position after which the next page starts.
 pub fn decode_cursor(cursor: Option<&str>) -> Result<Option<u64>, ApiError> {
@@ -38,11 +72,11 @@ pub struct Keyset {
 
 impl Keyset {
     /// `select` ends before the `where`; a bad cursor is a 422 naming `cursor`.
-    pub fn new(select: &str, cursor: Option<&str>, limit: Option<u32>) -> Result<Keyset, ApiError> {
-        let before = decode_cursor(cursor)?.unwrap_or(u64::MAX);
+    pub fn new(select: &str, paging: &Paging) -> Result<Keyset, ApiError> {
+        let before = paging.before()?.unwrap_or(u64::MAX);
         let mut sql = QueryBuilder::new(select);
         sql.push(" where seq < ").push_bind(before);
-        Ok(Keyset { sql, limit: limit.unwrap_or(DEFAULT_LIMIT) })
+        Ok(Keyset { sql, limit: paging.limit() })
     }
 
     /// Narrows the list when a filter is given: `and <condition><value>`, e.g. `"status = "`.

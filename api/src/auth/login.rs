@@ -16,6 +16,7 @@ use utoipa::ToSchema;
 use super::{AuthUser, Role, password};
 use crate::app::AppState;
 use crate::extract::ValidJson;
+use crate::openapi::responses::{JsonBody, TooManyRequests, Unauthorized};
 use crate::problem::{ApiError, ApiResult, Problem};
 use crate::routes::users::{self, UserView};
 
@@ -56,16 +57,19 @@ pub fn client_address(state: &AppState, headers: &HeaderMap, peer: Option<Socket
     peer.map_or_else(|| "unknown".to_string(), |p| p.ip().to_string())
 }
 
+/// Log in
+///
+/// Exchanges an email and password for a bearer token (JWT).
 #[utoipa::path(
-    post, path = "/auth/login", tag = "auth",
-    request_body = LoginRequest,
+    post, path = "/auth/login", tag = "auth", operation_id = "login",
+    security(()),
+    request_body(content = LoginRequest, example = json!({"email": "ada@example.com", "password": "correct horse battery staple"})),
     responses(
-        (status = 200, description = "Logged in", body = LoginResponse),
-        (status = 400, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Unknown email or wrong password (the same answer for both)", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A field is missing or malformed", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failed logins for this account or address", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Logged in: the token and who it is for", body = LoginResponse),
+        JsonBody,
+        (status = 401, description = "Unknown email or wrong password (the same answer, in the same time, for both)",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 429, response = TooManyRequests),
     )
 )]
 pub async fn login(
@@ -135,12 +139,15 @@ pub async fn login(
     }))
 }
 
+/// Log out
+///
+/// Revokes the token at once: it is refused from then on.
 #[utoipa::path(
-    post, path = "/auth/logout", tag = "auth",
+    post, path = "/auth/logout", tag = "auth", operation_id = "logout",
     security(("bearer" = [])),
     responses(
         (status = 204, description = "The token is refused from now on"),
-        (status = 401, description = "No valid token", body = Problem, content_type = "application/problem+json"),
+        (status = 401, response = Unauthorized),
     )
 )]
 pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {

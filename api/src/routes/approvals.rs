@@ -16,65 +16,61 @@ use uuid::Uuid;
 use super::parse_id;
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
-use crate::commands::{self, Submitted};
-use crate::extract::{ValidJson, ValidQuery};
-use crate::pagination::Keyset;
-use crate::problem::{ApiError, ApiResult, Problem};
+use crate::commands::{self, CommandHeaders, Submitted};
+use crate::extract::{ListQuery, ValidJson};
+use crate::openapi::responses::{JsonBody, Listing, Lookup, Publishing, Secured};
+use crate::pagination::{Keyset, Paging};
+use crate::problem::{ApiError, ApiResult};
 
 #[derive(Debug, Deserialize, Validate, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct ListApprovals {
     #[garde(skip)]
-    #[param(value_type = Option<String>, example = "PENDING")]
+    #[param(inline, example = "PENDING")]
     pub status: Option<ApprovalStatus>,
     #[garde(skip)]
     pub workflow_id: Option<Uuid>,
     #[garde(skip)]
     pub requester_id: Option<Uuid>,
-    /// 1 to 500 (default 50).
-    #[garde(range(min = 1, max = 500))]
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<u32>,
-    /// From the `Link: rel="next"` header of the previous page.
-    #[garde(skip)]
-    pub cursor: Option<String>,
 }
 
+/// List approvals
+///
+/// Newest first, narrowed by the filters given; paged by `limit` and `cursor`.
 #[utoipa::path(
-    get, path = "/approvals", tag = "approvals",
+    get, path = "/approvals", tag = "approvals", operation_id = "listApprovals",
     security(("bearer" = [])),
-    params(ListApprovals),
+    params(ListApprovals, Paging),
     responses(
-        (status = 200, description = "Newest first; the next page is in the Link header", body = Vec<Approval>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A filter is malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "A page of approvals, newest first; the next page is in the `Link` header", body = Vec<Approval>),
+        Secured, Listing,
     )
 )]
 pub async fn list(
     State(state): State<AppState>,
     user: AuthUser,
-    ValidQuery(query): ValidQuery<ListApprovals>,
+    ListQuery(query, paging): ListQuery<ListApprovals>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     user.require(Permission::Read)?;
-    let mut list = Keyset::new(approvals::SELECT, query.cursor.as_deref(), query.limit)?;
+    let mut list = Keyset::new(approvals::SELECT, &paging)?;
     list.and("status = ", query.status.map(ApprovalStatus::as_str))
         .and("workflow_id = ", query.workflow_id.map(|w| w.to_string()))
         .and("requester_id = ", query.requester_id.map(|r| r.to_string()));
     Ok(list.fetch(&state.pool, |a: &Approval| a.seq, "/approvals", raw.as_deref()).await?.into_response())
 }
 
+/// Get an approval
+///
+/// The approval as it is now, with its `version`.
 #[utoipa::path(
-    get, path = "/approvals/{id}", tag = "approvals",
+    get, path = "/approvals/{id}", tag = "approvals", operation_id = "getApproval",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Approval id (UUID)")),
     responses(
-        (status = 200, body = Approval),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The approval", body = Approval),
+        Secured, Lookup,
     )
 )]
 pub async fn get(
@@ -132,24 +128,21 @@ pub struct NewApproval {
     pub details: Option<Map<String, Value>>,
 }
 
+/// Request an approval
+///
+/// Publishes `approval.requested` with the caller as requester. The workflow must be `ACTIVE`
+/// when the worker applies it (else 409 `workflow_not_active` with `Prefer: wait`).
 #[utoipa::path(
-    post, path = "/approvals", tag = "approvals",
+    post, path = "/approvals", tag = "approvals", operation_id = "requestApproval",
     security(("bearer" = [])),
-    request_body = NewApproval,
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key from the same user gives the same event: a retry is applied once"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): answer when the worker is done"),
-    ),
+    request_body(content = NewApproval, example = json!({
+        "workflowId": "0190f7a2-5c1e-7c3a-9a41-3f8e2b6d1c20", "title": "New laptop for Ada",
+        "amount": 1899.0, "currency": "EUR", "details": {"costCenter": "R&D-7"}
+    })),
+    params(CommandHeaders),
     responses(
-        (status = 200, description = "Applied (with Prefer: wait)", body = Approval),
-        (status = 202, description = "Accepted: the broker confirmed the event", body = commands::Accepted),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Refused by the worker (e.g. the workflow is not ACTIVE)", body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The broker did not confirm; nothing was accepted", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Applied (with `Prefer: wait`): the new approval", body = Approval),
+        Secured, JsonBody, Publishing,
     )
 )]
 pub async fn create(
@@ -184,7 +177,6 @@ pub async fn create(
 pub struct DecideApproval {
     /// `APPROVED` or `REJECTED`.
     #[garde(skip)]
-    #[schema(value_type = String, example = "APPROVED")]
     pub status: Decision,
     #[garde(length(chars, max = 4000))]
     #[schema(max_length = 4000)]
@@ -195,26 +187,19 @@ pub struct DecideApproval {
     pub expected_version: Option<u32>,
 }
 
+/// Decide an approval
+///
+/// Publishes `approval.decided`. With `expectedVersion` the decision is refused (409
+/// `version_conflict`) unless the approval is still at that version; an approval already
+/// decided is refused (409 `invalid_transition`).
 #[utoipa::path(
-    patch, path = "/approvals/{id}", tag = "approvals",
+    patch, path = "/approvals/{id}", tag = "approvals", operation_id = "decideApproval",
     security(("bearer" = [])),
-    request_body = DecideApproval,
-    params(
-        ("id" = String, Path, description = "Approval id (UUID)"),
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key from the same user gives the same event"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): answer when the worker is done"),
-    ),
+    request_body(content = DecideApproval, example = json!({"status": "APPROVED", "reason": "Within budget", "expectedVersion": 1})),
+    params(("id" = String, Path, description = "Approval id (UUID)"), CommandHeaders),
     responses(
-        (status = 200, description = "Decided (with Prefer: wait)", body = Approval),
-        (status = 202, description = "Accepted: the broker confirmed the event", body = commands::Accepted),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Refused: already decided, or a stale expectedVersion", body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Decided (with `Prefer: wait`): the approval after the decision", body = Approval),
+        Secured, Lookup, JsonBody, Publishing,
     )
 )]
 pub async fn decide(

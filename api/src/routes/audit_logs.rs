@@ -13,10 +13,11 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
-use crate::commands;
-use crate::extract::{ValidJson, ValidQuery};
-use crate::pagination::Keyset;
-use crate::problem::{ApiResult, Problem};
+use crate::commands::{self, CommandHeaders};
+use crate::extract::{ListQuery, ValidJson};
+use crate::openapi::responses::{JsonBody, Listing, Publishing, Secured};
+use crate::pagination::{Keyset, Paging};
+use crate::problem::ApiResult;
 
 #[derive(Debug, Deserialize, Validate, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -35,32 +36,28 @@ pub struct ListAudit {
     /// Records before this time (RFC 3339).
     #[garde(skip)]
     pub until: Option<DateTime<Utc>>,
-    #[garde(range(min = 1, max = 500))]
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<u32>,
-    #[garde(skip)]
-    pub cursor: Option<String>,
 }
 
+/// List audit records
+///
+/// Newest first, narrowed by the filters given; paged by `limit` and `cursor`.
 #[utoipa::path(
-    get, path = "/auditLogs", tag = "audit",
+    get, path = "/auditLogs", tag = "audit", operation_id = "listAuditLogs",
     security(("bearer" = [])),
-    params(ListAudit),
+    params(ListAudit, Paging),
     responses(
-        (status = 200, description = "Newest first; the next page is in the Link header", body = Vec<AuditRecord>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "A page of audit records, newest first; the next page is in the `Link` header", body = Vec<AuditRecord>),
+        Secured, Listing,
     )
 )]
 pub async fn list(
     State(state): State<AppState>,
     user: AuthUser,
-    ValidQuery(query): ValidQuery<ListAudit>,
+    ListQuery(query, paging): ListQuery<ListAudit>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     user.require(Permission::Read)?;
-    let mut list = Keyset::new(audit::SELECT, query.cursor.as_deref(), query.limit)?;
+    let mut list = Keyset::new(audit::SELECT, &paging)?;
     list.and("entity = ", query.entity)
         .and("entity_id = ", query.entity_id)
         .and("actor_id = ", query.actor_id)
@@ -86,23 +83,19 @@ pub struct NewAuditRecord {
     pub details: Option<Value>,
 }
 
+/// Record an audit entry
+///
+/// Publishes `audit.recorded` (services and admins).
 #[utoipa::path(
-    post, path = "/auditLogs", tag = "audit",
+    post, path = "/auditLogs", tag = "audit", operation_id = "recordAuditLog",
     security(("bearer" = [])),
-    request_body = NewAuditRecord,
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key from the same caller gives the same event"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): answer when the worker is done"),
-    ),
+    request_body(content = NewAuditRecord, example = json!({
+        "entity": "invoice", "entityId": "INV-2026-0042", "action": "exported", "details": {"format": "pdf"}
+    })),
+    params(CommandHeaders),
     responses(
-        (status = 200, description = "Recorded (with Prefer: wait)", body = AuditRecord),
-        (status = 202, description = "Accepted: the broker confirmed the event", body = commands::Accepted),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Recorded (with `Prefer: wait`): the audit record", body = AuditRecord),
+        Secured, JsonBody, Publishing,
     )
 )]
 pub async fn create(

@@ -17,9 +17,10 @@ use uuid::Uuid;
 use super::parse_id;
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
-use crate::commands::{self, Submitted};
-use crate::extract::{ValidJson, ValidQuery};
-use crate::pagination::Keyset;
+use crate::commands::{self, CommandHeaders, Submitted};
+use crate::extract::{ListQuery, ValidJson};
+use crate::openapi::responses::{JsonBody, Listing, Lookup, Publishing, Secured};
+use crate::pagination::{Keyset, Paging};
 use crate::problem::{ApiError, ApiResult, Problem};
 
 #[derive(Debug, Deserialize, Validate, ToSchema)]
@@ -58,23 +59,24 @@ pub struct RunAccepted {
     pub run_url: String,
 }
 
+/// Run an automation
+///
+/// Publishes `automation.requested`: the named task runs now, after `countdownSeconds`, or at
+/// `runAt`. An unknown automation is refused (422 `unknown_automation` with `Prefer: wait`).
 #[utoipa::path(
-    post, path = "/api/v1/automation/execute", tag = "automation",
+    post, path = "/api/v1/automation/execute", tag = "automation", operation_id = "executeAutomation",
     security(("bearer" = [])),
-    request_body = Execute,
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key from the same caller gives the same run"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): answer when the run is recorded"),
-    ),
+    request_body(content = Execute, example = json!({
+        "automation": "webhook.call",
+        "params": {"url": "https://hooks.example.com/approvals", "body": {"hello": "world"}},
+        "countdownSeconds": 60
+    })),
+    params(CommandHeaders),
     responses(
-        (status = 200, description = "Recorded (with Prefer: wait): queued or scheduled", body = Run),
-        (status = 202, description = "Accepted: the broker confirmed the request", body = RunAccepted),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid, or (with Prefer: wait) no such automation", body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Recorded (with `Prefer: wait`): the run, queued or scheduled", body = Run),
+        Secured, JsonBody, Publishing,
+        (status = 202, description = "Accepted: the broker confirmed the request. Follow the run at `runUrl`, also sent as `Location`",
+            body = RunAccepted, headers(("Location" = String, description = "The run's URL, `/api/v1/automation/runs/{runId}`"))),
     )
 )]
 pub async fn execute(
@@ -122,47 +124,44 @@ pub struct ListRuns {
     pub automation: Option<String>,
     /// `queued`, `scheduled`, `running`, `succeeded`, `failed`, `retrying`, `cancelled`.
     #[garde(skip)]
-    #[param(value_type = Option<String>)]
+    #[param(inline)]
     pub state: Option<RunState>,
-    #[garde(range(min = 1, max = 500))]
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<u32>,
-    #[garde(skip)]
-    pub cursor: Option<String>,
 }
 
+/// List automation runs
+///
+/// Newest first, narrowed by automation and state; paged by `limit` and `cursor`.
 #[utoipa::path(
-    get, path = "/api/v1/automation/runs", tag = "automation",
+    get, path = "/api/v1/automation/runs", tag = "automation", operation_id = "listAutomationRuns",
     security(("bearer" = [])),
-    params(ListRuns),
+    params(ListRuns, Paging),
     responses(
-        (status = 200, description = "Newest first; the next page is in the Link header", body = Vec<Run>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "A page of runs, newest first; the next page is in the `Link` header", body = Vec<Run>),
+        Secured, Listing,
     )
 )]
 pub async fn list(
     State(state): State<AppState>,
     user: AuthUser,
-    ValidQuery(query): ValidQuery<ListRuns>,
+    ListQuery(query, paging): ListQuery<ListRuns>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     user.require(Permission::RunAutomations)?;
-    let mut list = Keyset::new(runs::SELECT, query.cursor.as_deref(), query.limit)?;
+    let mut list = Keyset::new(runs::SELECT, &paging)?;
     list.and("automation = ", query.automation).and("state = ", query.state.map(RunState::as_str));
     Ok(list.fetch(&state.pool, |r: &Run| r.seq, "/api/v1/automation/runs", raw.as_deref()).await?.into_response())
 }
 
+/// Get an automation run
+///
+/// Its state, attempts, result and error.
 #[utoipa::path(
-    get, path = "/api/v1/automation/runs/{id}", tag = "automation",
+    get, path = "/api/v1/automation/runs/{id}", tag = "automation", operation_id = "getAutomationRun",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Run id (UUID)")),
     responses(
-        (status = 200, body = Run),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The run", body = Run),
+        Secured, Lookup,
     )
 )]
 pub async fn get(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<Run>> {
@@ -171,21 +170,18 @@ pub async fn get(State(state): State<AppState>, user: AuthUser, Path(id): Path<S
     runs::find(&state.pool, id).await?.map(Json).ok_or_else(|| ApiError::NotFound(format!("no run with id {id}")))
 }
 
+/// Cancel an automation run
+///
+/// Publishes `automation.cancelled` for a run that has not finished.
 #[utoipa::path(
-    post, path = "/api/v1/automation/runs/{id}/cancel", tag = "automation",
+    post, path = "/api/v1/automation/runs/{id}/cancel", tag = "automation", operation_id = "cancelAutomationRun",
     security(("bearer" = [])),
-    params(
-        ("id" = String, Path, description = "Run id (UUID)"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): answer when the run is cancelled"),
-    ),
+    params(("id" = String, Path, description = "Run id (UUID)"), CommandHeaders),
     responses(
-        (status = 200, description = "Cancelled (with Prefer: wait)", body = Run),
-        (status = 202, description = "Accepted: the broker confirmed the request", body = commands::Accepted),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The run already finished", body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Cancelled (with `Prefer: wait`): the run", body = Run),
+        Secured, Lookup, Publishing,
+        (status = 409, description = "The run already finished (or, with `Prefer: wait`, the worker refused the cancel)",
+            body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn cancel(

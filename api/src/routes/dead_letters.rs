@@ -17,9 +17,10 @@ use uuid::Uuid;
 use super::parse_id;
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
-use crate::extract::{ValidJson, ValidQuery};
-use crate::pagination::{self, Page};
-use crate::problem::{ApiError, ApiResult, Problem};
+use crate::extract::{ListQuery, ValidJson};
+use crate::openapi::responses::{JsonBody, Listing, Lookup, Secured, Unavailable};
+use crate::pagination::{Page, Paging};
+use crate::problem::{ApiError, ApiResult};
 
 #[derive(Debug, Deserialize, Validate, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -45,33 +46,29 @@ pub struct ListDeadLetters {
     pub since: Option<DateTime<Utc>>,
     #[garde(skip)]
     pub until: Option<DateTime<Utc>>,
-    #[garde(range(min = 1, max = 500))]
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<u32>,
-    #[garde(skip)]
-    pub cursor: Option<String>,
 }
 
+/// List dead letters
+///
+/// Newest first, narrowed by the filters given; paged by `limit` and `cursor`.
 #[utoipa::path(
-    get, path = "/api/v1/admin/dead-letters", tag = "dead letters",
+    get, path = "/api/v1/admin/dead-letters", tag = "dead letters", operation_id = "listDeadLetters",
     security(("bearer" = [])),
-    params(ListDeadLetters),
+    params(ListDeadLetters, Paging),
     responses(
-        (status = 200, description = "Newest first; the next page is in the Link header", body = Vec<DeadLetterSummary>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "A page of dead letters, newest first; the next page is in the `Link` header", body = Vec<DeadLetterSummary>),
+        Secured, Listing,
     )
 )]
 pub async fn list(
     State(state): State<AppState>,
     user: AuthUser,
-    ValidQuery(query): ValidQuery<ListDeadLetters>,
+    ListQuery(query, paging): ListQuery<ListDeadLetters>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     user.require(Permission::ManageDeadLetters)?;
-    let limit = query.limit.unwrap_or(pagination::DEFAULT_LIMIT);
-    let before = pagination::decode_cursor(query.cursor.as_deref())?;
+    let limit = paging.limit();
+    let before = paging.before()?;
     let filter = Filter {
         event_type: query.event_type,
         reason: query.reason,
@@ -100,15 +97,16 @@ pub struct DeadLetterView {
     pub body: String,
 }
 
+/// Get a dead letter
+///
+/// The message whole: its headers, its history and its body as text.
 #[utoipa::path(
-    get, path = "/api/v1/admin/dead-letters/{id}", tag = "dead letters",
+    get, path = "/api/v1/admin/dead-letters/{id}", tag = "dead letters", operation_id = "getDeadLetter",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Dead letter id (UUID)")),
     responses(
-        (status = 200, body = DeadLetterView),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The dead letter", body = DeadLetterView),
+        Secured, Lookup,
     )
 )]
 pub async fn get(
@@ -212,18 +210,18 @@ async fn act(
     Ok(Json(report))
 }
 
+/// Replay dead letters
+///
+/// Publishes the selected dead letters again, each marked `replayed` once the broker confirmed
+/// it; audited with the admin's id.
 #[utoipa::path(
-    post, path = "/api/v1/admin/dead-letters/replay", tag = "dead letters",
+    post, path = "/api/v1/admin/dead-letters/replay", tag = "dead letters", operation_id = "replayDeadLetters",
     security(("bearer" = [])),
-    request_body = DeadLetterAction,
+    request_body(content = DeadLetterAction, example = json!({"filter": {"type": "approval.decided", "reason": "schema_invalid"}, "dryRun": true})),
     responses(
         (status = 200, description = "What was replayed (each confirmed by the broker before it was marked replayed)", body = ActionReport),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        Secured, JsonBody,
+        (status = 503, response = Unavailable),
     )
 )]
 pub async fn replay(
@@ -234,17 +232,16 @@ pub async fn replay(
     act(&state, &user, request, Verb::Replay).await
 }
 
+/// Discard dead letters
+///
+/// Marks the selected dead letters `discarded`; audited with the admin's id.
 #[utoipa::path(
-    post, path = "/api/v1/admin/dead-letters/discard", tag = "dead letters",
+    post, path = "/api/v1/admin/dead-letters/discard", tag = "dead letters", operation_id = "discardDeadLetters",
     security(("bearer" = [])),
-    request_body = DeadLetterAction,
+    request_body(content = DeadLetterAction, example = json!({"ids": ["0190f7a2-5c1e-7c3a-9a41-3f8e2b6d1c20"]})),
     responses(
         (status = 200, description = "What was discarded", body = ActionReport),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        Secured, JsonBody,
     )
 )]
 pub async fn discard(

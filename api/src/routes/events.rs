@@ -7,14 +7,16 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission, Role};
+use crate::commands::CommandHeaders;
 use crate::commands::{self, Accepted};
 use crate::extract::{JsonBytes, parse_json};
+use crate::openapi::responses::{JsonBody, Secured};
 use crate::problem::{ApiError, ApiResult, FieldError, Problem};
 
 /// The most events one request may carry.
@@ -87,19 +89,34 @@ fn check(prefix: &str, value: &Value) -> Result<(String, EventType, Value), Vec<
     if errors.is_empty() { Ok((event.id, event_type, event.data)) } else { Err(errors) }
 }
 
+/// What `POST /api/v1/events` answers: one acceptance for one event, an array for an array.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum AcceptedEvents {
+    One(Accepted),
+    Many(Vec<Accepted>),
+}
+
+/// Publish CloudEvents
+///
+/// For HTTP clients that cannot speak AMQP: one structured CloudEvent, or an array of up to
+/// 100 (all checked before any is published). The caller is the actor.
 #[utoipa::path(
-    post, path = "/api/v1/events", tag = "events",
+    post, path = "/api/v1/events", tag = "events", operation_id = "publishEvents",
     security(("bearer" = [])),
-    request_body(content = EventsRequest, description = "One CloudEvent, or an array of up to 100"),
+    request_body(content = EventsRequest, description = "One CloudEvent, or an array of up to 100", example = json!({
+        "specversion": "1.0", "id": "orders-4711-approval", "source": "/spring/orders", "type": "approval.requested",
+        "time": "2026-03-01T09:30:00Z", "datacontenttype": "application/json",
+        "data": {"workflowId": "0190f7a2-5c1e-7c3a-9a41-3f8e2b6d1c20", "title": "Order 4711", "amount": 250.0,
+                 "currency": "EUR", "requesterId": "0190f7a2-7d00-7000-8000-000000000001"}
+    })),
+    params(CommandHeaders),
     responses(
-        (status = 202, description = "Every event was confirmed by the broker (an array answers an array)", body = Vec<Accepted>),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 413, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "An event is malformed; nothing was published", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The broker did not confirm; for an array, the events before the failing one were accepted", body = Problem, content_type = "application/problem+json"),
+        (status = 202, description = "Every event was confirmed by the broker (an array answers an array); one event's status URL is also sent as `Location`",
+            body = AcceptedEvents, headers(("Location" = String, description = "For one event: its status URL"))),
+        Secured, JsonBody,
+        (status = 503, description = "The broker did not confirm; for an array, the events before the failing one were accepted",
+            body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
 pub async fn publish(
@@ -154,14 +171,18 @@ pub async fn publish(
     }
 }
 
+/// Get an event's status
+///
+/// Where an event stands: `pending`, `processed`, `rejected`, `retrying` or `dead_lettered`,
+/// with the rules that ran on it. Only its actor and admins see it.
 #[utoipa::path(
-    get, path = "/api/v1/events/{id}", tag = "events",
+    get, path = "/api/v1/events/{id}", tag = "events", operation_id = "getEventStatus",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The event id")),
     responses(
-        (status = 200, description = "pending, processed, rejected, retrying or dead_lettered", body = EventStatus),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Another user's event", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Where the event stands", body = EventStatus),
+        Secured,
+        (status = 404, description = "No such event, or another user's", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn status(

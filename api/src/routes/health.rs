@@ -19,17 +19,29 @@ pub struct Live {
     pub status: &'static str,
 }
 
-#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, body = Live)))]
+/// Liveness
+///
+/// 200 while the process runs.
+#[utoipa::path(get, path = "/health", tag = "health", operation_id = "getHealth", security(()),
+    responses((status = 200, description = "The process runs", body = Live)))]
 pub async fn live() -> Json<Live> {
     Json(Live { status: "ok" })
 }
 
-#[utoipa::path(get, path = "/health/live", tag = "health", responses((status = 200, body = Live)))]
+/// Liveness (Kubernetes path)
+///
+/// The same as `/health`.
+#[utoipa::path(get, path = "/health/live", tag = "health", operation_id = "getLiveness", security(()),
+    responses((status = 200, description = "The process runs", body = Live)))]
 pub async fn live_alias() -> Json<Live> {
     live().await
 }
 
-#[utoipa::path(get, path = "/api/v1/health", tag = "health", responses((status = 200, body = Live)))]
+/// Liveness (versioned path)
+///
+/// The same as `/health`.
+#[utoipa::path(get, path = "/api/v1/health", tag = "health", operation_id = "getApiHealth", security(()),
+    responses((status = 200, description = "The process runs", body = Live)))]
 pub async fn live_v1() -> Json<Live> {
     live().await
 }
@@ -55,9 +67,15 @@ pub struct Readiness {
     pub dependencies: Dependencies,
 }
 
+/// Readiness
+///
+/// 200 when MySQL and the broker answer; 503 naming the one that does not.
 #[utoipa::path(
-    get, path = "/readiness", tag = "health",
-    responses((status = 200, body = Readiness), (status = 503, description = "A dependency failed; `dependencies` names it", body = Readiness))
+    get, path = "/readiness", tag = "health", operation_id = "getReadiness", security(()),
+    responses(
+        (status = 200, description = "MySQL and the broker answer", body = Readiness),
+        (status = 503, description = "A dependency failed; `dependencies` names it", body = Readiness),
+    )
 )]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let mysql = match tokio::time::timeout(Duration::from_secs(2), automation_shared::db::ping(&state.pool)).await {
@@ -79,9 +97,15 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     response
 }
 
+/// Readiness (Kubernetes path)
+///
+/// The same as `/readiness`.
 #[utoipa::path(
-    get, path = "/health/ready", tag = "health",
-    responses((status = 200, body = Readiness), (status = 503, description = "A dependency failed; `dependencies` names it", body = Readiness))
+    get, path = "/health/ready", tag = "health", operation_id = "getHealthReady", security(()),
+    responses(
+        (status = 200, description = "MySQL and the broker answer", body = Readiness),
+        (status = 503, description = "A dependency failed; `dependencies` names it", body = Readiness),
+    )
 )]
 pub async fn ready_alias(state: State<AppState>) -> Response {
     ready(state).await
@@ -97,7 +121,11 @@ pub struct Info {
     pub region: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/v1/info", tag = "health", responses((status = 200, body = Info)))]
+/// Build information
+///
+/// Name, version, git sha, environment and region.
+#[utoipa::path(get, path = "/api/v1/info", tag = "health", operation_id = "getInfo", security(()),
+    responses((status = 200, description = "What is running", body = Info)))]
 pub async fn info(State(state): State<AppState>) -> Json<Info> {
     Json(Info {
         name: "automation-engine",
@@ -122,7 +150,11 @@ pub struct Home {
     pub readiness: &'static str,
 }
 
-#[utoipa::path(get, path = "/", tag = "health", responses((status = 200, body = Home)))]
+/// What this is
+///
+/// Where the docs, the OpenAPI document and the probes are.
+#[utoipa::path(get, path = "/", tag = "health", operation_id = "getHome", security(()),
+    responses((status = 200, description = "Where to go next", body = Home)))]
 pub async fn home() -> Json<Home> {
     Json(Home {
         name: "automation-engine",
@@ -134,7 +166,11 @@ pub async fn home() -> Json<Home> {
     })
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+/// Metrics
+///
+/// Prometheus text format, for the scrape.
+#[utoipa::path(get, path = "/metrics", tag = "health", operation_id = "getMetrics", security(()),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
 pub async fn metrics() -> Response {
     let body = automation_shared::telemetry::metrics().render();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()

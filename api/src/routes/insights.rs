@@ -6,15 +6,18 @@ use axum::extract::State;
 
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
-use crate::problem::{ApiResult, Problem};
+use crate::openapi::responses::Secured;
+use crate::problem::ApiResult;
 
+/// List the latest insights
+///
+/// SLA breaches, bottlenecks, turnaround, anomalies and rule candidates from the last recompute.
 #[utoipa::path(
-    get, path = "/aiInsights", tag = "insights",
+    get, path = "/aiInsights", tag = "insights", operation_id = "listInsights",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The newest generation of insights (empty before the first recompute)", body = Vec<Insight>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
+        Secured,
     )
 )]
 pub async fn latest(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Vec<Insight>>> {

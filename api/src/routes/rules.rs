@@ -20,10 +20,11 @@ use uuid::Uuid;
 use super::parse_id;
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
-use crate::commands::{self, Submitted};
-use crate::extract::{JsonBytes, ValidQuery, parse_json, validate};
-use crate::pagination::Keyset;
-use crate::problem::{ApiError, ApiResult, FieldError, Problem};
+use crate::commands::{self, CommandHeaders, Submitted};
+use crate::extract::{JsonBytes, ListQuery, parse_json, validate};
+use crate::openapi::responses::{JsonBody, Listing, Lookup, Publishing, Secured};
+use crate::pagination::{Keyset, Paging};
+use crate::problem::{ApiError, ApiResult, FieldError};
 
 /// The fields a rule may carry: anything else is refused, so no client sets `version` or dates.
 const RULE_FIELDS: [&str; 9] =
@@ -70,45 +71,42 @@ fn read_rule_value(value: &Value, at: &str) -> ApiResult<RuleDefinition> {
 pub struct ListRules {
     #[garde(skip)]
     pub enabled: Option<bool>,
-    #[garde(range(min = 1, max = 500))]
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<u32>,
-    #[garde(skip)]
-    pub cursor: Option<String>,
 }
 
+/// List rules
+///
+/// Optionally only the enabled (or disabled) ones; paged by `limit` and `cursor`.
 #[utoipa::path(
-    get, path = "/api/v1/rules", tag = "rules",
+    get, path = "/api/v1/rules", tag = "rules", operation_id = "listRules",
     security(("bearer" = [])),
-    params(ListRules),
+    params(ListRules, Paging),
     responses(
-        (status = 200, description = "Rules by priority", body = Vec<Rule>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "A page of rules; the next page is in the `Link` header", body = Vec<Rule>),
+        Secured, Listing,
     )
 )]
 pub async fn list(
     State(state): State<AppState>,
     user: AuthUser,
-    ValidQuery(query): ValidQuery<ListRules>,
+    ListQuery(query, paging): ListQuery<ListRules>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     user.require(Permission::Read)?;
-    let mut list = Keyset::new(rule_rows::SELECT, query.cursor.as_deref(), query.limit)?;
+    let mut list = Keyset::new(rule_rows::SELECT, &paging)?;
     list.and("enabled = ", query.enabled);
     Ok(list.fetch(&state.pool, |r: &Rule| r.seq, "/api/v1/rules", raw.as_deref()).await?.into_response())
 }
 
+/// Get a rule
+///
+/// The rule with its `version`.
 #[utoipa::path(
-    get, path = "/api/v1/rules/{id}", tag = "rules",
+    get, path = "/api/v1/rules/{id}", tag = "rules", operation_id = "getRule",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Rule id (UUID)")),
     responses(
-        (status = 200, body = Rule),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The rule", body = Rule),
+        Secured, Lookup,
     )
 )]
 pub async fn get(State(state): State<AppState>, user: AuthUser, Path(id): Path<String>) -> ApiResult<Json<Rule>> {
@@ -120,23 +118,21 @@ pub async fn get(State(state): State<AppState>, user: AuthUser, Path(id): Path<S
 const RULE_BODY: &str = "A rule: {name, description?, enabled?, priority?, on, when, then, stopOnMatch?}. `when` is a CEL \
                          condition over `event` and `entity`; an invalid one is refused with the compiler's message.";
 
+/// Create a rule
+///
+/// Publishes `rule.upserted`; a condition that does not compile is refused at once (422).
 #[utoipa::path(
-    post, path = "/api/v1/rules", tag = "rules",
+    post, path = "/api/v1/rules", tag = "rules", operation_id = "createRule",
     security(("bearer" = [])),
-    request_body(content = Object, description = RULE_BODY),
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key from the same user gives the same event"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): answer when the worker is done"),
-    ),
+    request_body(content = Object, description = RULE_BODY, example = json!({
+        "name": "Small purchases are approved", "on": "approval.requested",
+        "when": "event.data.amount < 100.0", "then": [{"type": "approval.decide", "status": "APPROVED", "reason": "under 100"}],
+        "priority": 10
+    })),
+    params(CommandHeaders),
     responses(
-        (status = 200, description = "Stored (with Prefer: wait)", body = Rule),
-        (status = 202, description = "Accepted: the broker confirmed the event", body = commands::Accepted),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid, e.g. a condition that does not compile", body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Stored (with `Prefer: wait`): the rule", body = Rule),
+        Secured, JsonBody, Publishing,
     )
 )]
 pub async fn create(
@@ -152,25 +148,21 @@ pub async fn create(
     upsert(&state, &user, &headers, event_id, id, rule).await
 }
 
+/// Replace a rule
+///
+/// Publishes `rule.upserted` for this id: the rule as sent replaces the stored one.
 #[utoipa::path(
-    put, path = "/api/v1/rules/{id}", tag = "rules",
+    put, path = "/api/v1/rules/{id}", tag = "rules", operation_id = "replaceRule",
     security(("bearer" = [])),
-    request_body(content = Object, description = RULE_BODY),
-    params(
-        ("id" = String, Path, description = "Rule id (UUID)"),
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key from the same user gives the same event"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): answer when the worker is done"),
-    ),
+    request_body(content = Object, description = RULE_BODY, example = json!({
+        "name": "Small purchases are approved", "on": "approval.requested",
+        "when": "event.data.amount < 100.0", "then": [{"type": "approval.decide", "status": "APPROVED", "reason": "under 100"}],
+        "priority": 10
+    })),
+    params(("id" = String, Path, description = "Rule id (UUID)"), CommandHeaders),
     responses(
-        (status = 200, description = "Stored (with Prefer: wait)", body = Rule),
-        (status = 202, description = "Accepted: the broker confirmed the event", body = commands::Accepted),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Stored (with `Prefer: wait`): the rule", body = Rule),
+        Secured, Lookup, JsonBody, Publishing,
     )
 )]
 pub async fn replace(
@@ -191,20 +183,15 @@ pub async fn replace(
     upsert(&state, &user, &headers, event_id, id, rule).await
 }
 
+/// Delete a rule
+///
+/// Publishes `rule.deleted`. Answers 202 whether or not a `Prefer: wait` saw it done: there is
+/// nothing left to show.
 #[utoipa::path(
-    delete, path = "/api/v1/rules/{id}", tag = "rules",
+    delete, path = "/api/v1/rules/{id}", tag = "rules", operation_id = "deleteRule",
     security(("bearer" = [])),
-    params(
-        ("id" = String, Path, description = "Rule id (UUID)"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): answer when the worker is done"),
-    ),
-    responses(
-        (status = 202, description = "Accepted (or, with Prefer: wait, done)", body = commands::Accepted),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
-    )
+    params(("id" = String, Path, description = "Rule id (UUID)"), CommandHeaders),
+    responses(Secured, Lookup, Publishing)
 )]
 pub async fn delete(
     State(state): State<AppState>,
@@ -256,19 +243,18 @@ pub struct DryRun {
     pub entity: Value,
 }
 
+/// Dry-run a rule
+///
+/// Evaluates a rule (given, or stored by `ruleId`) on an event: matched or not, why, and the
+/// actions it would take. Changes and publishes nothing.
 #[utoipa::path(
-    post, path = "/api/v1/rules/test", tag = "rules",
+    post, path = "/api/v1/rules/test", tag = "rules", operation_id = "testRule",
     security(("bearer" = [])),
     request_body(content = Object, description = "`{rule or ruleId, event: {type, data, ...}, entity?}`. Without `entity`, the one the \
                                                    event names is read from MySQL, or taken from the event's data for a new one."),
     responses(
         (status = 200, description = "The evaluation; nothing was changed or published", body = DryRun),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        Secured, Lookup, JsonBody,
     )
 )]
 pub async fn test(

@@ -14,8 +14,9 @@ use uuid::Uuid;
 
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission, Role, password};
-use crate::extract::ValidJson;
-use crate::pagination::Keyset;
+use crate::extract::{ListQuery, ValidJson};
+use crate::openapi::responses::{JsonBody, Listing, Secured};
+use crate::pagination::{Keyset, Paging};
 use crate::problem::{ApiError, ApiResult, Problem};
 
 #[derive(Debug, Clone, FromRow)]
@@ -110,29 +111,23 @@ pub async fn create(pool: &MySqlPool, user: NewUser) -> ApiResult<UserRow> {
     find_by_email(pool, &email).await?.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the new user vanished")))
 }
 
-#[derive(Debug, Deserialize, Validate, utoipa::IntoParams)]
+/// The user list has no filters: only the paging.
+#[derive(Debug, Deserialize, Validate)]
 #[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct ListUsers {
-    /// 1 to 500 (default 50).
-    #[garde(range(min = 1, max = 500))]
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<u32>,
-    /// From the `Link: rel="next"` header of the previous page.
-    #[garde(skip)]
-    pub cursor: Option<String>,
-}
+pub struct ListUsers {}
 
+/// List users
+///
+/// Newest first; paged by `limit` and `cursor`. (The old login, `?email=&password=`, answers
+/// 410 Gone.)
 #[utoipa::path(
-    get, path = "/users", tag = "users",
+    get, path = "/users", tag = "users", operation_id = "listUsers",
     security(("bearer" = [])),
-    params(ListUsers),
+    params(Paging),
     responses(
-        (status = 200, description = "Users, newest first; the next page is in the Link header", body = Vec<UserView>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "A page of users, newest first; the next page is in the `Link` header", body = Vec<UserView>),
+        Secured, Listing,
         (status = 410, description = "The old login (`?email=&password=`): use POST /auth/login", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery, headers: HeaderMap) -> ApiResult<Response> {
@@ -146,23 +141,24 @@ pub async fn list(State(state): State<AppState>, RawQuery(query): RawQuery, head
     }
     let user = crate::auth::authenticate(&state, &headers).await?;
     user.require(Permission::ManageUsers)?;
-    let params: ListUsers = crate::extract::parse_query(&query)?;
-    let list = Keyset::new(VIEW_SELECT, params.cursor.as_deref(), params.limit)?;
+    let ListQuery(ListUsers {}, paging) = crate::extract::list_query(&query)?;
+    let list = Keyset::new(VIEW_SELECT, &paging)?;
     Ok(list.fetch(&state.pool, |u: &UserView| u.seq, "/users", Some(&query)).await?.into_response())
 }
 
+/// Create a user
+///
+/// An account with a role; the password is hashed with Argon2 and never returned.
 #[utoipa::path(
-    post, path = "/users", tag = "users",
+    post, path = "/users", tag = "users", operation_id = "createUser",
     security(("bearer" = [])),
-    request_body = NewUser,
+    request_body(content = NewUser, example = json!({
+        "email": "ada@example.com", "name": "Ada Lovelace", "role": "approver", "password": "correct horse battery staple"
+    })),
     responses(
-        (status = 201, description = "Created", body = UserView),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Created: the user", body = UserView),
+        Secured, JsonBody,
         (status = 409, description = "The email is taken", body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn create_user(

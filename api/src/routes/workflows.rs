@@ -14,58 +14,55 @@ use uuid::Uuid;
 use super::parse_id;
 use crate::app::AppState;
 use crate::auth::{AuthUser, Permission};
-use crate::commands::{self, Submitted};
-use crate::extract::{ValidJson, ValidQuery};
-use crate::pagination::Keyset;
-use crate::problem::{ApiError, ApiResult, Problem};
+use crate::commands::{self, CommandHeaders, Submitted};
+use crate::extract::{ListQuery, ValidJson};
+use crate::openapi::responses::{JsonBody, Listing, Lookup, Publishing, Secured};
+use crate::pagination::{Keyset, Paging};
+use crate::problem::{ApiError, ApiResult};
 
 #[derive(Debug, Deserialize, Validate, IntoParams)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
 pub struct ListWorkflows {
     #[garde(skip)]
-    #[param(value_type = Option<String>, example = "ACTIVE")]
+    #[param(inline, example = "ACTIVE")]
     pub status: Option<WorkflowStatus>,
-    /// 1 to 500 (default 50).
-    #[garde(range(min = 1, max = 500))]
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<u32>,
-    #[garde(skip)]
-    pub cursor: Option<String>,
 }
 
+/// List workflows
+///
+/// Newest first, optionally only those in one status; paged by `limit` and `cursor`.
 #[utoipa::path(
-    get, path = "/workflows", tag = "workflows",
+    get, path = "/workflows", tag = "workflows", operation_id = "listWorkflows",
     security(("bearer" = [])),
-    params(ListWorkflows),
+    params(ListWorkflows, Paging),
     responses(
-        (status = 200, description = "Newest first; the next page is in the Link header", body = Vec<Workflow>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "A page of workflows, newest first; the next page is in the `Link` header", body = Vec<Workflow>),
+        Secured, Listing,
     )
 )]
 pub async fn list(
     State(state): State<AppState>,
     user: AuthUser,
-    ValidQuery(query): ValidQuery<ListWorkflows>,
+    ListQuery(query, paging): ListQuery<ListWorkflows>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     user.require(Permission::Read)?;
-    let mut list = Keyset::new(workflows::SELECT, query.cursor.as_deref(), query.limit)?;
+    let mut list = Keyset::new(workflows::SELECT, &paging)?;
     list.and("status = ", query.status.map(WorkflowStatus::as_str));
     Ok(list.fetch(&state.pool, |w: &Workflow| w.seq, "/workflows", raw.as_deref()).await?.into_response())
 }
 
+/// Get a workflow
+///
+/// The workflow as it is now, with its `version`.
 #[utoipa::path(
-    get, path = "/workflows/{id}", tag = "workflows",
+    get, path = "/workflows/{id}", tag = "workflows", operation_id = "getWorkflow",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "Workflow id (UUID)")),
     responses(
-        (status = 200, body = Workflow),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The workflow", body = Workflow),
+        Secured, Lookup,
     )
 )]
 pub async fn get(
@@ -93,7 +90,6 @@ pub struct NewWorkflow {
     pub description: Option<String>,
     /// `DRAFT` or `ACTIVE` (the default).
     #[garde(skip)]
-    #[schema(value_type = Option<String>, example = "ACTIVE")]
     pub status: Option<InitialWorkflowStatus>,
     /// Hours an approval may stay open (1 to 8760).
     #[garde(range(min = 1, max = 8760))]
@@ -101,24 +97,19 @@ pub struct NewWorkflow {
     pub approval_sla_hours: Option<u32>,
 }
 
+/// Create a workflow
+///
+/// Publishes `workflow.created`; the workflow starts `ACTIVE` unless `status` says `DRAFT`.
 #[utoipa::path(
-    post, path = "/workflows", tag = "workflows",
+    post, path = "/workflows", tag = "workflows", operation_id = "createWorkflow",
     security(("bearer" = [])),
-    request_body = NewWorkflow,
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key from the same user gives the same event"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): answer when the worker is done"),
-    ),
+    request_body(content = NewWorkflow, example = json!({
+        "name": "Purchases over 1000 EUR", "description": "Hardware and software purchases", "approvalSlaHours": 48
+    })),
+    params(CommandHeaders),
     responses(
-        (status = 200, description = "Created (with Prefer: wait)", body = Workflow),
-        (status = 202, description = "Accepted: the broker confirmed the event", body = commands::Accepted),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Created (with `Prefer: wait`): the new workflow", body = Workflow),
+        Secured, JsonBody, Publishing,
     )
 )]
 pub async fn create(
@@ -145,33 +136,24 @@ pub async fn create(
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ChangeWorkflow {
     #[garde(skip)]
-    #[schema(value_type = String, example = "PAUSED")]
     pub status: WorkflowStatus,
     #[garde(range(min = 1))]
     #[schema(minimum = 1)]
     pub expected_version: Option<u32>,
 }
 
+/// Change a workflow's status
+///
+/// Publishes `workflow.status_changed`. An illegal move (e.g. out of `COMPLETED`) or a stale
+/// `expectedVersion` is refused (409 with `Prefer: wait`).
 #[utoipa::path(
-    patch, path = "/workflows/{id}", tag = "workflows",
+    patch, path = "/workflows/{id}", tag = "workflows", operation_id = "changeWorkflowStatus",
     security(("bearer" = [])),
-    request_body = ChangeWorkflow,
-    params(
-        ("id" = String, Path, description = "Workflow id (UUID)"),
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key from the same user gives the same event"),
-        ("Prefer" = Option<String>, Header, description = "`wait=N` (N ≤ 30): answer when the worker is done"),
-    ),
+    request_body(content = ChangeWorkflow, example = json!({"status": "PAUSED", "expectedVersion": 2})),
+    params(("id" = String, Path, description = "Workflow id (UUID)"), CommandHeaders),
     responses(
-        (status = 200, description = "Changed (with Prefer: wait)", body = Workflow),
-        (status = 202, description = "Accepted: the broker confirmed the event", body = commands::Accepted),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Refused: an illegal move or a stale expectedVersion", body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Changed (with `Prefer: wait`): the workflow after the move", body = Workflow),
+        Secured, Lookup, JsonBody, Publishing,
     )
 )]
 pub async fn change(

@@ -27,7 +27,6 @@ pub struct Approval {
     #[sqlx(try_from = "Hyphenated")]
     pub requester_id: Uuid,
     #[sqlx(try_from = "String")]
-    #[schema(value_type = String, example = "PENDING")]
     pub status: ApprovalStatus,
     /// Who decided: a user id, or `rule:<id>` when a rule did.
     pub decided_by: Option<String>,

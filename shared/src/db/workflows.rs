@@ -20,7 +20,6 @@ pub struct Workflow {
     pub name: String,
     pub description: Option<String>,
     #[sqlx(try_from = "String")]
-    #[schema(value_type = String, example = "ACTIVE")]
     pub status: WorkflowStatus,
     /// Hours an approval may stay open before it counts as past its SLA.
     pub approval_sla_hours: Option<u32>,
