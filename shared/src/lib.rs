@@ -6,6 +6,7 @@ pub mod config;
 pub mod db;
 pub mod dead_letters;
 pub mod events;
+pub mod healthcheck;
 pub mod lifecycle;
 pub mod messaging;
 pub mod meters;
