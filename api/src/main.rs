@@ -31,6 +31,16 @@ struct Args {
 enum Command {
     /// Serve HTTP (the default).
     Run,
+    /// Probe the API serving on API_HOST:API_PORT: exit 0 when it answers 2xx, 1 otherwise.
+    /// For container health checks where there is no curl (the image is distroless).
+    Healthcheck {
+        /// Probe readiness (/health/ready: MySQL and RabbitMQ answer) instead of liveness (/health).
+        #[arg(long)]
+        ready: bool,
+        /// Give up after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 3)]
+        timeout: u64,
+    },
     /// Manage users.
     User {
         #[command(subcommand)]
@@ -72,6 +82,9 @@ Exit codes: 0 created, 1 failed (e.g. the email is taken, the database unreachab
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Healthcheck { ready, timeout }) = args.command {
+        return healthcheck(ready, timeout);
+    }
     let serving = matches!(args.command, None | Some(Command::Run));
     let config = match Config::load(if serving { Component::Api } else { Component::Cli }) {
         Ok(config) => config,
@@ -93,6 +106,8 @@ async fn main() -> ExitCode {
             };
             exit_now(code)
         }
+        // Taken above, before the configuration is loaded; here for the match only.
+        Some(Command::Healthcheck { ready, timeout }) => return healthcheck(ready, timeout),
         Some(Command::User { command: UserCommand::Create { email, name, role, password_env, json } }) => {
             create_user(config, email, name, role, password_env, json).await
         }
@@ -102,6 +117,30 @@ async fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: {error:#}");
             Exit::of(&error).into()
+        }
+    }
+}
+
+/// Exits 0 or 1 only (Docker reserves 2), a configuration error included.
+fn healthcheck(ready: bool, timeout: u64) -> ExitCode {
+    let config = match Config::load(Component::Cli) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Ok(host) = config.api.host.parse::<IpAddr>() else {
+        eprintln!("API_HOST {:?} is not an IP address", config.api.host);
+        return ExitCode::FAILURE;
+    };
+    let address = automation_shared::healthcheck::target(host, config.api.port);
+    let path = if ready { "/health/ready" } else { "/health" };
+    match automation_shared::healthcheck::check(address, path, std::time::Duration::from_secs(timeout)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("unhealthy: {error}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod db;
 pub mod dead_letters;
 pub mod events;
 pub mod exit;
+pub mod healthcheck;
 pub mod lifecycle;
 pub mod messaging;
 pub mod meters;

@@ -28,6 +28,17 @@ struct Args {
 enum Command {
     /// Consume the work queues and serve /health, /readiness and /metrics (the default).
     Run,
+    /// Probe the worker serving on WORKER_PORT: exit 0 when it answers 2xx, 1 otherwise.
+    /// For container health checks where there is no curl (the image is distroless).
+    Healthcheck {
+        /// Probe readiness (/readiness: MySQL and the broker answer, consumers run) instead of
+        /// liveness (/health).
+        #[arg(long)]
+        ready: bool,
+        /// Give up after this many seconds.
+        #[arg(long, value_name = "SECONDS", default_value_t = 3)]
+        timeout: u64,
+    },
     /// Apply the database migrations.
     Migrate {
         /// Print one JSON document instead of text (for scripts and jq).
@@ -96,6 +107,9 @@ run: the message says which), 3 configuration.";
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Healthcheck { ready, timeout }) = args.command {
+        return healthcheck(ready, timeout);
+    }
     let serving = matches!(args.command, None | Some(Command::Run));
     let config = match Config::load(if serving { Component::Worker } else { Component::Cli }) {
         Ok(config) => config,
@@ -117,6 +131,8 @@ async fn main() -> ExitCode {
             };
             exit_now(code)
         }
+        // Taken above, before the configuration is loaded; here for the match only.
+        Some(Command::Healthcheck { ready, timeout }) => return healthcheck(ready, timeout),
         Some(Command::Migrate { json }) => cli::migrate(&config, json).await.map(|()| true),
         Some(Command::Topology { json, permissions: true, .. }) => {
             cli::publisher_permissions(&config, json).map(|()| true)
@@ -132,6 +148,27 @@ async fn main() -> ExitCode {
         Err(error) => {
             eprintln!("error: {error:#}");
             Exit::of(&error).into()
+        }
+    }
+}
+
+/// Exits 0 or 1 only (Docker reserves 2), a configuration error included. The worker listens on
+/// every address, so loopback answers.
+fn healthcheck(ready: bool, timeout: u64) -> ExitCode {
+    let config = match Config::load(Component::Cli) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let address = SocketAddr::from(([127, 0, 0, 1], config.worker.port));
+    let path = if ready { "/readiness" } else { "/health" };
+    match automation_shared::healthcheck::check(address, path, std::time::Duration::from_secs(timeout)) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("unhealthy: {error}");
+            ExitCode::FAILURE
         }
     }
 }

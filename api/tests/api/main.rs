@@ -5,6 +5,7 @@
 mod auth;
 mod dead_letters;
 mod flows;
+mod healthcheck;
 mod http;
 mod jwt;
 mod outages;

@@ -6,6 +6,7 @@ mod audit;
 mod automations;
 mod concurrency;
 mod dlq;
+mod healthcheck;
 mod insights;
 mod ordering;
 mod pipeline;
