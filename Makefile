@@ -8,7 +8,7 @@ TEST_FEATURES := --features automation-worker/fault-injection
 # The advisory checker, installed into the cargo bin directory on first use.
 CARGO_DENY_VERSION := 0.20.2
 
-.PHONY: help deps build run test chaos fuzz-api check check-advisories check-deploy bench schemas
+.PHONY: help deps build run test chaos fuzz-api check check-advisories check-deploy check-interfaces bench schemas
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,16 +36,20 @@ chaos: deps ## the fault suite: kills, crashes and outages under load, with tall
 fuzz-api: deps ## schemathesis against the API's OpenAPI document
 	@scripts/fuzz-api.sh
 
-check: ## formatting, clippy, the rustls-on-ring-only dependency rule, and known advisories
+check: ## formatting, clippy, the rustls-on-ring-only dependency rule, known advisories, deploy files and the interface documents
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets $(TEST_FEATURES) -- -D warnings
 	@scripts/check-dependencies.sh
 	@$(MAKE) --no-print-directory check-advisories
 	@scripts/check-deploy.sh
+	@scripts/check-interfaces.sh
 
 check-advisories: ## RustSec advisories in Cargo.lock (cargo-deny; exceptions with reasons in deny.toml)
 	@command -v cargo-deny >/dev/null 2>&1 || cargo install --locked cargo-deny --version $(CARGO_DENY_VERSION)
 	@scripts/check-advisories.sh
+
+check-interfaces: ## schemas/: OpenAPI (openapi-spec-validator, Spectral, openapi-typescript + tsc), AsyncAPI (@asyncapi/parser), Java from the event schemas (quicktype + javac, Jackson round trip)
+	@scripts/check-interfaces.sh
 
 check-deploy: ## the Dockerfile, docker-compose.yml and k8s/ manifests, checked offline
 	@scripts/check-deploy.sh

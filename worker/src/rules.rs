@@ -6,10 +6,10 @@
 use automation_shared::db::audit::ActorType;
 use automation_shared::db::events::OutboxMessage;
 use automation_shared::db::rules as rule_rows;
-use automation_shared::events::{Envelope, NotificationType, derived_id};
+use automation_shared::events::{Envelope, NotificationType, RuleFired, derived_id};
 use automation_shared::rules::engine::{self, ConditionCache, Evaluation, StoredRule};
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::MySqlConnection;
 use uuid::Uuid;
 
@@ -112,10 +112,15 @@ impl RuleSet {
         }
         for evaluation in evaluations.iter_mut().filter(|e| e.matched) {
             evaluation.actions = described.remove(&evaluation.rule_id).unwrap_or_default();
-            let data = json!({
-                "ruleId": evaluation.rule_id, "ruleName": evaluation.rule_name, "version": evaluation.version,
-                "eventId": envelope.id, "eventType": envelope.event_type.as_str(), "actions": evaluation.actions,
-            });
+            let data = serde_json::to_value(RuleFired {
+                rule_id: evaluation.rule_id,
+                rule_name: evaluation.rule_name.clone(),
+                version: evaluation.version,
+                event_id: envelope.id.clone(),
+                event_type: envelope.event_type.as_str().to_string(),
+                actions: evaluation.actions.clone(),
+            })
+            .unwrap_or_default();
             let id = derived_id(&format!("rule-fired:{}", evaluation.rule_id), &envelope.scoped_id());
             fired.outbox.push(announce::notification_with_id(id, &cause, NotificationType::RuleFired, data.clone()));
             fired.matched.push((evaluation.rule_id, data));

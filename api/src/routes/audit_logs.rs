@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use garde::Validate;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
@@ -80,7 +80,7 @@ pub struct NewAuditRecord {
     pub action: String,
     #[garde(skip)]
     #[schema(value_type = Option<Object>)]
-    pub details: Option<Value>,
+    pub details: Option<Map<String, Value>>,
 }
 
 /// Record an audit entry

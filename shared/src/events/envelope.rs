@@ -141,6 +141,9 @@ pub struct Envelope {
     pub shape: Shape,
 }
 
+/// The optional attributes the event schemas type as `string` or `null`.
+const OPTIONAL_STRING_ATTRIBUTES: [&str; 8] =
+    ["time", "subject", "datacontenttype", "dataschema", "actorid", "correlationid", "causationid", "traceparent"];
 const CE_PREFIXES: [&str; 4] = ["ce_", "ce-", "cloudevents:", "cloudevents_"];
 const CE_STANDARD: [&str; 10] =
     ["specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time", "data", "data_base64"];
@@ -387,6 +390,14 @@ fn structured_attributes(json: Value) -> Result<RawAttributes, Poison> {
             }
         }
     }
+    // As the schemas say: an optional attribute is a string, or absent, or null (as Jackson
+    // writes an unset field); anything else is a mistake the publisher should hear of.
+    for attribute in OPTIONAL_STRING_ATTRIBUTES {
+        match object.get(attribute) {
+            None | Some(Value::Null | Value::String(_)) => {}
+            Some(other) => return Err(fail(format!("{attribute}: must be a string or null, not {other}"))),
+        }
+    }
     if object.contains_key("data_base64") {
         return Err(fail("data_base64: binary data is not accepted; send JSON in `data`".into()));
     }
@@ -550,6 +561,39 @@ mod tests {
         assert_eq!(e.correlation_id, "c-9");
         assert_eq!(e.source, "/spring/orders");
         assert!(e.time.is_some());
+    }
+
+    /// What Jackson writes for a class generated from the schemas, with nothing optional set.
+    #[test]
+    fn optional_attributes_and_fields_sent_as_null_are_taken_as_absent() {
+        let body = json!({
+            "specversion": "1.0", "id": "j-1", "source": "/spring/orders", "type": "approval.requested",
+            "time": null, "subject": null, "datacontenttype": null, "dataschema": null,
+            "actorid": null, "correlationid": null, "causationid": null, "traceparent": null,
+            "data": {"approvalId": null, "workflowId": Uuid::nil(), "title": "t", "amount": null, "currency": null,
+                     "requesterId": Uuid::nil(), "details": null}
+        });
+        let e = Envelope::parse("approval.requested", &structured_props(), body.to_string().as_bytes(), limits())
+            .expect("nulls are absent attributes");
+        assert_eq!((e.time, e.subject, e.actor_id), (None, None, None));
+        assert_eq!(e.correlation_id, "j-1", "no correlation id: the event's own");
+        let EventData::ApprovalRequested(data) = e.data else { panic!("{:?}", e.data) };
+        assert_eq!((data.approval_id, data.amount, data.details), (None, None, None));
+    }
+
+    #[test]
+    fn an_optional_attribute_that_is_neither_a_string_nor_null_is_refused_as_the_schema_refuses_it() {
+        for (attribute, value) in [("time", json!(1796164737406_u64)), ("subject", json!(7)), ("actorid", json!({}))] {
+            let mut body = json!({
+                "specversion": "1.0", "id": "j-2", "source": "/spring", "type": "workflow.created", "data": workflow_data()
+            });
+            body[attribute] = value;
+            let poison =
+                Envelope::parse("workflow.created", &structured_props(), body.to_string().as_bytes(), limits())
+                    .expect_err("refused");
+            assert_eq!(poison.code, PoisonCode::InvalidCloudEvent, "{poison}");
+            assert!(poison.detail.starts_with(&format!("{attribute}: must be a string or null")), "{poison}");
+        }
     }
 
     #[test]

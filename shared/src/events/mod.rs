@@ -22,7 +22,7 @@ use crate::lifecycle::{Decision, InitialWorkflowStatus, WorkflowStatus};
 use crate::rules::RuleDefinition;
 
 pub use envelope::{Envelope, Poison, PoisonCode, Shape};
-pub use notifications::{EventRejected, Notification, NotificationType};
+pub use notifications::{AuditNotice, EventRejected, Notification, NotificationType, RuleFired};
 pub use outcome::{EventState, RejectCode};
 
 /// The namespace of every id this system derives (entity ids from event ids, ids of messages
@@ -218,9 +218,10 @@ pub struct AuditRecorded {
     pub entity_id: String,
     #[garde(length(chars, min = 1, max = 64))]
     pub action: String,
+    /// Free-form, but an object (`{"format": "pdf"}`), so every client can type it as a map.
     #[garde(skip)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub details: Option<Value>,
+    pub details: Option<Map<String, Value>>,
 }
 
 /// `rule.deleted`

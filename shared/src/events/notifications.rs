@@ -4,7 +4,8 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
+use uuid::Uuid;
 
 use super::outcome::RejectCode;
 
@@ -70,6 +71,36 @@ pub struct EventRejected {
     pub reason: String,
     /// Why, for machines.
     pub code: RejectCode,
+}
+
+/// The `data` of `audit.recorded`: the record written on request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuditNotice {
+    pub entity: String,
+    pub entity_id: String,
+    pub action: String,
+    /// Who asked for it.
+    pub actor_id: Option<String>,
+    pub details: Option<Map<String, Value>>,
+    /// The `audit.recorded` event that wrote it.
+    pub event_id: String,
+}
+
+/// The `data` of `rule.fired`: a rule matched an event, and the actions it queued.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RuleFired {
+    pub rule_id: Uuid,
+    pub rule_name: String,
+    /// The version of the rule that matched.
+    pub version: u32,
+    /// The event it matched.
+    pub event_id: String,
+    pub event_type: String,
+    /// What each action did, in words (`approval.decide → approval.decided <id>`, or why it
+    /// was skipped).
+    pub actions: Vec<String>,
 }
 
 /// A notification as a listener reads it: its type, the event that caused it, and its `data`.

@@ -36,12 +36,15 @@ pub struct RuleDefinition {
     #[garde(length(chars, max = 4000))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// `true` when absent or null.
     #[garde(skip)]
-    #[serde(default = "enabled_by_default")]
+    #[serde(default = "enabled_by_default", deserialize_with = "null_is_enabled")]
+    #[schemars(with = "Option<bool>")]
     pub enabled: bool,
     /// Rules run in ascending priority: 1 runs before 10. Ties run in id order.
     #[garde(range(min = -1_000_000, max = 1_000_000))]
-    #[serde(default = "default_priority")]
+    #[serde(default = "default_priority", deserialize_with = "null_is_default_priority")]
+    #[schemars(with = "Option<i32>", range(min = -1_000_000, max = 1_000_000))]
     pub priority: i32,
     /// An event type (`approval.requested`) or a pattern with a trailing `*` (`approval.*`).
     #[garde(length(min = 1, max = 128), pattern(r"^(\*|[a-z_]+(\.([a-z_]+|\*))*)$"))]
@@ -53,7 +56,8 @@ pub struct RuleDefinition {
     pub then: Vec<RuleAction>,
     /// Skip the rules after this one when it matches.
     #[garde(skip)]
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_is_false")]
+    #[schemars(with = "Option<bool>")]
     pub stop_on_match: bool,
 }
 
@@ -63,6 +67,20 @@ fn enabled_by_default() -> bool {
 
 fn default_priority() -> i32 {
     100
+}
+
+// A member with a default may also be sent as null: what Jackson writes for a field of a class
+// generated from the schema that nobody set.
+fn null_is_enabled<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or_else(enabled_by_default))
+}
+
+fn null_is_default_priority<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    Ok(Option::<i32>::deserialize(d)?.unwrap_or_else(default_priority))
+}
+
+fn null_is_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or_default())
 }
 
 /// What a matching rule does. Each becomes a follow-up event through the outbox.
@@ -116,7 +134,7 @@ pub enum RuleAction {
         action: String,
         #[garde(skip)]
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        details: Option<Value>,
+        details: Option<Map<String, Value>>,
     },
 }
 
@@ -211,6 +229,16 @@ mod tests {
         assert!(pattern_matches("approval.*", "approval.decided"));
         assert!(!pattern_matches("approval.*", "workflow.created"));
         assert!(pattern_matches("*", "workflow.created"));
+    }
+
+    #[test]
+    fn members_with_a_default_sent_as_null_take_the_default() {
+        let rule: RuleDefinition = serde_json::from_value(json!({
+            "id": null, "name": "n", "description": null, "enabled": null, "priority": null, "stopOnMatch": null,
+            "on": "approval.requested", "when": "true", "then": [{"type": "audit.note", "action": "seen", "details": null}]
+        }))
+        .expect("nulls are defaults");
+        assert_eq!((rule.enabled, rule.priority, rule.stop_on_match), (true, 100, false));
     }
 
     #[test]

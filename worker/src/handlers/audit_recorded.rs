@@ -1,7 +1,7 @@
 //! `audit.recorded`: an audit record asked for by a client. The record itself is the effect.
 
-use automation_shared::events::{AuditRecorded, NotificationType};
-use serde_json::json;
+use automation_shared::events::{AuditNotice, AuditRecorded, NotificationType};
+use serde_json::Value;
 
 use crate::entities::Needs;
 
@@ -24,17 +24,17 @@ impl EventHandler for Handler {
         if data.action == crate::faults::PANIC_ACTION {
             panic!("fault injection: a handler panic was asked for");
         }
-        let state = json!({
-            "entity": data.entity,
-            "entityId": data.entity_id,
-            "action": data.action,
-            "actorId": ctx.actor(),
-            "details": data.details,
-            "eventId": ctx.envelope.id,
-        });
+        let state = AuditNotice {
+            entity: data.entity.clone(),
+            entity_id: data.entity_id.clone(),
+            action: data.action.clone(),
+            actor_id: ctx.actor(),
+            details: data.details.clone(),
+            event_id: ctx.envelope.id.clone(),
+        };
         let mut applied = Applied::new(&data.entity, &data.entity_id, NotificationType::AuditRecorded, &state);
         applied.audit_action = data.action.clone();
-        applied.audit_details = data.details.clone();
+        applied.audit_details = data.details.clone().map(Value::Object);
         Ok(applied)
     }
 }
