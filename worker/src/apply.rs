@@ -206,8 +206,9 @@ async fn apply_inner(
     let mut tx = pool.begin().await?;
     let suspects: Vec<EventRef<'_>> =
         items.iter().filter(|i| check_all || i.suspect).map(|i| i.envelope.event_ref()).collect();
-    let seen = event_rows::already_processed(&mut tx, &suspects).await?;
-    let seen = |envelope: &Envelope| seen.contains(&(envelope.id.clone(), envelope.source.clone()));
+    let found = event_rows::already_processed(&mut tx, &suspects).await?;
+    let found: HashSet<EventRef<'_>> = found.iter().map(|(id, source)| (id.as_str(), source.as_str())).collect();
+    let seen = |envelope: &Envelope| found.contains(&envelope.event_ref());
     let now = Utc::now();
     let mut staged = chain.stage();
     let mut outbox = Vec::with_capacity(items.len());
