@@ -390,8 +390,11 @@ struct OrderState {
     waiting: HashSet<String>,
     /// Stored events (by seq) still in the store.
     present: HashSet<u64>,
-    /// Keys whose stored event waits again in this batch: the stored events after it stay.
+    /// Keys whose stored event waits again in this batch: the stored events after it stay,
+    /// except one that creates the entity of its key.
     blocked: HashSet<String>,
+    /// Blocked keys whose waiting event itself creates the entity: nothing passes those.
+    blocked_by_a_creator: HashSet<String>,
     new_holds: Vec<(String, u16, DateTime<Utc>)>,
     queued: Vec<NewDeferred>,
     /// Stored events that were applied, refused or found duplicate.
@@ -405,12 +408,14 @@ struct OrderState {
 impl OrderState {
     /// A fresh event whose key is held, or a stored event behind one that waits again. An
     /// event that creates the entity of its key passes events that wait for an entity: they may
-    /// be waiting for just that (a decision that reached the queue before its request).
+    /// be waiting for just that (a decision that reached the queue before its request). In the
+    /// store too, so a request stored behind a decision (its key was held for a retry when it
+    /// came) does not leave the decision waiting for it until `not_found`.
     fn must_queue(&self, ordered: &Ordered<'_>, creates: bool) -> bool {
         let key = ordered.key.as_str();
         match ordered.deferred {
             None => self.held.contains(key) && !(creates && self.waiting.contains(key)),
-            Some(_) => self.blocked.contains(key),
+            Some(_) => self.blocked.contains(key) && !(creates && !self.blocked_by_a_creator.contains(key)),
         }
     }
 
@@ -436,6 +441,7 @@ impl OrderState {
         now: DateTime<Utc>,
         reason: &str,
     ) {
+        let creates = handlers::creates_its_entity(envelope);
         let due = now + chrono::Duration::from_std(WAIT_POLL).unwrap_or_default();
         let key = ordered.key.as_str().to_string();
         match ordered.deferred {
@@ -449,6 +455,9 @@ impl OrderState {
             Some(seq) => {
                 self.postponed.push((seq, reason.to_string(), due));
                 self.touched.insert(key.clone());
+                if creates {
+                    self.blocked_by_a_creator.insert(key.clone());
+                }
                 self.blocked.insert(key);
             }
         }

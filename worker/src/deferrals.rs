@@ -199,11 +199,22 @@ async fn sweep(worker: &Arc<Worker>, applier: &mut Applier, stop: &CancellationT
         by_key.entry(s.key.as_str()).or_default().push(index);
     }
     for indices in by_key.values() {
+        // Set once an event of the key waits again: the events behind it stay, but for one that
+        // creates the entity of the key while what waits does not (as in a batch, `apply.rs`).
+        let mut waiting: Option<bool> = None;
         for index in indices {
+            let creates = handlers::creates_its_entity(&stored[*index].envelope);
+            if let Some(waiting_creates) = waiting
+                && (waiting_creates || !creates)
+            {
+                continue;
+            }
             match applier.apply_one_batch(std::slice::from_ref(&items[*index]), stop).await {
                 None => return Ok(handled),
                 // It waits again: the events behind it on its key stay behind it.
-                Some(Ok(outcomes)) if outcomes.first() == Some(&crate::apply::Outcome::Deferred) => break,
+                Some(Ok(outcomes)) if outcomes.first() == Some(&crate::apply::Outcome::Deferred) => {
+                    waiting.get_or_insert(creates);
+                }
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
                     failed(worker, &stored[*index], &error).await?;
@@ -304,7 +315,37 @@ async fn bury(
     }
     let mut tx = worker.pool.begin().await?;
     deferrals::lock_held(&mut tx, &[row.entity_key.as_str()]).await?;
-    deferrals::remove(&mut tx, &[row.seq]).await?;
+    let mut gone = vec![row.seq];
+    gone.extend(copies(worker, &mut tx, row, &properties).await?);
+    deferrals::remove(&mut tx, &gone).await?;
     deferrals::refresh_holds(&mut tx, &[row.entity_key.as_str()]).await?;
     tx.commit().await
+}
+
+/// Copies of a buried event stored behind it (a redelivery or a sequencer's second publish that
+/// came while it waited): they go with it. Left in the store, a copy would be applied later, after
+/// the events that followed the original, and after the original was dead-lettered; the dead
+/// letter is the one copy an operator replays.
+async fn copies(
+    worker: &Worker,
+    tx: &mut sqlx::MySqlConnection,
+    row: &Deferred,
+    properties: &BasicProperties,
+) -> sqlx::Result<Vec<u64>> {
+    let limits = worker.limits();
+    let Ok(buried) = Envelope::parse(&row.routing_key, properties, &row.body, limits) else {
+        // An unreadable event's copies are unreadable too, and are buried on their own.
+        return Ok(Vec::new());
+    };
+    let mut copies = Vec::new();
+    for other in deferrals::same_id(tx, &row.entity_key, &row.event_id, row.seq).await? {
+        let other_properties: BasicProperties = serde_json::from_value(other.properties.0.clone()).unwrap_or_default();
+        if let Ok(envelope) = Envelope::parse(&other.routing_key, &other_properties, &other.body, limits)
+            && envelope.event_ref() == buried.event_ref()
+        {
+            tracing::info!(event.id = %row.event_id, "a copy of a dead-lettered event waited behind it; it goes with it");
+            copies.push(other.seq);
+        }
+    }
+    Ok(copies)
 }

@@ -174,6 +174,25 @@ pub async fn queued(conn: &mut MySqlConnection, keys: &[&str], limit: u32) -> sq
     query.build_query_as().fetch_all(&mut *conn).await
 }
 
+/// The other events stored behind `entity_key` under `event_id` (copies of the event `seq`, or
+/// another source's event that happens to use the same id: the caller tells them apart).
+pub async fn same_id(
+    conn: &mut MySqlConnection,
+    entity_key: &str,
+    event_id: &str,
+    seq: u64,
+) -> sqlx::Result<Vec<Deferred>> {
+    sqlx::query_as(
+        "select seq, entity_key, event_id, type, routing_key, properties, body, attempt, state, detail, not_before, \
+         wait_until, received_at from deferred_events where entity_key = ? and event_id = ? and seq <> ? order by seq",
+    )
+    .bind(entity_key)
+    .bind(event_id)
+    .bind(seq)
+    .fetch_all(&mut *conn)
+    .await
+}
+
 /// Removes the deferred events `seqs` (applied, refused, duplicates or dead-lettered).
 pub async fn remove(conn: &mut MySqlConnection, seqs: &[u64]) -> sqlx::Result<()> {
     for chunk in seqs.chunks(500) {

@@ -500,3 +500,108 @@ async fn a_decision_that_overtook_its_request_waits_for_it_and_is_applied_after_
     first.stop().await.expect("clean stop");
     second.stop().await.expect("clean stop");
 }
+
+/// A request stored behind its decision passes the decision once that waits for it. Both came
+/// while an earlier event on the approval's key (an audit note whose handler panics) was waiting
+/// for its next attempt, so both were stored behind it, decision first. Once the note is
+/// dead-lettered the decision finds no approval and waits; the request behind it creates the
+/// approval, so it goes first, and the decision is applied right after, long before its wait ends.
+#[cfg(feature = "fault-injection")]
+#[tokio::test]
+async fn a_request_stored_behind_its_waiting_decision_passes_it() {
+    let mut env = TestEnv::with_partitions(4).await;
+    env.config.worker.max_attempts = 2;
+    env.config.worker.retry_delays_ms = vec![300];
+    env.config.worker.entity_wait_ms = 60_000;
+    let worker = TestWorker::start(&env.config).await;
+    let workflow = create_workflow(&env).await;
+    let approval = Uuid::new_v4();
+    let requester = Uuid::new_v4();
+    let note = event(
+        "audit.recorded",
+        json!({"entity": "approval", "entityId": approval.to_string(), "action": automation_worker::faults::PANIC_ACTION}),
+    );
+    let decided = event("approval.decided", json!({"approvalId": approval, "status": "APPROVED", "reason": "ok"}));
+    let requested = event(
+        "approval.requested",
+        json!({"approvalId": approval, "workflowId": workflow, "title": "stored behind", "amount": 10.0,
+               "currency": "EUR", "requesterId": requester}),
+    );
+    let note_id = note["id"].as_str().expect("id").to_string();
+    env.publish_structured(&note).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.count("select count(*) from entity_holds").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the panicking note never held its key");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publish_in_order(&env, &[structured(&decided), structured(&requested)]).await;
+
+    let started = Instant::now();
+    assert_eq!(
+        env.wait_processed_within(decided["id"].as_str().expect("id"), Duration::from_secs(20)).await,
+        "applied",
+        "the decision is applied once the request passed it, not refused when its wait of 60 s ends"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    assert_eq!(env.count_bound("select count(*) from dead_letters where event_id = ?", &note_id).await, 1);
+    let (status, version): (String, u32) = sqlx::query_as("select status, version from approvals where id = ?")
+        .bind(approval.to_string())
+        .fetch_one(&env.pool)
+        .await
+        .expect("approval row");
+    assert_eq!((status.as_str(), version), ("APPROVED", 2), "requested, then decided");
+    assert!(refusals(&env).await.is_empty(), "{:?}", refusals(&env).await);
+    assert_eq!(env.count("select count(*) from deferred_events").await, 0, "nothing is left waiting");
+    assert_eq!(env.count("select count(*) from entity_holds").await, 0, "no key is left held");
+    worker.stop().await.expect("clean stop");
+}
+
+/// A copy of an event that came while the event waited for its next attempt (a redelivery, a
+/// sequencer's second publish) is stored behind it. When the event runs out of attempts and is
+/// dead-lettered, the copy goes with it: applied later, it would land after the events that
+/// followed the original, and the dead letter an operator sees would already be applied.
+#[tokio::test]
+async fn a_copy_stored_behind_an_event_that_is_dead_lettered_goes_with_it() {
+    let mut env = TestEnv::with_partitions(4).await;
+    env.config.database.lock_wait_timeout_secs = 1;
+    env.config.worker.max_attempts = 2;
+    env.config.worker.retry_delays_ms = vec![200];
+    let worker = TestWorker::start(&env.config).await;
+    let workflow = create_workflow(&env).await;
+    let lock = lock_workflow(&env, workflow).await;
+    let paused = event("workflow.status_changed", json!({"workflowId": workflow, "status": "PAUSED"}));
+    let id = paused["id"].as_str().expect("id").to_string();
+    env.publish_structured(&paused).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.count_bound("select count(*) from deferred_events where event_id = ?", &id).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "PAUSED never waited for its next attempt");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The copy: the same message again.
+    env.publish_structured(&paused).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while env.count_bound("select count(*) from dead_letters where event_id = ?", &id).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "PAUSED was never dead-lettered after its two attempts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lock.rollback().await.expect("release the lock");
+    // What is left behind would now be applied: give it the time.
+    let after = event("workflow.status_changed", json!({"workflowId": workflow, "status": "COMPLETED"}));
+    env.publish_structured(&after).await;
+    assert_eq!(env.wait_processed_within(after["id"].as_str().expect("id"), Duration::from_secs(20)).await, "applied");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        env.count_bound("select count(*) from inbox where event_id = ?", &id).await,
+        0,
+        "the copy of the dead-lettered PAUSED was not applied"
+    );
+    let row: (String, u32) = sqlx::query_as("select status, version from workflows where id = ?")
+        .bind(workflow.to_string())
+        .fetch_one(&env.pool)
+        .await
+        .expect("workflow row");
+    assert_eq!(row, ("COMPLETED".to_string(), 2), "created, then completed; PAUSED only as a dead letter");
+    assert_eq!(env.count("select count(*) from deferred_events").await, 0, "nothing is left waiting");
+    assert_eq!(env.count("select count(*) from entity_holds").await, 0, "no key is left held");
+    worker.stop().await.expect("clean stop");
+}
