@@ -1,12 +1,17 @@
 //! Per-entity order under a stream: two worker processes, one SIGKILLed mid-stream and another
-//! started in its place (2 → 1 → 2). Every event applied once, and each entity's events in the
-//! order they were sent.
+//! started in its place (2 → 1 → 2); one stopped with SIGTERM, handing its partitions over; and
+//! the broker restarted under both, sequencer lock and all. Every event applied once, and each
+//! entity's events in the order they were sent.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use automation_shared::events::WorkQueue;
 use automation_shared::testing::TestEnv;
+use automation_shared::testing::private_rabbitmq::PrivateRabbitMq;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 use crate::support::{Tally, WorkerProcess, publish_audits, random_below};
@@ -48,60 +53,61 @@ fn inversions(applied: &[u64]) -> usize {
     count
 }
 
-#[tokio::test]
-async fn ordered_under_kills_and_scaling() {
-    let env = TestEnv::with_partitions(PARTITIONS).await;
-    let extra = [
-        ("AUTOMATION_WORKER__ORDERING", "partitioned"),
-        ("AUTOMATION_WORKER__PARTITIONS", "8"),
-        ("AUTOMATION_WORKER__CONSUMERS", "2"),
-    ];
-    let mut first = WorkerProcess::start(&env.config, &extra);
-    let second = WorkerProcess::start(&env.config, &extra);
-    first.wait_ready().await;
-    second.wait_ready().await;
+/// The workers' layout for these scenarios.
+const LAYOUT: [(&str, &str); 3] = [
+    ("AUTOMATION_WORKER__ORDERING", "partitioned"),
+    ("AUTOMATION_WORKER__PARTITIONS", "8"),
+    ("AUTOMATION_WORKER__CONSUMERS", "2"),
+];
 
-    let events = stream();
-    let confirmed = AtomicUsize::new(0);
-    let published = AtomicBool::new(false);
-    let applied_sql = "select count(*) from inbox";
+/// What the publisher got through.
+#[derive(Default)]
+struct Progress {
+    confirmed: AtomicUsize,
+    published: AtomicBool,
+}
 
-    // One publisher on one channel: the order sent is the order in the queue.
-    let publish = async {
-        let exchange = env.names().events();
-        for chunk in events.chunks(CHUNK) {
-            if publish_audits(&env, &exchange, chunk).await {
-                confirmed.fetch_add(chunk.len(), Ordering::SeqCst);
-            }
-            tokio::time::sleep(PAUSE).await;
-        }
-        published.store(true, Ordering::SeqCst);
-    };
-    // Mid-stream: SIGKILL the first worker while it holds deliveries, then start a third.
-    let faults = async {
+impl Progress {
+    fn confirmed(&self) -> usize {
+        self.confirmed.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `share` of the stream is confirmed and at least `applied` events applied.
+    async fn wait_for(&self, env: &TestEnv, share: usize, applied: i64, log: &WorkerProcess) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while confirmed.load(Ordering::SeqCst) < EVENTS / 4 || env.count(applied_sql).await < 300 {
+        while self.confirmed() < share && !self.published.load(Ordering::SeqCst)
+            || env.count("select count(*) from inbox").await < applied
+        {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "the stream was not being applied after 60 s (applied {}):\n{}",
-                env.count(applied_sql).await,
-                first.log_tail()
+                env.count("select count(*) from inbox").await,
+                log.log_tail()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        first.kill();
-        let at_kill = (confirmed.load(Ordering::SeqCst), env.count(applied_sql).await);
-        while confirmed.load(Ordering::SeqCst) < EVENTS * 3 / 5 && !published.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let third = WorkerProcess::start(&env.config, &extra);
-        third.wait_ready().await;
-        let at_start = (confirmed.load(Ordering::SeqCst), env.count(applied_sql).await);
-        (third, at_kill, at_start)
-    };
-    let ((), (third, at_kill, at_start)) = tokio::join!(publish, faults);
-    let confirmed = confirmed.load(Ordering::SeqCst);
+    }
+}
 
+/// One publisher on one channel: the order sent is the order in the queue. A chunk the broker
+/// does not confirm (it is away) is sent again, whole, before anything after it, as a careful
+/// publisher does: what got in the first time comes again behind itself, and the inbox skips it.
+async fn publish_stream(env: &TestEnv, events: &[(String, Vec<u8>)], progress: &Progress) {
+    let exchange = env.names().events();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    for chunk in events.chunks(CHUNK) {
+        while !publish_audits(env, &exchange, chunk).await {
+            assert!(tokio::time::Instant::now() < deadline, "the publisher never got through again");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        progress.confirmed.fetch_add(chunk.len(), Ordering::SeqCst);
+        tokio::time::sleep(PAUSE).await;
+    }
+    progress.published.store(true, Ordering::SeqCst);
+}
+
+/// Waits for the stream to drain, then counts what was applied, twice, and out of order.
+async fn ordered_tally(env: &TestEnv, scenario: &'static str, confirmed: usize, logs: &[&WorkerProcess]) -> Tally {
     let applied = env
         .wait_count(
             "select count(distinct event_id) from audit_log where entity = 'ordered'",
@@ -109,12 +115,8 @@ async fn ordered_under_kills_and_scaling() {
             Duration::from_secs(180),
         )
         .await as usize;
-    assert!(
-        applied >= confirmed,
-        "the stream drains ({applied}/{confirmed} applied):\n{}\n{}",
-        second.log_tail(),
-        third.log_tail()
-    );
+    let tails: Vec<String> = logs.iter().map(|w| w.log_tail()).collect();
+    assert!(applied >= confirmed, "the stream drains ({applied}/{confirmed} applied):\n{}", tails.join("\n"));
     // Let a stray copy reach a worker and be skipped before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -133,7 +135,7 @@ async fn ordered_under_kills_and_scaling() {
     }
     let out_of_order: usize = per_entity.values().map(|seqs| inversions(seqs)).sum();
     let tally = Tally {
-        scenario: "ordered: sigkill and scaling 2 -> 1 -> 2",
+        scenario,
         sent: EVENTS,
         confirmed,
         applied: distinct.len(),
@@ -144,15 +146,137 @@ async fn ordered_under_kills_and_scaling() {
         notes: Vec::new(),
     }
     .note(format!(
-        "entities={} killed-at(confirmed:applied)={}:{} third-started-at={}:{} refused={}",
+        "entities={} refused={}",
         per_entity.len(),
-        at_kill.0,
-        at_kill.1,
-        at_start.0,
-        at_start.1,
         env.count("select count(*) from inbox where outcome = 'rejected'").await
     ));
-    assert_eq!(tally.dead_lettered, 0, "a kill costs no message its life: {tally}");
+    assert_eq!(tally.dead_lettered, 0, "a fault costs no message its life: {tally}");
     assert_eq!(per_entity.len(), ENTITIES, "every entity has its records: {tally}");
+    tally
+}
+
+/// How many consumers `queue` has right now.
+async fn consumers_on(env: &TestEnv, queue: String) -> u32 {
+    // A connection of its own: the environment's may still be recovering from a broker restart.
+    let connection = automation_shared::messaging::connect_once(&env.config.amqp.url, "chaos ordering check")
+        .await
+        .expect("the broker takes a connection");
+    let channel = connection.create_channel().await.expect("channel");
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect("the queue exists");
+    let _ = connection.close(200, "ok".into()).await;
+    declared.consumer_count()
+}
+
+#[tokio::test]
+async fn ordered_under_kills_and_scaling() {
+    let env = TestEnv::with_partitions(PARTITIONS).await;
+    let mut first = WorkerProcess::start(&env.config, &LAYOUT);
+    let second = WorkerProcess::start(&env.config, &LAYOUT);
+    first.wait_ready().await;
+    second.wait_ready().await;
+
+    let events = stream();
+    let progress = Progress::default();
+    // Mid-stream: SIGKILL the first worker while it holds deliveries, then start a third.
+    let faults = async {
+        progress.wait_for(&env, EVENTS / 4, 300, &first).await;
+        first.kill();
+        let at_kill = (progress.confirmed(), env.count("select count(*) from inbox").await);
+        progress.wait_for(&env, EVENTS * 3 / 5, 0, &second).await;
+        let third = WorkerProcess::start(&env.config, &LAYOUT);
+        third.wait_ready().await;
+        let at_start = (progress.confirmed(), env.count("select count(*) from inbox").await);
+        (third, at_kill, at_start)
+    };
+    let ((), (third, at_kill, at_start)) = tokio::join!(publish_stream(&env, &events, &progress), faults);
+    let tally =
+        ordered_tally(&env, "ordered: sigkill and scaling 2 -> 1 -> 2", progress.confirmed(), &[&second, &third])
+            .await
+            .note(format!(
+                "killed-at(confirmed:applied)={}:{} third-started-at={}:{}",
+                at_kill.0, at_kill.1, at_start.0, at_start.1
+            ));
+    tally.check();
+}
+
+/// Scale-down as Kubernetes does it: SIGTERM mid-stream. The stopping worker finishes its
+/// batches, gives its partitions up and leaves; the other takes them over at once, and the
+/// deliveries it had not acked come back at the head of their partitions.
+#[tokio::test]
+async fn ordered_through_a_sigterm_hand_over_and_a_new_worker() {
+    let env = TestEnv::with_partitions(PARTITIONS).await;
+    let mut first = WorkerProcess::start(&env.config, &LAYOUT);
+    let second = WorkerProcess::start(&env.config, &LAYOUT);
+    first.wait_ready().await;
+    second.wait_ready().await;
+
+    let events = stream();
+    let progress = Progress::default();
+    let faults = async {
+        progress.wait_for(&env, EVENTS / 4, 300, &first).await;
+        let asked = std::time::Instant::now();
+        first.terminate();
+        let status = first.wait_exit(Duration::from_secs(25)).await;
+        let stopped_in = asked.elapsed();
+        assert!(status.is_some_and(|s| s.success()), "the worker stops cleanly on SIGTERM:\n{}", first.log_tail());
+        progress.wait_for(&env, EVENTS * 3 / 5, 0, &second).await;
+        let third = WorkerProcess::start(&env.config, &LAYOUT);
+        third.wait_ready().await;
+        (third, stopped_in)
+    };
+    let ((), (third, stopped_in)) = tokio::join!(publish_stream(&env, &events, &progress), faults);
+    let tally = ordered_tally(&env, "ordered: sigterm hand-over 2 -> 1 -> 2", progress.confirmed(), &[&second, &third])
+        .await
+        .note(format!("sigterm-to-exit={}ms", stopped_in.as_millis()));
+    tally.check();
+}
+
+/// The broker restarted under two workers: every connection goes, the sequencer's exclusive lock
+/// queue with it. The workers reconnect, one of them takes the lock again, and the order holds.
+#[tokio::test]
+async fn ordered_through_a_rabbitmq_restart() {
+    let mut rabbit = PrivateRabbitMq::start().await;
+    let mut env = TestEnv::on_broker(&rabbit.url()).await;
+    env.config.worker.partitions = PARTITIONS;
+    let first = WorkerProcess::start(&env.config, &LAYOUT);
+    let second = WorkerProcess::start(&env.config, &LAYOUT);
+    first.wait_ready().await;
+    second.wait_ready().await;
+
+    let events = stream();
+    let progress = Progress::default();
+    let faults = async {
+        progress.wait_for(&env, EVENTS / 4, 300, &first).await;
+        rabbit.stop().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let restarted = std::time::Instant::now();
+        rabbit.restart().await;
+        first.wait_ready().await;
+        second.wait_ready().await;
+        restarted.elapsed()
+    };
+    let ((), recovered_in) = tokio::join!(publish_stream(&env, &events, &progress), faults);
+    let tally =
+        ordered_tally(&env, "ordered: rabbitmq restart under 2 workers", progress.confirmed(), &[&first, &second])
+            .await
+            .note(format!("restart-to-both-ready={}ms", recovered_in.as_millis()));
+    // One sequencer again, not two: the lock is the broker's, and it came back with one holder.
+    let commands = env.names().work_queue(WorkQueue::Commands);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let consumers = consumers_on(&env, commands.clone()).await;
+        if consumers == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{consumers} consumers on {commands}: {tally}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     tally.check();
 }
