@@ -16,6 +16,7 @@ help: ## list the targets
 deps: ## make sure RabbitMQ and MariaDB answer on 127.0.0.1 (start or install them if needed)
 	@scripts/local-services.sh
 	@command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
+	@scripts/cloudevents-sdk/install.sh
 	@command -v promtool >/dev/null 2>&1 || { echo "installing promtool (Debian's prometheus package) for the metrics tests…"; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
 		|| { echo "error: the metrics tests need promtool: apt-get install prometheus"; exit 1; }

@@ -415,7 +415,7 @@ impl OrderState {
         let key = ordered.key.as_str();
         match ordered.deferred {
             None => self.held.contains(key) && !(creates && self.waiting.contains(key)),
-            Some(_) => self.blocked.contains(key) && !(creates && !self.blocked_by_a_creator.contains(key)),
+            Some(_) => self.blocked.contains(key) && (!creates || self.blocked_by_a_creator.contains(key)),
         }
     }
 

@@ -54,6 +54,20 @@ fn check(prefix: &str, value: &Value) -> Result<(String, EventType, Value), Vec<
     let at = |field: &str| {
         if prefix.is_empty() { field.to_string() } else { format!("{prefix}.{field}") }
     };
+    // The required attributes by name, before the shape as a whole.
+    if let Some(object) = value.as_object() {
+        let mut missing: Vec<FieldError> = ["specversion", "id", "source", "type"]
+            .into_iter()
+            .filter(|attribute| !object.get(*attribute).is_some_and(Value::is_string))
+            .map(|attribute| FieldError { field: at(attribute), message: "required, a string".into() })
+            .collect();
+        if !object.contains_key("data") {
+            missing.push(FieldError { field: at("data"), message: "required: the event's data".into() });
+        }
+        if !missing.is_empty() {
+            return Err(missing);
+        }
+    }
     let event: CloudEventInput = serde_json::from_value(value.clone())
         .map_err(|e| vec![FieldError { field: prefix.trim_end_matches('.').to_string(), message: e.to_string() }])?;
     let mut errors = Vec::new();
@@ -89,6 +103,110 @@ fn check(prefix: &str, value: &Value) -> Result<(String, EventType, Value), Vec<
     if errors.is_empty() { Ok((event.id, event_type, event.data)) } else { Err(errors) }
 }
 
+/// The attributes of a binary-mode event (CloudEvents HTTP binding, 3.1.3): sent as headers,
+/// with the event's data as the body. Extensions (`ce-<name>`) are accepted and not used.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[expect(dead_code, reason = "documents headers the handler reads from the HeaderMap")]
+pub struct BinaryModeHeaders {
+    /// `1.0`; its presence selects binary mode.
+    #[param(rename = "ce-specversion")]
+    specversion: Option<String>,
+    /// The event's id.
+    #[param(rename = "ce-id")]
+    id: Option<String>,
+    /// The event's source, e.g. `%2Fspring%2Forders` or `/spring/orders`.
+    #[param(rename = "ce-source")]
+    source: Option<String>,
+    /// One of the v1 event types.
+    #[param(rename = "ce-type")]
+    r#type: Option<String>,
+    /// RFC 3339.
+    #[param(rename = "ce-time")]
+    time: Option<String>,
+    #[param(rename = "ce-subject")]
+    subject: Option<String>,
+}
+
+/// The prefix of a CloudEvents attribute sent as an HTTP header (binary content mode).
+const BINARY_PREFIX: &str = "ce-";
+
+/// How a request carries its CloudEvents (the HTTP protocol binding).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `ce-*` headers hold the attributes, the body is the data (what Knative, Spring Cloud
+    /// Function and most HTTP CloudEvents clients send by default).
+    Binary,
+    /// `application/cloudevents+json`: one event, attributes and data in the body.
+    Structured,
+    /// `application/cloudevents-batch+json`: an array of structured events.
+    Batch,
+    /// `application/json`: one structured event or an array of them.
+    Json,
+}
+
+impl Mode {
+    fn of(headers: &HeaderMap) -> Mode {
+        if headers.contains_key("ce-specversion") {
+            return Mode::Binary;
+        }
+        let essence = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        match essence.as_str() {
+            "application/cloudevents+json" => Mode::Structured,
+            "application/cloudevents-batch+json" => Mode::Batch,
+            _ => Mode::Json,
+        }
+    }
+}
+
+/// One event in binary content mode: its attributes from the `ce-*` headers (percent-decoded,
+/// as the binding says), `datacontenttype` from `Content-Type`, the body as its data.
+fn binary_event(headers: &HeaderMap, data: Value) -> Result<Value, ApiError> {
+    let mut event = serde_json::Map::new();
+    for (name, value) in headers {
+        let Some(attribute) = name.as_str().strip_prefix(BINARY_PREFIX) else { continue };
+        let field = || format!("{BINARY_PREFIX}{attribute}");
+        let text = value
+            .to_str()
+            .map_err(|_| ApiError::field(field(), "must be printable ASCII, percent-encoded where needed"))?;
+        let decoded = percent_decode(text).ok_or_else(|| {
+            ApiError::field(field(), "is not valid percent-encoding of UTF-8 text (CloudEvents HTTP binding, 3.1.3.2)")
+        })?;
+        if event.insert(attribute.to_string(), Value::String(decoded)).is_some() {
+            return Err(ApiError::field(field(), "was sent twice"));
+        }
+    }
+    if let Some(content_type) = headers.get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        event.insert("datacontenttype".into(), Value::String(content_type.to_string()));
+    }
+    event.insert("data".into(), data);
+    Ok(Value::Object(event))
+}
+
+/// `%XX` sequences decoded; anything else kept as it is. `None` for a broken sequence or text
+/// that is not UTF-8 once decoded.
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit))?;
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// What `POST /api/v1/events` answers: one acceptance for one event, an array for an array.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
@@ -99,18 +217,26 @@ pub enum AcceptedEvents {
 
 /// Publish CloudEvents
 ///
-/// For HTTP clients that cannot speak AMQP: one structured CloudEvent, or an array of up to
-/// 100 (all checked before any is published). The caller is the actor.
+/// For HTTP clients that cannot speak AMQP, in each content mode of the CloudEvents HTTP
+/// binding: **structured** (`application/cloudevents+json`, one event), **batched**
+/// (`application/cloudevents-batch+json`, an array of up to 100), **binary** (the attributes as
+/// `ce-specversion`, `ce-id`, `ce-source`, `ce-type`, ... headers, percent-encoded, and the event's
+/// data as an `application/json` body), or plain `application/json` with one event or an array.
+/// A batch is checked whole before any of it is published. The caller is the actor.
 #[utoipa::path(
     post, path = "/api/v1/events", tag = "events", operation_id = "publishEvents",
     security(("bearer" = [])),
-    request_body(content = EventsRequest, description = "One CloudEvent, or an array of up to 100", example = json!({
-        "specversion": "1.0", "id": "orders-4711-approval", "source": "/spring/orders", "type": "approval.requested",
-        "time": "2026-03-01T09:30:00Z", "datacontenttype": "application/json",
-        "data": {"workflowId": "0190f7a2-5c1e-7c3a-9a41-3f8e2b6d1c20", "title": "Order 4711", "amount": 250.0,
-                 "currency": "EUR", "requesterId": "0190f7a2-7d00-7000-8000-000000000001"}
-    })),
-    params(CommandHeaders),
+    request_body(description = "One CloudEvent, an array of up to 100, or (binary mode) the data of one whose attributes are `ce-*` headers", content(
+        (EventsRequest = "application/json", example = json!({
+            "specversion": "1.0", "id": "orders-4711-approval", "source": "/spring/orders", "type": "approval.requested",
+            "time": "2026-03-01T09:30:00Z", "datacontenttype": "application/json",
+            "data": {"workflowId": "0190f7a2-5c1e-7c3a-9a41-3f8e2b6d1c20", "title": "Order 4711", "amount": 250.0,
+                     "currency": "EUR", "requesterId": "0190f7a2-7d00-7000-8000-000000000001"}
+        })),
+        (CloudEventInput = "application/cloudevents+json"),
+        (Vec<CloudEventInput> = "application/cloudevents-batch+json"),
+    )),
+    params(CommandHeaders, BinaryModeHeaders),
     responses(
         (status = 202, description = "Every event was confirmed by the broker (an array answers an array); one event's status URL is also sent as `Location`",
             body = AcceptedEvents, headers(("Location" = String, description = "For one event: its status URL"))),
@@ -127,12 +253,18 @@ pub async fn publish(
 ) -> ApiResult<Response> {
     user.require(Permission::PublishEvents)?;
     let value: Value = parse_json(&body)?;
-    let (items, many) = match value {
-        Value::Array(items) => (items, true),
-        one @ Value::Object(_) => (vec![one], false),
-        _ => {
-            return Err(ApiError::field("", "send a CloudEvent object or an array of them"));
+    let mode = Mode::of(&headers);
+    let (items, many) = match (mode, value) {
+        (Mode::Binary, data) => (vec![binary_event(&headers, data)?], false),
+        (Mode::Batch | Mode::Json, Value::Array(items)) => (items, true),
+        (Mode::Structured | Mode::Json, one @ Value::Object(_)) => (vec![one], false),
+        (Mode::Batch, _) => {
+            return Err(ApiError::field("", "application/cloudevents-batch+json is a JSON array of CloudEvents"));
         }
+        (Mode::Structured, _) => {
+            return Err(ApiError::field("", "application/cloudevents+json is one CloudEvent, a JSON object"));
+        }
+        (Mode::Json, _) => return Err(ApiError::field("", "send a CloudEvent object or an array of them")),
     };
     if items.is_empty() || items.len() > MAX_BATCH {
         return Err(ApiError::field("", format!("send 1 to {MAX_BATCH} events")));
@@ -144,6 +276,14 @@ pub async fn publish(
         match check(&if many { format!("[{i}]") } else { String::new() }, item) {
             Ok(event) => checked.push(event),
             Err(mut e) => errors.append(&mut e),
+        }
+    }
+    if mode == Mode::Binary {
+        // In binary mode the attributes came as headers: name those.
+        for error in &mut errors {
+            if !error.field.starts_with("data") && !error.field.is_empty() {
+                error.field = format!("{BINARY_PREFIX}{}", error.field);
+            }
         }
     }
     if !errors.is_empty() {

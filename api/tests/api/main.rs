@@ -3,6 +3,7 @@
 #![expect(clippy::expect_used, reason = "test support: a failed set-up stops the test with its message")]
 
 mod auth;
+mod cloudevents_sdk;
 mod dead_letters;
 mod flows;
 mod healthcheck;

@@ -476,10 +476,10 @@ fn ce_headers(headers: Option<&FieldTable>) -> BTreeMap<String, String> {
     let Some(headers) = headers else { return found };
     for (key, value) in headers.inner() {
         let lower = key.as_str().to_ascii_lowercase();
-        if let Some(name) = CE_PREFIXES.iter().find_map(|p| lower.strip_prefix(p))
-            && let Some(value) = amqp_string(value)
-        {
-            found.insert(name.to_string(), value);
+        let Some(name) = CE_PREFIXES.iter().find_map(|p| lower.strip_prefix(p)) else { continue };
+        let text = if name == "time" { amqp_time(value) } else { amqp_string(value) };
+        if let Some(text) = text {
+            found.insert(name.to_string(), text);
         }
     }
     found
@@ -493,6 +493,24 @@ fn header_string(properties: &BasicProperties, name: &str) -> Option<String> {
         .iter()
         .find(|(k, _)| k.as_str().eq_ignore_ascii_case(name))
         .and_then(|(_, v)| amqp_string(v))
+}
+
+/// The `time` attribute in a header: text as it is, or a native timestamp as the AMQP binding
+/// allows, in RFC 3339. An integer is milliseconds since the epoch (the AMQP 1.0 timestamp the
+/// binding names, as the CloudEvents SDKs write it); an AMQP 0-9-1 timestamp is seconds.
+fn amqp_time(value: &AMQPValue) -> Option<String> {
+    let millis = match value {
+        AMQPValue::Timestamp(seconds) => i64::try_from(*seconds).ok()?.checked_mul(1_000)?,
+        AMQPValue::LongLongInt(n) => *n,
+        AMQPValue::LongInt(n) => i64::from(*n),
+        AMQPValue::LongUInt(n) => i64::from(*n),
+        _ => return amqp_string(value),
+    };
+    match DateTime::<Utc>::from_timestamp_millis(millis) {
+        Some(time) => Some(time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        // Out of range: the number as it came, which the check of `time` then refuses by name.
+        None => amqp_string(value),
+    }
 }
 
 /// A header value as text, for the scalar types publishers use.
@@ -614,6 +632,51 @@ mod tests {
             assert_eq!(e.id, "b-1");
             assert_eq!(e.actor_id.as_deref(), Some("svc"));
         }
+    }
+
+    /// The AMQP binding lets `time` be a native timestamp and extensions native integers and
+    /// booleans, as the CloudEvents Python SDK writes them (through pika: a long long integer of
+    /// milliseconds).
+    #[test]
+    fn binary_attributes_may_be_native_amqp_values() {
+        let expected = DateTime::parse_from_rfc3339("2026-12-01T07:18:57.406Z").expect("time").with_timezone(&Utc);
+        let times = [
+            AMQPValue::LongLongInt(expected.timestamp_millis()),
+            AMQPValue::Timestamp(expected.timestamp() as u64),
+            AMQPValue::LongString(LongString::from("2026-12-01T07:18:57.406Z")),
+        ];
+        for time in times {
+            let mut h = headers(&[
+                ("cloudEvents_specversion", "1.0"),
+                ("cloudEvents_id", "n-1"),
+                ("cloudEvents_source", "/python"),
+                ("cloudEvents_type", "workflow.created"),
+            ]);
+            h.insert(ShortString::from("cloudEvents_time"), time.clone());
+            h.insert(ShortString::from("cloudEvents_attempt"), AMQPValue::LongLongInt(3));
+            h.insert(ShortString::from("cloudEvents_urgent"), AMQPValue::Boolean(true));
+            let props =
+                BasicProperties::default().with_content_type(ShortString::from("application/json")).with_headers(h);
+            let e = Envelope::parse("workflow.created", &props, workflow_data().to_string().as_bytes(), limits())
+                .unwrap_or_else(|p| panic!("{time:?}: {p}"));
+            let want = if matches!(time, AMQPValue::Timestamp(_)) {
+                DateTime::from_timestamp(expected.timestamp(), 0)
+            } else {
+                Some(expected)
+            };
+            assert_eq!(e.time, want, "{time:?}");
+        }
+        let mut h = headers(&[
+            ("ce_specversion", "1.0"),
+            ("ce_id", "n-2"),
+            ("ce_source", "/python"),
+            ("ce_type", "workflow.created"),
+        ]);
+        h.insert(ShortString::from("ce_time"), AMQPValue::LongLongInt(i64::MAX));
+        let props = BasicProperties::default().with_content_type(ShortString::from("application/json")).with_headers(h);
+        let poison = Envelope::parse("workflow.created", &props, workflow_data().to_string().as_bytes(), limits())
+            .expect_err("a time out of range is refused");
+        assert!(poison.detail.starts_with("time:"), "{poison}");
     }
 
     #[test]
