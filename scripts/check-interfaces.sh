@@ -102,6 +102,30 @@ if "$tools/node_modules/.bin/quicktype" --lang java --src-lang schema --package 
       && node "$tools/validate.mjs" schemas/events "$java/out" >>"$work/roundtrip.txt" 2>&1; then ok=0; else ok=1; fi
     grep -v '^jackson-round-trip:' "$work/roundtrip.txt" | head -40 || true
     report "Jackson round trip (Ajv)" "$ok" "$(grep '^jackson-round-trip:' "$work/roundtrip.txt" | sed 's/^jackson-round-trip: //' || echo 'did not run')"
+    # What Jackson wrote is committed (schemas/examples/jackson/), and the worker's integration
+    # test publishes exactly those bodies through the broker: here they must still be what the
+    # classes write today. UPDATE_SCHEMAS=1 rewrites them.
+    committed=schemas/examples/jackson
+    if [ "${UPDATE_SCHEMAS:-}" = 1 ]; then
+      mkdir -p "$committed"
+      for f in "$java/out"/*.json; do python3 -m json.tool --sort-keys "$f" >"$committed/$(basename "$f")"; done
+    fi
+    drift=$(python3 - "$java/out" "$committed" <<'PY'
+import json, pathlib, sys
+made, kept = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+names = sorted({p.name for p in made.glob("*.json")} | {p.name for p in kept.glob("*.json")})
+for name in names:
+    a, b = made / name, kept / name
+    if not a.exists() or not b.exists() or json.loads(a.read_text()) != json.loads(b.read_text()):
+        print(name)
+PY
+)
+    if [ -z "$drift" ]; then
+      report "Jackson output committed" 0 "$(ls "$committed"/*.json | wc -l) bodies in $committed match what the classes write"
+    else
+      echo "  differs from $committed (run UPDATE_SCHEMAS=1 scripts/check-interfaces.sh): $drift"
+      report "Jackson output committed" 1 "$(echo "$drift" | wc -l) differ"
+    fi
   else
     sed 's/^/  /' "$work/javac.txt" | head -40
     report "quicktype Java + javac" 1 "$(count ' error: ' "$work/javac.txt") errors"
