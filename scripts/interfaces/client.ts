@@ -50,3 +50,27 @@ export async function requestApproval(workflowId: string): Promise<void> {
   // @ts-expect-error there is no such path
   await api.GET("/approval", { headers });
 }
+
+// A rule body is typed as the worker reads it (RuleDefinition): each action by its `type`.
+export async function smallPurchasesAreApproved(): Promise<void> {
+  await api.POST("/api/v1/rules", {
+    body: {
+      name: "Small purchases are approved",
+      on: "approval.requested",
+      when: "event.data.amount < 100.0",
+      then: [{ type: "approval.decide", status: "APPROVED", reason: "under 100" }],
+      priority: 10,
+    },
+    headers,
+  });
+  await api.POST("/api/v1/rules", {
+    body: {
+      name: "x",
+      on: "approval.requested",
+      when: "true",
+      // @ts-expect-error an approval is decided APPROVED or REJECTED, nothing else
+      then: [{ type: "approval.decide", status: "MAYBE" }],
+    },
+    headers,
+  });
+}

@@ -117,6 +117,8 @@ pub fn finish(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
              the cursor in it is opaque.",
         )),
     );
+    rule_bodies(&mut api);
+    let components = api.components.get_or_insert_with(Default::default);
     let paging = Paging::into_params(|| Some(ParameterIn::Query));
     let paging_names: Vec<String> = paging.iter().map(|p| p.name.clone()).collect();
     for parameter in paging {
@@ -148,6 +150,60 @@ pub fn finish(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     }
     api
 }
+
+/// The rule a client sends (`createRule`, `replaceRule`, and `rule` in `testRule`) is the
+/// worker's `RuleDefinition`, whose JSON Schema comes from its Rust type (schemars): registered
+/// as a component, so a generated client types rule bodies as the worker reads them.
+fn rule_bodies(api: &mut utoipa::openapi::OpenApi) {
+    let Ok(schema) = serde_json::from_value::<RefOr<utoipa::openapi::schema::Schema>>(rule_definition()) else {
+        return;
+    };
+    api.components.get_or_insert_with(Default::default).schemas.insert(RULE_DEFINITION.into(), schema);
+    for item in api.paths.paths.values_mut() {
+        for operation in [&mut item.post, &mut item.put].into_iter().flatten() {
+            if !matches!(operation.operation_id.as_deref(), Some("createRule" | "replaceRule")) {
+                continue;
+            }
+            if let Some(RefOr::T(body)) = operation.request_body.as_mut() {
+                for content in body.content.values_mut() {
+                    if let RefOr::T(content) = content {
+                        content.schema = Some(reference("schemas", RULE_DEFINITION));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The JSON Schema of a rule as clients send it, with `const` written as an `enum` of one value
+/// (utoipa's schema model has no `const`; generators read both alike), and a member's `default`
+/// said in its description: in a request body a member with a default may be left out, but
+/// openapi-typescript makes every member with a `default` required.
+fn rule_definition() -> serde_json::Value {
+    fn const_as_enum(schema: &mut serde_json::Value) {
+        match schema {
+            serde_json::Value::Object(object) => {
+                if let Some(value) = object.remove("const") {
+                    object.insert("enum".into(), serde_json::Value::Array(vec![value]));
+                }
+                if let Some(value) = object.remove("default") {
+                    let said = object.get("description").and_then(serde_json::Value::as_str).unwrap_or_default();
+                    let said = format!("{said} Default: `{value}`.").trim_start().to_string();
+                    object.insert("description".into(), serde_json::Value::String(said));
+                }
+                object.values_mut().for_each(const_as_enum);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(const_as_enum),
+            _ => {}
+        }
+    }
+    let mut schema = automation_shared::events::schema::inlined::<automation_shared::rules::RuleDefinition>();
+    const_as_enum(&mut schema);
+    schema
+}
+
+/// The component name of a rule as clients send it.
+const RULE_DEFINITION: &str = "RuleDefinition";
 
 /// Replaces the operation's paging parameters by references to the components; true when it
 /// had them (it is a list).
@@ -188,6 +244,30 @@ mod tests {
 
     /// The committed `schemas/openapi.json` is what the handlers document, so a change to the
     /// interface shows in review. `UPDATE_SCHEMAS=1` (or `make schemas`) rewrites it.
+    /// Nothing of the rule's schema is lost on its way into the document (utoipa's model of a
+    /// schema has to hold every keyword schemars wrote), and the rule routes refer to it.
+    #[test]
+    fn rule_bodies_are_the_worker_s_rule_definition() {
+        let document = document();
+        assert_eq!(document["components"]["schemas"][RULE_DEFINITION], rule_definition());
+        let kinds: Vec<&Value> =
+            document["components"]["schemas"][RULE_DEFINITION]["properties"]["then"]["items"]["oneOf"]
+                .as_array()
+                .expect("one schema per action")
+                .iter()
+                .map(|action| &action["properties"]["type"]["enum"][0])
+                .collect();
+        assert_eq!(kinds.len(), 5, "each action names its type: {kinds:?}");
+        assert!(kinds.iter().all(|k| k.is_string()), "{kinds:?}");
+        for (path, method) in [("/api/v1/rules", "post"), ("/api/v1/rules/{id}", "put")] {
+            assert_eq!(
+                document["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+                format!("#/components/schemas/{RULE_DEFINITION}"),
+                "{method} {path}"
+            );
+        }
+    }
+
     #[test]
     fn committed_openapi_matches_the_handlers() {
         let (_, api) = routes().split_for_parts();

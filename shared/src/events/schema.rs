@@ -223,6 +223,21 @@ fn openapi_schema<T: utoipa::ToSchema>(schemas: &mut Map<String, Value>) -> Valu
     value
 }
 
+/// The schema of `T` with every subschema inlined (no `$defs`), as generators want it: for a
+/// document that registers it under a name of its own (the OpenAPI document's rule bodies).
+pub fn inlined<T: JsonSchema>() -> Value {
+    let mut value = SchemaSettings::draft2020_12()
+        .with(|settings| settings.inline_subschemas = true)
+        .into_generator()
+        .into_root_schema_for::<T>()
+        .to_value();
+    for_generators(&mut value);
+    if let Some(o) = value.as_object_mut() {
+        o.remove("$schema");
+    }
+    value
+}
+
 /// The `data` schema of each notification, registered under `components.schemas`.
 fn notification_data(kind: NotificationType, schemas: &mut Map<String, Value>) -> Value {
     use NotificationType::*;
@@ -230,18 +245,6 @@ fn notification_data(kind: NotificationType, schemas: &mut Map<String, Value>) -
         schema["title"] = json!(name);
         schemas.entry(name.to_string()).or_insert(schema);
         json!({"$ref": format!("#/components/schemas/{name}")})
-    }
-    fn inlined<T: JsonSchema>() -> Value {
-        let mut value = SchemaSettings::draft2020_12()
-            .with(|settings| settings.inline_subschemas = true)
-            .into_generator()
-            .into_root_schema_for::<T>()
-            .to_value();
-        for_generators(&mut value);
-        if let Some(o) = value.as_object_mut() {
-            o.remove("$schema");
-        }
-        value
     }
     match kind {
         WorkflowCreated | WorkflowStatusChanged => {
