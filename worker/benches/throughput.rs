@@ -148,7 +148,12 @@ async fn run(setup: &Setup) -> Measured {
     let before = histograms();
     let seconds = drain(&env, setup).await;
     for ((name, count, sum), (_, count_before, sum_before)) in histograms().into_iter().zip(before) {
-        eprintln!("    {name}: {} observations, {:.2} s in total", count - count_before, sum - sum_before);
+        let (count, sum) = (count - count_before, sum - sum_before);
+        if name.ends_with("_seconds") {
+            eprintln!("    {name}: {count} observations, {sum:.2} s in total");
+        } else {
+            eprintln!("    {name}: {count} batches, {:.0} events each on average", sum / count.max(1.0));
+        }
     }
     verify(&env, setup).await;
     let out_of_order = match setup.workload {
@@ -342,7 +347,8 @@ async fn out_of_order(env: &TestEnv) -> Option<i64> {
     }
 }
 
-/// The worker's own histograms (this process's recorder): name, observations, seconds.
+/// The worker's own histograms (this process's recorder): name, observations, sum (seconds, or
+/// events for the batch size).
 fn histograms() -> Vec<(&'static str, f64, f64)> {
     let rendered = automation_shared::telemetry::metrics().render();
     let total = |series: String| -> f64 {
@@ -352,7 +358,7 @@ fn histograms() -> Vec<(&'static str, f64, f64)> {
             .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
             .sum()
     };
-    ["automation_worker_batch_seconds", "automation_worker_apply_seconds"]
+    ["automation_worker_batch_seconds", "automation_worker_apply_seconds", "automation_worker_batch_size"]
         .into_iter()
         .map(|name| (name, total(format!("{name}_count")), total(format!("{name}_sum"))))
         .collect()

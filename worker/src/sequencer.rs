@@ -160,8 +160,7 @@ async fn sequence_on(
                 exchange: "",
                 routing_key: &queues[partition],
                 body,
-                // The system's: a partition's consumer takes packs from nobody else.
-                properties: Origin::System.stamp(properties.clone(), &worker.system_users),
+                properties: pack_properties(properties, &worker.system_users),
                 mandatory: true,
             })
             .collect();
@@ -182,6 +181,15 @@ async fn sequence_on(
     result
 }
 
+/// A pack's properties as the sequencer publishes them: the system's (a partition's consumer
+/// takes packs from nobody else), with its own headers kept. Stamping drops `x-` headers of
+/// anything the system did not publish, so the pack is marked as the system's first; without
+/// that its event count went, and lanes took a hundred packs for a batch of a hundred events.
+fn pack_properties(properties: &lapin::BasicProperties, system: &SystemUsers) -> lapin::BasicProperties {
+    let ours = properties.clone().with_user_id(system.own().into());
+    Origin::System.stamp(ours, system)
+}
+
 /// The partition of a delivery, and the routing key it was first published with.
 fn route(delivery: &Delivery, partitions: u16, limits: Limits<'_>, system: &SystemUsers) -> (u16, String) {
     let routing_key = failures::original_routing_key(&delivery.properties, delivery.routing_key.as_str(), system);
@@ -193,4 +201,21 @@ fn route(delivery: &Delivery, partitions: u16, limits: Limits<'_>, system: &Syst
         },
     };
     (partition, routing_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_published_pack_still_says_how_many_events_it_carries() {
+        let system = SystemUsers::new("automation", &[]);
+        let event = lapin::BasicProperties::default();
+        let (properties, _) =
+            pack::pack([("audit.recorded", &event, &b"{}"[..]), ("audit.recorded", &event, &b"{}"[..])]);
+        let published = pack_properties(&properties, &system);
+        assert!(pack::is_pack(&published));
+        assert_eq!(pack::events_in(&published), 2);
+        assert_eq!(published.user_id().as_ref().map(|u| u.as_str()), Some("automation"));
+    }
 }
