@@ -147,8 +147,8 @@ def find_container(objs, kind, name, container_name):
 
 def cmd_exec(rendered, kind, name, container_name, subst_file, missing_file, bin_dir) -> int:
     """Replaces this process by the container's command, run from BIN_DIR, with exactly the
-    kubelet's environment after the substitutions of SUBST (k8s/README.md, "What check-deploy
-    changes"). Keys the kubelet would not find are written to MISSING; the process still starts
+    kubelet's environment after the substitutions of SUBST (the header of scripts/check-deploy.sh;
+    k8s/README.md, "What scripts/check-deploy.sh checks"). Keys the kubelet would not find are written to MISSING; the process still starts
     without them, so the binary's own refusal shows too."""
     objs = load_all(rendered)
     _, c = find_container(objs, kind, name, container_name)
