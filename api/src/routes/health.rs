@@ -89,6 +89,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         DependencyStatus { status: "unavailable", error: Some("not connected, or blocked by a resource alarm".into()) }
     };
     let ok = mysql.status == "ok" && rabbitmq.status == "ok";
+    metrics::gauge!(automation_shared::meters::READY).set(if ok { 1.0 } else { 0.0 });
     let body =
         Readiness { status: if ok { "ok" } else { "unavailable" }, dependencies: Dependencies { mysql, rabbitmq } };
     let mut response = (if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body)).into_response();

@@ -98,8 +98,15 @@ async fn every_metric_has_help_and_promtool_finds_nothing_wrong() {
     // A request of each kind first, so the labelled families exist.
     let _ = api.client.get(api.url("/health")).send().await.expect("answer");
     let _ = api.client.get(api.url("/no/such/route")).send().await.expect("answer");
+    // The readiness gauge follows the last readiness answer (the kubelet's probe).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !api.client.get(api.url("/health/ready")).send().await.expect("answer").status().is_success() {
+        assert!(tokio::time::Instant::now() < deadline, "the API never became ready");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let scrape = api.client.get(api.url("/metrics")).send().await.expect("answer").text().await.expect("text");
     assert!(scrape.contains("automation_build_info{binary=\"automation-api\""), "{scrape}");
+    assert!(scrape.contains("automation_ready 1"), "ready after a 200 from /health/ready:\n{scrape}");
     for series in ["automation_broker_connected ", "automation_db_pool_connections{state=\"idle\"}"] {
         assert!(scrape.contains(series), "{series} is read from the start:\n{scrape}");
     }
