@@ -123,26 +123,16 @@ async fn main() -> ExitCode {
 
 /// Exits 0 or 1 only (Docker reserves 2), a configuration error included.
 fn healthcheck(ready: bool, timeout: u64) -> ExitCode {
-    let config = match Config::load(Component::Cli) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let Ok(host) = config.api.host.parse::<IpAddr>() else {
-        eprintln!("API_HOST {:?} is not an IP address", config.api.host);
-        return ExitCode::FAILURE;
-    };
-    let address = automation_shared::healthcheck::target(host, config.api.port);
     let path = if ready { "/health/ready" } else { "/health" };
-    match automation_shared::healthcheck::check(address, path, std::time::Duration::from_secs(timeout)) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("unhealthy: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    let address = |config: &Config| {
+        let host = config
+            .api
+            .host
+            .parse::<IpAddr>()
+            .map_err(|_| format!("API_HOST {:?} is not an IP address", config.api.host))?;
+        Ok(automation_shared::healthcheck::target(host, config.api.port))
+    };
+    automation_shared::healthcheck::run(address, path, std::time::Duration::from_secs(timeout))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -3,7 +3,30 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
+
+use crate::config::{Component, Config};
+
+/// The subcommand: loads the configuration as the CLI does, asks `address_of` where this binary
+/// listens, and GETs `path` there once. Exit 0 on a 2xx answer, 1 otherwise, the reason on
+/// stderr (the runtime's health log).
+pub fn run(address_of: impl FnOnce(&Config) -> Result<SocketAddr, String>, path: &str, timeout: Duration) -> ExitCode {
+    let address = match Config::load(Component::Cli).map_err(|e| e.to_string()).and_then(|c| address_of(&c)) {
+        Ok(address) => address,
+        Err(error) => {
+            eprintln!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match check(address, path, timeout) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("unhealthy: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
 /// The address to probe for a server listening on `host:port`: a wildcard listener answers on
 /// loopback, which needs no route and no name resolution.

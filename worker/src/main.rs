@@ -155,22 +155,9 @@ async fn main() -> ExitCode {
 /// Exits 0 or 1 only (Docker reserves 2), a configuration error included. The worker listens on
 /// every address, so loopback answers.
 fn healthcheck(ready: bool, timeout: u64) -> ExitCode {
-    let config = match Config::load(Component::Cli) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("{error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let address = SocketAddr::from(([127, 0, 0, 1], config.worker.port));
     let path = if ready { "/readiness" } else { "/health" };
-    match automation_shared::healthcheck::check(address, path, std::time::Duration::from_secs(timeout)) {
-        Ok(_) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("unhealthy: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    let address = |config: &Config| Ok(SocketAddr::from(([127, 0, 0, 1], config.worker.port)));
+    automation_shared::healthcheck::run(address, path, std::time::Duration::from_secs(timeout))
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
