@@ -232,6 +232,7 @@ async fn drain(env: &TestEnv, setup: &Setup) -> f64 {
     let shutdown = CancellationToken::new();
     // A failed check stops the worker too, before the environment goes.
     let _stop = shutdown.clone().drop_guard();
+    let cpu_before = cpu();
     let started = Instant::now();
     let mut handle = tokio::spawn(service::run(worker, listener, shutdown.clone()));
     let (mut seen, mut progressed) = ((-1, -1), Instant::now());
@@ -260,6 +261,17 @@ async fn drain(env: &TestEnv, setup: &Setup) -> f64 {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let cpu_after = cpu();
+    let per_event = |name: &str| {
+        let spent = cpu_after.iter().find(|(n, _)| *n == name)?.1 - cpu_before.iter().find(|(n, _)| *n == name)?.1;
+        Some(spent as f64 * 1e6 / CLOCK_TICKS / events as f64)
+    };
+    eprintln!(
+        "    CPU per event (start-up included): worker {:.0} µs, RabbitMQ {:.0} µs, MariaDB {:.0} µs",
+        per_event("worker").unwrap_or(f64::NAN),
+        per_event("rabbitmq").unwrap_or(f64::NAN),
+        per_event("mariadb").unwrap_or(f64::NAN)
+    );
     // The time the whole drain would take at the rate measured after the first event.
     let seconds = match first {
         Some((at, before)) if before < events => at.elapsed().as_secs_f64() * events as f64 / (events - before) as f64,
@@ -345,6 +357,76 @@ async fn out_of_order(env: &TestEnv) -> Option<i64> {
             None
         }
     }
+}
+
+/// What the partitioned layout's hop costs the worker's CPU per event, without the broker: the
+/// sequencer's read of each event (to find its key), packing, and the lane's unpacking.
+fn hop(events: usize) {
+    use automation_shared::events::Envelope;
+    use automation_shared::events::envelope::Limits;
+    use automation_shared::messaging::SystemUsers;
+    let system = SystemUsers::new("guest", &[]);
+    let publishers = std::collections::BTreeMap::new();
+    let limits = Limits { max_bytes: 256 * 1024, publishers: &publishers, system: &system };
+    let bodies = audits(events, 10_000);
+    let properties: Vec<lapin::BasicProperties> = bodies
+        .iter()
+        .map(|(id, _)| cloud_event_properties(id, "audit.recorded").with_user_id("guest".into()))
+        .collect();
+    let time = |what: &str, f: &mut dyn FnMut()| {
+        let started = Instant::now();
+        f();
+        eprintln!("    {what}: {:.1} µs per event", started.elapsed().as_secs_f64() * 1e6 / events as f64);
+    };
+    eprintln!("the hop's CPU in the worker ({events} audit.recorded events):");
+    time("read (Envelope::parse) and key", &mut || {
+        for ((_, body), props) in bodies.iter().zip(&properties) {
+            let envelope = Envelope::parse("audit.recorded", props, body, limits).expect("valid");
+            std::hint::black_box(automation_worker::handlers::entity_key(&envelope).partition(16));
+        }
+    });
+    let mut packs = Vec::new();
+    time("pack (100 a pack)", &mut || {
+        let events: Vec<(&str, &lapin::BasicProperties, &[u8])> =
+            bodies.iter().zip(&properties).map(|((_, b), p)| ("audit.recorded", p, b.as_slice())).collect();
+        packs = events.chunks(automation_worker::pack::MAX_EVENTS).map(|c| automation_worker::pack::pack(c.iter().copied())).collect();
+    });
+    time("unpack", &mut || {
+        for (_, body) in &packs {
+            std::hint::black_box(automation_worker::pack::unpack(body).expect("a pack"));
+        }
+    });
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// CPU ticks (user + system) so far of this process (the worker runs in it), RabbitMQ's
+/// `beam.smp` and MariaDB's server, found by name under /proc.
+fn cpu() -> Vec<(&'static str, u64)> {
+    let ticks = |pid: &str| -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    };
+    let mut found = vec![("worker", ticks("self").unwrap_or(0))];
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().to_string();
+        let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else { continue };
+        let name = match comm.trim() {
+            "beam.smp" => "rabbitmq",
+            "mariadbd" | "mysqld" => "mariadb",
+            _ => continue,
+        };
+        if let Some(t) = ticks(&pid) {
+            match found.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, total)) => *total += t,
+                None => found.push((name, t)),
+            }
+        }
+    }
+    found
 }
 
 /// The worker's own histograms (this process's recorder): name, observations, sum (seconds, or
@@ -549,8 +631,11 @@ fn main() {
     let consumers: Option<u16> = env_number("BENCH_CONSUMERS");
     let tables = std::env::var("BENCH_TABLES").unwrap_or_else(|_| "batching,ordering".into());
     let tables: Vec<&str> = tables.split(',').map(str::trim).filter(|t| !t.is_empty()).collect();
-    if let Some(unknown) = tables.iter().find(|t| !["batching", "ordering"].contains(t)) {
-        panic!("BENCH_TABLES: `{unknown}` is neither `batching` nor `ordering`");
+    if let Some(unknown) = tables.iter().find(|t| !["batching", "ordering", "hop"].contains(t)) {
+        panic!("BENCH_TABLES: `{unknown}` is none of `batching`, `ordering`, `hop`");
+    }
+    if tables.contains(&"hop") {
+        hop(events);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
