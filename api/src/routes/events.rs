@@ -5,7 +5,7 @@ use automation_shared::db::events::{self as event_rows, EventStatus};
 use automation_shared::events::{EventData, EventType, envelope::MAX_EVENT_ID_CHARS};
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -119,12 +119,7 @@ pub enum AcceptedEvents {
             body = Problem, content_type = "application/problem+json", headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
     )
 )]
-pub async fn publish(
-    State(state): State<AppState>,
-    user: AuthUser,
-    headers: HeaderMap,
-    JsonBytes(body): JsonBytes,
-) -> ApiResult<Response> {
+pub async fn publish(State(state): State<AppState>, user: AuthUser, JsonBytes(body): JsonBytes) -> ApiResult<Response> {
     user.require(Permission::PublishEvents)?;
     let value: Value = parse_json(&body)?;
     let (items, many) = match value {
@@ -161,7 +156,7 @@ pub async fn publish(
     }
     let mut accepted = Vec::with_capacity(checked.len());
     for (id, event_type, data) in checked {
-        commands::publish(&state, &user, &headers, &id, event_type.as_str(), data).await?;
+        commands::publish(&state, &user, &id, event_type.as_str(), data).await?;
         accepted.push(Accepted { status_url: commands::status_url(&id), event_id: id, status: "accepted" });
     }
     if many {
