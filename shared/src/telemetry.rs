@@ -46,7 +46,15 @@ where
     };
     let subscriber = Registry::default()
         .with(logs)
-        .with(tracing_opentelemetry::layer().with_tracer(traces.tracer()).with_location(false))
+        // Busy/idle times and thread names only matter in an exported span: without an endpoint
+        // they are not taken.
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(traces.tracer())
+                .with_location(false)
+                .with_tracked_inactivity(traces.exporting())
+                .with_threads(traces.exporting()),
+        )
         .with(filter);
     // Another subscriber (a test harness) may already be installed: keep it.
     let _ = tracing::subscriber::set_global_default(subscriber);
