@@ -47,10 +47,7 @@ impl Receiver {
     }
 }
 
-async fn receive(
-    State(spans): State<Kept>,
-    body: Bytes,
-) -> impl axum::response::IntoResponse {
+async fn receive(State(spans): State<Kept>, body: Bytes) -> impl axum::response::IntoResponse {
     let Ok(request) = ExportTraceServiceRequest::decode(body) else {
         return (axum::http::StatusCode::BAD_REQUEST, Vec::new());
     };
@@ -287,4 +284,102 @@ async fn log_lines_written_while_a_delivery_is_handled_carry_its_trace_id_and_ev
         assert!(line["trace_id"].as_str().is_some_and(|t| t.len() == 32), "{line}");
         assert!(line["event.id"].as_str().is_some_and(|e| !e.is_empty()), "{line}");
     }
+}
+
+/// The binary as deployed, configured by the standard variables only.
+fn spawn_api(env: &TestEnv, port: u16, endpoint: &str, log: &std::path::Path) -> std::process::Child {
+    let file = std::fs::File::create(log).expect("log");
+    std::process::Command::new(env!("CARGO_BIN_EXE_automation-api"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", env.config.database.url.clone().expect("url"))
+        .env("AMQP_URL", &env.config.amqp.url)
+        .env("AUTOMATION_AMQP__PREFIX", &env.config.amqp.prefix)
+        .env("API_PORT", port.to_string())
+        .env("LOG_FORMAT", "json")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+        // Nothing leaves on a timer within the test: what arrives was flushed at SIGTERM.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().expect("log"))
+        .stderr(file)
+        .spawn()
+        .expect("the API starts")
+}
+
+/// SIGTERM, then how long the process took to exit and how.
+async fn terminate(child: &mut std::process::Child, log: &std::path::Path) -> (Duration, std::process::ExitStatus) {
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let signalled = tokio::time::Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return (signalled.elapsed(), status);
+        }
+        if signalled.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still running 10 s after SIGTERM: {}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn serve_some_requests(port: u16) {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("client");
+    let started = tokio::time::Instant::now();
+    while client.get(format!("http://127.0.0.1:{port}/health/ready")).send().await.map(|r| r.status()).ok()
+        != Some(reqwest::StatusCode::OK)
+    {
+        assert!(started.elapsed() < Duration::from_secs(20), "the API never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = client.get(format!("http://127.0.0.1:{port}/health")).send().await.expect("alive");
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_exports_to_the_endpoint_the_otel_variables_name_and_flushes_at_sigterm_within_two_seconds() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let receiver = Receiver::start().await;
+    let env = TestEnv::new().await;
+    let port = automation_shared::testing::private_rabbitmq::free_port();
+    let log = std::env::temp_dir().join(format!("automation-api-otel-{}.log", uuid::Uuid::new_v4().simple()));
+    // The base endpoint: the exporter appends /v1/traces.
+    let base = receiver.url.trim_end_matches("/v1/traces").to_string();
+    let mut api = spawn_api(&env, port, &base, &log);
+    serve_some_requests(port).await;
+    let (took, status) = terminate(&mut api, &log).await;
+    println!("TIMING the API exited {took:?} after SIGTERM, flushing to a live collector");
+    assert!(status.success(), "{status}: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let spans = receiver.spans();
+    assert!(
+        spans.iter().any(|(service, s)| service == "automation-api" && s.name == "GET /health"),
+        "the request's span was flushed at shutdown, from service automation-api: {:?}",
+        spans.iter().map(|(service, s)| format!("{service} {}", s.name)).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_delays_the_apis_exit_by_about_a_second_at_most() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Takes connections and never answers.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let endpoint = format!("http://{}", hung.local_addr().expect("address"));
+    tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            kept.push(socket);
+        }
+    });
+    let env = TestEnv::new().await;
+    let port = automation_shared::testing::private_rabbitmq::free_port();
+    let log = std::env::temp_dir().join(format!("automation-api-otel-hung-{}.log", uuid::Uuid::new_v4().simple()));
+    let mut api = spawn_api(&env, port, &endpoint, &log);
+    serve_some_requests(port).await;
+    let (took, status) = terminate(&mut api, &log).await;
+    println!("TIMING the API exited {took:?} after SIGTERM, its collector hung");
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logs.contains("did not take the last spans in time"), "{logs}");
 }
