@@ -18,6 +18,7 @@ use std::time::Duration;
 use automation_shared::config::Config;
 use automation_shared::db::events::{Destination, OutboxMessage};
 use automation_shared::events::{EventType, derived_id};
+use automation_shared::traces::TraceHeaders;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -138,8 +139,12 @@ pub struct Execute {
 /// republished start is recognised. It carries the trace of the current span (the handler of
 /// the event that asked for the run).
 pub fn start_message(run_id: Uuid, attempt: u32) -> OutboxMessage {
+    start_message_in(run_id, attempt, TraceHeaders::current())
+}
+
+/// A start message that continues `trace` (the one the run keeps).
+pub fn start_message_in(run_id: Uuid, attempt: u32, trace: TraceHeaders) -> OutboxMessage {
     let message_id = derived_id(&format!("run-start:{attempt}"), &run_id.to_string());
-    let trace = automation_shared::traces::TraceHeaders::current();
     OutboxMessage {
         message_id,
         destination: Destination::Tasks,
