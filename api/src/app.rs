@@ -130,13 +130,12 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(middleware::from_fn(record_metrics))
         .layer(
-            // The span holds the path without the query string: the old login put a password
-            // there. Failures are not logged here: a 503 from readiness is no error, and real
-            // errors are logged once where they are handled (`problem`).
-            TraceLayer::new_for_http().on_failure(()).make_span_with(|request: &Request| {
-                let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
-                tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
-            }),
+            // Failures are not logged here: a 503 from readiness is no error, and real errors
+            // are logged once where they are handled (`problem`).
+            TraceLayer::new_for_http()
+                .on_failure(())
+                .make_span_with(crate::request_spans::make_span)
+                .on_response(crate::request_spans::on_response),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
@@ -158,6 +157,7 @@ fn cors(config: &Config) -> CorsLayer {
         HeaderName::from_static("prefer"),
         HeaderName::from_static("x-request-id"),
         HeaderName::from_static("traceparent"),
+        HeaderName::from_static("tracestate"),
     ];
     let methods = [Method::GET, Method::POST, Method::PATCH, Method::PUT, Method::DELETE, Method::OPTIONS];
     let base = CorsLayer::new()

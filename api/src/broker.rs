@@ -10,6 +10,7 @@ use automation_shared::config::Config;
 use automation_shared::events::Notification;
 use automation_shared::messaging::topology::{self, TopologySettings};
 use automation_shared::messaging::{self, Names, Publisher};
+use automation_shared::traces::{self, TraceHeaders};
 use futures_util::StreamExt;
 use lapin::Connection;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
@@ -153,7 +154,7 @@ impl Broker {
                     // Parsed only while a request waits: every notification of the system passes here.
                     Some(Ok(delivery)) if waiters.any() => {
                         if let Ok(notification) = serde_json::from_slice::<Notification>(&delivery.data) {
-                            waiters.deliver(notification);
+                            wake(&waiters, notification, &delivery);
                         }
                     }
                     Some(Ok(_)) => {}
@@ -175,4 +176,30 @@ impl Broker {
             let _ = link.connection.close(200, "api stopped".into()).await;
         }
     }
+}
+
+/// Hands a notification to the requests waiting for its cause, in a consumer span that continues
+/// the notification's trace (the `Prefer: wait` wake). Notifications nobody waits for make none.
+fn wake(waiters: &Waiters, notification: Notification, delivery: &lapin::message::Delivery) {
+    let Some(cause) = notification.causation_id.clone().filter(|c| waiters.waits_for(c)) else {
+        return;
+    };
+    let span = tracing::info_span!(
+        "wake",
+        otel.name = "wake Prefer: wait",
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = delivery.exchange.as_str(),
+        messaging.rabbitmq.destination.routing_key = notification.kind.map(|k| k.as_str()),
+        event.id = %cause,
+        trace_id = tracing::field::Empty,
+    );
+    let mut trace = TraceHeaders::from_amqp(&delivery.properties);
+    if trace.traceparent.is_none() {
+        trace = TraceHeaders::from_json(&delivery.data);
+    }
+    traces::continue_from(&span, &trace);
+    let _entered = span.enter();
+    waiters.deliver(notification);
 }

@@ -9,13 +9,14 @@ use automation_shared::db::events as event_rows;
 use automation_shared::db::idempotency;
 use automation_shared::events::{CloudEvent, EventData, EventRejected, EventState, EventType, extension};
 use automation_shared::messaging::{self, Outgoing};
-use automation_shared::telemetry::TraceParent;
+use automation_shared::traces::{self, TraceHeaders};
 use axum::Json;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -56,6 +57,9 @@ pub struct CommandHeaders {
     /// W3C trace context: the event and the worker's spans join this trace.
     #[param(example = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]
     pub traceparent: Option<String>,
+    /// W3C trace context: vendor state carried with `traceparent`.
+    #[param(example = "congo=t61rcWkgMzE")]
+    pub tracestate: Option<String>,
 }
 
 /// What happened to a submitted event by the time the answer is due.
@@ -155,12 +159,12 @@ pub async fn submit(
     let data = data.to_value();
     check_fingerprint(state, headers, &event_id, &data).await?;
     let Some(wait) = requested_wait(headers) else {
-        publish(state, user, headers, &event_id, event_type, data).await?;
+        publish(state, user, &event_id, event_type, data).await?;
         return Ok(Submitted::Accepted { event_id });
     };
     // Registered before the publish, so the quickest notification is not missed.
     let waiter = state.waiters.register(&event_id);
-    publish(state, user, headers, &event_id, event_type, data).await?;
+    publish(state, user, &event_id, event_type, data).await?;
     // A request retried with its Idempotency-Key may find its event done long ago.
     if headers.contains_key("idempotency-key") {
         match settled(state, &event_id).await {
@@ -203,7 +207,6 @@ async fn settled(state: &AppState, event_id: &str) -> sqlx::Result<Option<ApiRes
 pub async fn publish(
     state: &AppState,
     user: &AuthUser,
-    headers: &HeaderMap,
     event_id: &str,
     event_type: &str,
     data: Value,
@@ -213,29 +216,46 @@ pub async fn publish(
     })?;
     // One table for every door: what the dedicated route for this type asks, asked here too.
     user.require(permission)?;
-    let trace = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-        .map_or_else(TraceParent::new_root, |t| t.child());
-    let event = CloudEvent::new(event_id, SOURCE, event_type, data)
+    let exchange = state.broker.names().events();
+    // The producer span (messaging semantic conventions); the message carries its context, in
+    // the AMQP headers and as the CloudEvents extensions, so the worker's spans follow it.
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = %format!("publish {exchange}"),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.destination.name = %exchange,
+        messaging.rabbitmq.destination.routing_key = %event_type,
+        messaging.message.id = %event_id,
+        event.id = %event_id,
+        event.r#type = %event_type,
+    );
+    let trace = TraceHeaders::of(&span);
+    let mut event = CloudEvent::new(event_id, SOURCE, event_type, data)
         .with_extension(extension::ACTOR_ID, user.id.clone())
         .with_extension(extension::ACTOR_TYPE, user.actor_type())
-        .with_extension(extension::TRACEPARENT, trace.header());
+        .with_optional_extension(extension::TRACEPARENT, trace.traceparent.clone());
+    event = event.with_optional_extension(extension::TRACESTATE, trace.tracestate.clone());
     let body = serde_json::to_vec(&event).map_err(|e| ApiError::Internal(e.into()))?;
     let publisher =
         state.broker.publisher().ok_or_else(|| ApiError::BrokerUnavailable { reason: "not connected".into() })?;
     // As the system: the broker vouches for `user_id`, so the worker takes the actor from it.
-    let properties =
-        messaging::set_header(messaging::cloud_event_properties(event_id, event_type), "traceparent", trace.header())
-            .with_user_id(state.system_users.own().into());
-    let exchange = state.broker.names().events();
-    publisher
+    let properties = trace
+        .to_amqp(messaging::cloud_event_properties(event_id, event_type))
+        .with_user_id(state.system_users.own().into());
+    let published = publisher
         .publish(Outgoing { exchange: &exchange, routing_key: event_type, body: &body, properties, mandatory: true })
-        .await
-        .map_err(|e| ApiError::BrokerUnavailable { reason: e.to_string() })?;
+        .instrument(span.clone())
+        .await;
+    if published.is_err() {
+        span.record("otel.status_code", "error");
+    }
+    published.map_err(|e| ApiError::BrokerUnavailable { reason: e.to_string() })?;
     metrics::counter!(automation_shared::meters::API_EVENTS_PUBLISHED, "type" => event_type.to_string()).increment(1);
-    tracing::info!(event.id = %event_id, event.r#type = %event_type, user.id = %user.id, trace_id = %trace.trace_id, "event published");
+    tracing::info!(event.id = %event_id, event.r#type = %event_type, user.id = %user.id, trace_id = %traces::trace_id(&span), "event published");
     Ok(())
 }
 

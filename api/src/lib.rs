@@ -13,5 +13,6 @@ pub mod extract;
 pub mod openapi;
 pub mod pagination;
 pub mod problem;
+pub mod request_spans;
 pub mod routes;
 pub mod waiters;

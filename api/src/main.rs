@@ -96,7 +96,7 @@ async fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match args.command {
         None | Some(Command::Run) => {
-            telemetry::init_tracing(&config);
+            let traces = telemetry::init_tracing(&config, "automation-api");
             let code = match serve(config).await {
                 Ok(()) => 0,
                 Err(error) => {
@@ -104,6 +104,7 @@ async fn main() -> ExitCode {
                     Exit::of(&error).code().into()
                 }
             };
+            traces.shutdown().await;
             exit_now(code)
         }
         // Taken above, before the configuration is loaded; here for the match only.

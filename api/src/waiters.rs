@@ -47,6 +47,11 @@ impl Waiters {
         }
     }
 
+    /// Whether a request waits for the event `cause`.
+    pub fn waits_for(&self, cause: &str) -> bool {
+        self.lock().contains_key(cause)
+    }
+
     /// Whether any request waits (registered before its event was published).
     pub fn any(&self) -> bool {
         !self.lock().is_empty()

@@ -15,3 +15,4 @@ pub mod rules;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod traces;

@@ -389,7 +389,10 @@ fn hop(events: usize) {
     time("pack (100 a pack)", &mut || {
         let events: Vec<(&str, &lapin::BasicProperties, &[u8])> =
             bodies.iter().zip(&properties).map(|((_, b), p)| ("audit.recorded", p, b.as_slice())).collect();
-        packs = events.chunks(automation_worker::pack::MAX_EVENTS).map(|c| automation_worker::pack::pack(c.iter().copied())).collect();
+        packs = events
+            .chunks(automation_worker::pack::MAX_EVENTS)
+            .map(|c| automation_worker::pack::pack(c.iter().copied()))
+            .collect();
     });
     time("unpack", &mut || {
         for (_, body) in &packs {

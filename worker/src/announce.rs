@@ -21,6 +21,7 @@ pub struct Cause {
     pub scoped_id: String,
     pub correlation_id: String,
     pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     pub chain_depth: u32,
 }
 
@@ -31,6 +32,7 @@ impl From<&Envelope> for Cause {
             scoped_id: envelope.scoped_id().into_owned(),
             correlation_id: envelope.correlation_id.clone(),
             traceparent: envelope.traceparent.clone(),
+            tracestate: envelope.tracestate.clone(),
             chain_depth: envelope.chain_depth,
         }
     }
@@ -49,7 +51,8 @@ pub fn notification_with_id(id: Uuid, cause: &Cause, kind: NotificationType, dat
     let event = CloudEvent::new(id.to_string(), SOURCE, kind.as_str(), data)
         .with_extension(extension::CAUSATION_ID, cause.id.clone())
         .with_extension(extension::CORRELATION_ID, cause.correlation_id.clone())
-        .with_optional_extension(extension::TRACEPARENT, cause.traceparent.clone());
+        .with_optional_extension(extension::TRACEPARENT, cause.traceparent.clone())
+        .with_optional_extension(extension::TRACESTATE, cause.tracestate.clone());
     OutboxMessage {
         message_id: id,
         destination: Destination::Notifications,
@@ -87,7 +90,8 @@ pub fn follow_up(cause: &Cause, id: &str, event_type: EventType, data: Value, ac
         .with_extension(extension::CAUSATION_ID, cause.id.clone())
         .with_extension(extension::CORRELATION_ID, cause.correlation_id.clone())
         .with_extension(extension::CHAIN_DEPTH, cause.chain_depth + 1)
-        .with_optional_extension(extension::TRACEPARENT, cause.traceparent.clone());
+        .with_optional_extension(extension::TRACEPARENT, cause.traceparent.clone())
+        .with_optional_extension(extension::TRACESTATE, cause.tracestate.clone());
     OutboxMessage {
         message_id: derived_id("follow-up", id),
         destination: Destination::Events,

@@ -375,7 +375,7 @@ async fn apply_inner(
     event_rows::clear_attempts(&mut tx, &retried).await?;
     order.write(&mut tx).await?;
     progress.committing.store(true, Ordering::Relaxed);
-    tx.commit().await?;
+    tracing::Instrument::instrument(tx.commit(), crate::spans::commit()).await?;
     #[cfg(feature = "fault-injection")]
     crate::faults::after_commit();
     Ok((Committed { outcomes, outbox }, staged))

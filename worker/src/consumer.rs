@@ -30,6 +30,7 @@ use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, B
 use lapin::types::FieldTable;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::apply::{self, BatchError, Item, Message, Ordered, Outcome};
 use crate::deferrals::SetAside;
@@ -38,7 +39,7 @@ use crate::handlers::{self, EntityKey};
 use crate::pack;
 use crate::rules::RuleSet;
 use crate::service::Worker;
-use crate::tasks;
+use crate::{spans, tasks};
 
 /// Immediate re-runs of a batch that hit a deadlock, a lock wait timeout or an inbox race.
 const CONFLICT_RETRIES: u32 = 3;
@@ -141,6 +142,8 @@ struct Parsed {
     attempt: u32,
     /// Its entity key, when order is kept.
     key: Option<EntityKey>,
+    /// Its consumer span, open until its delivery is settled.
+    span: tracing::Span,
 }
 
 /// One event of a delivery, before it is read.
@@ -255,6 +258,7 @@ impl Applier {
         self.worker.health.hold(held);
         let received_at = Utc::now();
         let limits = self.worker.limits();
+        let queue_name = self.worker.names.work_queue(self.queue);
         let mut incoming = Vec::with_capacity(deliveries.len());
         let mut executes = Vec::new();
         for delivery in deliveries {
@@ -281,7 +285,9 @@ impl Applier {
             };
             for event in events {
                 match Envelope::parse(&event.routing_key, &event.properties, &event.body, limits) {
-                    Ok(envelope) => {
+                    Ok(mut envelope) => {
+                        let span =
+                            spans::event(&queue_name, &event.routing_key, &mut envelope, delivery.delivery.redelivered);
                         let attempt = failures::attempt_of(&event.properties);
                         let key = self.ordered.then(|| handlers::entity_key(&envelope));
                         parsed.push(Parsed {
@@ -294,9 +300,16 @@ impl Applier {
                             envelope,
                             attempt,
                             key,
+                            span,
                         });
                     }
                     Err(poison) => {
+                        let span = spans::poison(
+                            &queue_name,
+                            &event.routing_key,
+                            &event.properties,
+                            poison.event_id.as_deref(),
+                        );
                         let message = Unapplied {
                             queue: self.queue,
                             routing_key: &event.routing_key,
@@ -305,14 +318,19 @@ impl Applier {
                             event_id: poison.event_id.as_deref(),
                             event_type: poison.event_type.as_deref(),
                         };
-                        tracing::warn!(event.id = poison.event_id, reason = %poison, "dead-lettering a message that cannot be taken");
+                        span.in_scope(
+                            || tracing::warn!(reason = %poison, "dead-lettering a message that cannot be taken"),
+                        );
                         let result =
                             failures::dead_letter(&self.worker, &message, DeathKind::Poison, &poison.to_string(), None)
+                                .instrument(span.clone())
                                 .await;
                         metrics::counter!(automation_shared::meters::WORKER_DEAD_LETTERED, "kind" => "poison", "reason" => poison.code.as_str())
                             .increment(1);
                         if let Err(error) = result {
-                            tracing::warn!(%error, "could not dead-letter a message; returning it to the queue");
+                            span.in_scope(
+                                || tracing::warn!(%error, "could not dead-letter a message; returning it to the queue"),
+                            );
                             settled[index] = false;
                         }
                     }
@@ -324,7 +342,8 @@ impl Applier {
             self.learn_unheld(parsed.iter().map(|p| p.channel)).await;
         }
         if !parsed.is_empty() {
-            match self.apply_and_route(&parsed, received_at, shutdown).await {
+            let batch = spans::batch(&queue_name, parsed.iter().map(|p| (&p.span, p.envelope.id.as_str())));
+            match self.apply_and_route(&parsed, received_at, shutdown).instrument(batch).await {
                 Some(outcomes) => {
                     for (p, ok) in parsed.iter().zip(outcomes) {
                         settled[p.delivery] &= ok;
@@ -443,11 +462,12 @@ impl Applier {
             }
             let ok = match result {
                 Settled::Done(outcome) => {
+                    p.span.in_scope(|| tracing::debug!(outcome = outcome.as_str(), "event settled"));
                     metrics::counter!(automation_shared::meters::WORKER_EVENTS, "type" => p.envelope.event_type.as_str(), "outcome" => outcome.as_str())
                         .increment(1);
                     true
                 }
-                Settled::Failed(error) => self.route_failure(p, &error).await,
+                Settled::Failed(error) => self.route_failure(p, &error).instrument(p.span.clone()).await,
                 Settled::Requeue => false,
             };
             settled.push(ok);

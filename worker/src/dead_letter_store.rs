@@ -48,7 +48,8 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) -> anyhow::Result
         match next {
             None => break,
             Some(Ok(delivery)) => {
-                if !store(&worker, &delivery, &stop).await {
+                let span = crate::spans::dead_letter(&delivery);
+                if !tracing::Instrument::instrument(store(&worker, &delivery, &stop), span).await {
                     break;
                 }
             }

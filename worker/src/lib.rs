@@ -28,4 +28,5 @@ pub mod runner;
 pub mod scheduler;
 pub mod sequencer;
 pub mod service;
+pub mod spans;
 pub mod tasks;

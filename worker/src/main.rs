@@ -121,7 +121,7 @@ async fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match args.command {
         None | Some(Command::Run) => {
-            telemetry::init_tracing(&config);
+            let traces = telemetry::init_tracing(&config, "automation-worker");
             let code = match serve(config).await {
                 Ok(()) => 0,
                 Err(error) => {
@@ -129,6 +129,7 @@ async fn main() -> ExitCode {
                     Exit::of(&error).code().into()
                 }
             };
+            traces.shutdown().await;
             exit_now(code)
         }
         // Taken above, before the configuration is loaded; here for the match only.

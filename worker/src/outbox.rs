@@ -15,11 +15,14 @@ use std::time::Duration;
 use automation_shared::db::events::{self as event_rows, Destination, OutboxMessage};
 use automation_shared::db::through_conflicts;
 use automation_shared::messaging::{self, Outgoing};
+use automation_shared::traces::TraceHeaders;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 use uuid::Uuid;
 
 use crate::service::Worker;
+use crate::spans;
 
 /// Batches of fresh rows the channel holds before consumers wait.
 pub const CHANNEL_BATCHES: usize = 64;
@@ -73,17 +76,42 @@ fn gather(mut batch: Vec<OutboxMessage>, fresh: &mut mpsc::Receiver<Vec<OutboxMe
 
 async fn publish_fresh(worker: &Worker, messages: Vec<OutboxMessage>) {
     let rows: Vec<(String, &OutboxMessage)> = messages.iter().map(|m| (m.message_id.to_string(), m)).collect();
-    let outgoing = rows.iter().map(|(id, m)| outgoing(worker, id, m.destination, &m.routing_key, &m.body)).collect();
-    if let Err(error) = worker.publisher.publish_all(outgoing).await {
-        tracing::warn!(%error, rows = messages.len(), "could not publish the outbox now; it is swept when the broker is back");
+    let causes: Vec<TraceHeaders> = messages.iter().map(|m| TraceHeaders::from_json(&m.body)).collect();
+    let round = spans::outbox_round(&causes, false);
+    let (outgoing, message_spans): (Vec<Outgoing<'_>>, Vec<Span>) = rows
+        .iter()
+        .zip(&causes)
+        .map(|((id, m), cause)| traced(worker, cause, id, m.destination, &m.routing_key, &m.body))
+        .unzip();
+    let published = worker.publisher.publish_all(outgoing).instrument(round.clone()).await;
+    drop(message_spans);
+    if let Err(error) = published {
+        round.in_scope(|| tracing::warn!(%error, rows = messages.len(), "could not publish the outbox now; it is swept when the broker is back"));
         return;
     }
     let ids: Vec<Uuid> = messages.iter().map(|m| m.message_id).collect();
-    if let Err(error) = through_conflicts(|| event_rows::delete_published(&worker.pool, &ids)).await {
+    if let Err(error) =
+        through_conflicts(|| event_rows::delete_published(&worker.pool, &ids)).instrument(round.clone()).await
+    {
         // Published but not deleted: the sweep publishes these again, with the same ids.
-        tracing::warn!(%error, rows = ids.len(), "published outbox rows could not be deleted");
+        round.in_scope(|| tracing::warn!(%error, rows = ids.len(), "published outbox rows could not be deleted"));
     }
     metrics::counter!(automation_shared::meters::WORKER_OUTBOX_PUBLISHED).increment(messages.len() as u64);
+}
+
+/// A message with the producer span it is published in; its AMQP headers carry that span.
+fn traced<'a>(
+    worker: &'a Worker,
+    cause: &TraceHeaders,
+    message_id: &str,
+    destination: Destination,
+    routing_key: &'a str,
+    body: &'a [u8],
+) -> (Outgoing<'a>, Span) {
+    let mut message = outgoing(worker, message_id, destination, routing_key, body);
+    let span = spans::outbox_message(cause, message.exchange, destination, routing_key, message_id);
+    message.properties = TraceHeaders::of(&span).to_amqp(message.properties);
+    (message, span)
 }
 
 /// Publishes leftovers until none is left. Returns how many went out.
@@ -97,17 +125,21 @@ pub async fn sweep_leftovers(worker: &Worker, relay: Uuid) -> anyhow::Result<usi
         if rows.is_empty() {
             return Ok(total);
         }
-        let outgoing = rows
+        let causes: Vec<TraceHeaders> = rows.iter().map(|r| TraceHeaders::from_json(&r.body)).collect();
+        let round = spans::outbox_round(&causes, true);
+        let (outgoing, message_spans): (Vec<Outgoing<'_>>, Vec<Span>) = rows
             .iter()
-            .filter_map(|r| {
+            .zip(&causes)
+            .filter_map(|(r, cause)| {
                 let destination = Destination::parse(&r.destination).or_else(|| {
                     tracing::error!(outbox.id = r.id, destination = %r.destination, "an outbox row has an unknown destination; leaving it for a newer worker");
                     None
                 })?;
-                Some(outgoing(worker, &r.message_id, destination, &r.routing_key, &r.body))
+                Some(traced(worker, cause, &r.message_id, destination, &r.routing_key, &r.body))
             })
-            .collect();
-        worker.publisher.publish_all(outgoing).await?;
+            .unzip();
+        worker.publisher.publish_all(outgoing).instrument(round).await?;
+        drop(message_spans);
         let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
         through_conflicts(|| event_rows::delete_leased(&worker.pool, relay, &ids)).await?;
         metrics::counter!(automation_shared::meters::WORKER_OUTBOX_SWEPT).increment(ids.len() as u64);

@@ -14,6 +14,7 @@ use automation_shared::db::events::{self as event_rows, OutboxMessage};
 use automation_shared::db::runs::{self, Run, RunState};
 use automation_shared::db::{self, Failure};
 use automation_shared::events::{NotificationType, WorkQueue, derived_id};
+use automation_shared::traces::TraceHeaders;
 use chrono::Utc;
 use futures_util::future::join_all;
 use lapin::message::Delivery;
@@ -21,10 +22,12 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use serde_json::{Value, json};
 use sqlx::types::Json;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::announce::{self, Actor, Cause};
 use crate::failures::{self, DeathKind, Unapplied};
 use crate::service::Worker;
+use crate::spans;
 use crate::tasks::{self, Execute, TaskContext, TaskError, TaskOutput};
 
 /// Runs the attempts these deliveries ask for, side by side, and settles each delivery. True
@@ -37,10 +40,15 @@ pub async fn execute_all(
     shutdown: &CancellationToken,
 ) -> bool {
     let mut left = false;
-    let outcomes = join_all(deliveries.iter().map(|d| attempt(worker, d, shutdown))).await;
-    for (delivery, outcome) in deliveries.iter().zip(outcomes) {
+    let spans: Vec<tracing::Span> = deliveries.iter().map(spans::run_attempt).collect();
+    let outcomes =
+        join_all(deliveries.iter().zip(&spans).map(|(d, span)| attempt(worker, d, shutdown).instrument(span.clone())))
+            .await;
+    for ((delivery, outcome), span) in deliveries.iter().zip(outcomes).zip(&spans) {
         let outcome = match outcome {
-            Attempted::Done(Some(finished)) => finish(worker, chain, &finished, shutdown).await,
+            Attempted::Done(Some(finished)) => {
+                finish(worker, chain, &finished, shutdown).instrument(span.clone()).await
+            }
             other => other,
         };
         match outcome {
@@ -105,6 +113,11 @@ async fn attempt(worker: &Arc<Worker>, delivery: &Delivery, shutdown: &Cancellat
         }
     };
     let Some(run) = run else { return Attempted::Done(None) };
+    let span = tracing::Span::current();
+    span.record("run.id", run.id.to_string().as_str());
+    span.record("automation", run.automation.as_str());
+    span.record("attempt", request.attempt);
+    span.record("event.id", run.event_id.as_deref());
     let Some(spec) = worker.registry.get(&run.automation).cloned() else {
         let outcome =
             Err(TaskError::fatal(format!("no automation is registered as {:?} in this worker", run.automation)));
@@ -212,12 +225,15 @@ async fn record(worker: &Worker, chain: &mut AuditChain, finished: &Finished) ->
     }
     let now = Utc::now();
     let cause_id = run.event_id.clone().unwrap_or_else(|| run.id.to_string());
+    let trace = TraceHeaders::current();
     let cause = Cause {
         // A run's notifications take their ids from the run (`notification_with_id`).
         scoped_id: run.id.to_string(),
         id: cause_id,
         correlation_id: run.event_id.clone().unwrap_or_else(|| run.id.to_string()),
-        traceparent: None,
+        // The attempt's span: its notifications and follow-ups continue from it.
+        traceparent: trace.traceparent,
+        tracestate: trace.tracestate,
         chain_depth: 0,
     };
     let mut outbox = Vec::new();

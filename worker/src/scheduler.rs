@@ -16,6 +16,7 @@ use automation_shared::db::events::{self as event_rows};
 use automation_shared::db::runs::{self, Run, RunState};
 use automation_shared::db::{self, Failure};
 use automation_shared::events::derived_id;
+use automation_shared::traces::TraceHeaders;
 use chrono::{DateTime, SubsecRound, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
@@ -74,7 +75,9 @@ pub async fn promote_due(worker: &Worker) -> sqlx::Result<usize> {
     let now = Utc::now();
     let mut outbox = Vec::with_capacity(due.len());
     for mut run in due.iter().cloned() {
-        outbox.push(tasks::start_message(run.id, run.attempts + 1));
+        // The attempt continues the trace of the event that asked for the run.
+        let trace = TraceHeaders { traceparent: run.traceparent.clone(), tracestate: run.tracestate.clone() };
+        outbox.push(tasks::start_message_in(run.id, run.attempts + 1, trace));
         run.state = RunState::Queued;
         run.updated_at = now;
         runs::update(&mut *tx, &run).await?;
@@ -217,6 +220,8 @@ async fn fire(worker: &Worker, schedule: &ScheduleConfig, tick: DateTime<Utc>) -
         started_at: None,
         finished_at: None,
         updated_at: now,
+        traceparent: None,
+        tracestate: None,
     };
     runs::insert(&mut *tx, &run).await?;
     let outbox = vec![tasks::start_message(run.id, 1)];

@@ -301,7 +301,7 @@ pub async fn publish(
     }
     let mut accepted = Vec::with_capacity(checked.len());
     for (id, event_type, data) in checked {
-        commands::publish(&state, &user, &headers, &id, event_type.as_str(), data).await?;
+        commands::publish(&state, &user, &id, event_type.as_str(), data).await?;
         accepted.push(Accepted { status_url: commands::status_url(&id), event_id: id, status: "accepted" });
     }
     if many {

@@ -12,4 +12,5 @@ mod jwt;
 mod outages;
 mod rules_and_automation;
 mod support;
+mod traces;
 mod trust_boundaries;

@@ -98,13 +98,23 @@ pub struct Run {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// The W3C trace context of the event that asked for the run: each attempt continues it.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
+    #[serde(skip)]
+    pub tracestate: Option<String>,
 }
+
+/// The longest trace context values a run keeps (its columns).
+pub const MAX_TRACEPARENT: usize = 128;
+pub const MAX_TRACESTATE: usize = 512;
 
 macro_rules! select_runs {
     ($rest:literal) => {
         concat!(
             "select seq, id, automation, params, state, attempts, max_attempts, result, error, run_at, event_id, \
-             schedule_name, requested_by, created_at, started_at, finished_at, updated_at from automation_runs ",
+             schedule_name, requested_by, created_at, started_at, finished_at, updated_at, traceparent, tracestate \
+             from automation_runs ",
             $rest
         )
     };
@@ -123,7 +133,8 @@ pub async fn find_for_update<'e>(executor: impl MySqlExecutor<'e>, id: Uuid) -> 
 pub async fn insert<'e>(executor: impl MySqlExecutor<'e>, r: &Run) -> sqlx::Result<()> {
     sqlx::query(
         "insert into automation_runs (id, automation, params, state, attempts, max_attempts, run_at, event_id, \
-         schedule_name, requested_by, created_at, updated_at) values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         schedule_name, requested_by, created_at, updated_at, traceparent, tracestate) \
+         values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(r.id.hyphenated())
     .bind(&r.automation)
@@ -137,6 +148,8 @@ pub async fn insert<'e>(executor: impl MySqlExecutor<'e>, r: &Run) -> sqlx::Resu
     .bind(&r.requested_by)
     .bind(r.created_at)
     .bind(r.updated_at)
+    .bind(&r.traceparent)
+    .bind(&r.tracestate)
     .execute(executor)
     .await
     .map(|_| ())
@@ -172,7 +185,8 @@ pub async fn insert_many(conn: &mut MySqlConnection, rows: &[&Run]) -> sqlx::Res
     for chunk in rows.chunks(500) {
         let mut insert = QueryBuilder::new(
             "insert into automation_runs (id, automation, params, state, attempts, max_attempts, result, error, run_at, \
-             event_id, schedule_name, requested_by, created_at, started_at, finished_at, updated_at) ",
+             event_id, schedule_name, requested_by, created_at, started_at, finished_at, updated_at, traceparent, \
+             tracestate) ",
         );
         insert.push_values(chunk, |mut row, r| {
             row.push_bind(r.id.hyphenated())
@@ -190,7 +204,9 @@ pub async fn insert_many(conn: &mut MySqlConnection, rows: &[&Run]) -> sqlx::Res
                 .push_bind(r.created_at)
                 .push_bind(r.started_at)
                 .push_bind(r.finished_at)
-                .push_bind(r.updated_at);
+                .push_bind(r.updated_at)
+                .push_bind(r.traceparent.clone())
+                .push_bind(r.tracestate.clone());
         });
         insert.build().execute(&mut *conn).await?;
     }

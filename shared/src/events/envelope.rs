@@ -134,7 +134,10 @@ pub struct Envelope {
     pub causation_id: Option<String>,
     /// How many rule-caused events led to this one (0 for an event from outside).
     pub chain_depth: u32,
+    /// W3C trace context: the AMQP headers `traceparent`/`tracestate` (the publish), else the
+    /// CloudEvents extensions of the same names.
     pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
     pub data: EventData,
     /// `data` as received (unknown fields included): what rules see as `event.data`.
     pub raw_data: Value,
@@ -142,8 +145,17 @@ pub struct Envelope {
 }
 
 /// The optional attributes the event schemas type as `string` or `null`.
-const OPTIONAL_STRING_ATTRIBUTES: [&str; 8] =
-    ["time", "subject", "datacontenttype", "dataschema", "actorid", "correlationid", "causationid", "traceparent"];
+const OPTIONAL_STRING_ATTRIBUTES: [&str; 9] = [
+    "time",
+    "subject",
+    "datacontenttype",
+    "dataschema",
+    "actorid",
+    "correlationid",
+    "causationid",
+    "traceparent",
+    "tracestate",
+];
 const CE_PREFIXES: [&str; 4] = ["ce_", "ce-", "cloudevents:", "cloudevents_"];
 const CE_STANDARD: [&str; 10] =
     ["specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time", "data", "data_base64"];
@@ -295,7 +307,12 @@ impl Envelope {
         let correlation_id = raw.extension(extension::CORRELATION_ID).unwrap_or_else(|| id.clone());
         Ok(Envelope {
             causation_id: raw.extension(extension::CAUSATION_ID),
-            traceparent: raw.extension(extension::TRACEPARENT).or_else(|| header_string(properties, "traceparent")),
+            // The header is the latest hop (the producer span); the extension may name the span
+            // that built the body, earlier.
+            traceparent: header_string(properties, extension::TRACEPARENT)
+                .or_else(|| raw.extension(extension::TRACEPARENT)),
+            tracestate: header_string(properties, extension::TRACESTATE)
+                .or_else(|| raw.extension(extension::TRACESTATE)),
             id,
             event_type,
             source: raw.source,
@@ -332,6 +349,7 @@ impl Envelope {
         .with_optional_extension(extension::CAUSATION_ID, self.causation_id.clone())
         .with_extension(extension::CHAIN_DEPTH, self.chain_depth)
         .with_optional_extension(extension::TRACEPARENT, self.traceparent.clone())
+        .with_optional_extension(extension::TRACESTATE, self.tracestate.clone())
     }
 }
 

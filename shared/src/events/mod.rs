@@ -431,6 +431,7 @@ pub mod extension {
     pub const CAUSATION_ID: &str = "causationid";
     pub const CHAIN_DEPTH: &str = "chaindepth";
     pub const TRACEPARENT: &str = "traceparent";
+    pub const TRACESTATE: &str = "tracestate";
 }
 
 #[cfg(test)]

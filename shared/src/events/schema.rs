@@ -124,7 +124,8 @@ fn attributes(type_schema: Value) -> Map<String, Value> {
         "actorid": optional_string("Who asked for this (CloudEvents extension); for a service publisher the actor of the event."),
         "correlationid": optional_string("Carried through to every notification and follow-up event."),
         "causationid": optional_string("The event that caused this one."),
-        "traceparent": optional_string("W3C trace context.")
+        "traceparent": optional_string("W3C trace context."),
+        "tracestate": optional_string("W3C trace context: vendor state that goes with `traceparent`.")
     }) else {
         unreachable!("an object literal")
     };
@@ -326,7 +327,8 @@ fn binary_headers(event_type: EventType) -> Value {
             "ce_subject": header("What the event is about."),
             "ce_actorid": header("Who asked for this."),
             "ce_correlationid": header("Carried through to every notification."),
-            "ce_traceparent": header("W3C trace context.")
+            "ce_traceparent": header("W3C trace context."),
+            "ce_tracestate": header("W3C trace context: vendor state that goes with `ce_traceparent`.")
         }
     })
 }

@@ -1,7 +1,7 @@
 //! `automation.requested`: records a run, then queues it now or schedules it for later. A
 //! scheduled run waits in the database, not in a consumer.
 
-use automation_shared::db::runs::{Run, RunState};
+use automation_shared::db::runs::{self, Run, RunState};
 use automation_shared::events::{AutomationRequested, NotificationType, RejectCode, derived_id};
 use serde_json::Value;
 use sqlx::types::Json;
@@ -46,6 +46,7 @@ impl EventHandler for Handler {
             (a, b) => a.or(b),
         }
         .filter(|at| *at > ctx.now);
+        let trace = automation_shared::traces::TraceHeaders::current();
         let run = Run {
             seq: 0,
             id,
@@ -64,6 +65,9 @@ impl EventHandler for Handler {
             started_at: None,
             finished_at: None,
             updated_at: ctx.now,
+            // The handler's span: every attempt of the run continues this event's trace.
+            traceparent: trace.traceparent.filter(|t| t.len() <= runs::MAX_TRACEPARENT),
+            tracestate: trace.tracestate.filter(|t| t.len() <= runs::MAX_TRACESTATE),
         };
         let notification = if run.state == RunState::Queued {
             ctx.outbox.push(crate::tasks::start_message(run.id, 1));

@@ -197,6 +197,7 @@ macro_rules! event_handlers {
         /// Applies the event in memory.
         pub fn dispatch(ctx: &mut Context<'_>) -> Result<Applied, Rejection> {
             let envelope = ctx.envelope;
+            let _span = crate::spans::handler(envelope).entered();
             match &envelope.data {
                 $(EventData::$variant(data) => <$module::Handler as EventHandler>::handle(ctx, data),)+
             }

@@ -18,6 +18,7 @@ use std::time::Duration;
 use automation_shared::config::Config;
 use automation_shared::db::events::{Destination, OutboxMessage};
 use automation_shared::events::{EventType, derived_id};
+use automation_shared::traces::TraceHeaders;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -126,17 +127,35 @@ impl Registry {
 pub struct Execute {
     pub run_id: Uuid,
     pub attempt: u32,
+    /// The trace of the event that asked for the run, which the attempt continues. A start
+    /// queued later by the scheduler has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 /// The outbox message that starts attempt `attempt` of a run. Its id is derived from both, so a
-/// republished start is recognised.
+/// republished start is recognised. It carries the trace of the current span (the handler of
+/// the event that asked for the run).
 pub fn start_message(run_id: Uuid, attempt: u32) -> OutboxMessage {
+    start_message_in(run_id, attempt, TraceHeaders::current())
+}
+
+/// A start message that continues `trace` (the one the run keeps).
+pub fn start_message_in(run_id: Uuid, attempt: u32, trace: TraceHeaders) -> OutboxMessage {
     let message_id = derived_id(&format!("run-start:{attempt}"), &run_id.to_string());
     OutboxMessage {
         message_id,
         destination: Destination::Tasks,
         routing_key: EXECUTE.to_string(),
-        body: serde_json::to_vec(&Execute { run_id, attempt }).unwrap_or_default(),
+        body: serde_json::to_vec(&Execute {
+            run_id,
+            attempt,
+            traceparent: trace.traceparent,
+            tracestate: trace.tracestate,
+        })
+        .unwrap_or_default(),
     }
 }
 

@@ -8,10 +8,12 @@
 
 use std::time::Duration;
 
+use automation_shared::traces::{self, TraceHeaders};
 use backon::{ExponentialBuilder, Retryable};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
+use tracing::Instrument;
 
 use super::{TaskContext, TaskError, TaskOutput, TaskSpec};
 
@@ -61,12 +63,31 @@ async fn call(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
         .map(|h| h.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))).collect())
         .unwrap_or_default();
     let secret = ctx.config.tasks.effective_webhook_secret().to_string();
+    // The client span of each try: a child of the run's attempt, its context sent as
+    // `traceparent`/`tracestate` so the receiver's spans join the trace. The URL is recorded
+    // without its query, which may hold a token.
+    let mut shown = url.clone();
+    shown.set_query(None);
+    let _ = shown.set_password(None);
     let mut tries = 0usize;
     let attempt = || {
         tries += 1;
         let (url, body, extra, secret, http) =
             (url.clone(), body.clone(), extra.clone(), secret.clone(), ctx.http.clone());
         let (run, attempt) = (ctx.run_id, ctx.attempt);
+        let span = tracing::info_span!(
+            "webhook",
+            otel.name = "POST",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = "POST",
+            url.full = %shown,
+            server.address = url.host_str(),
+            http.request.resend_count = tries - 1,
+            http.response.status_code = tracing::field::Empty,
+        );
+        let trace = TraceHeaders::of(&span);
+        let recorded = span.clone();
         async move {
             let timestamp = chrono::Utc::now().timestamp();
             let mut request = http
@@ -82,9 +103,21 @@ async fn call(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
             for (name, value) in &extra {
                 request = request.header(name, value);
             }
-            let response =
-                request.body(body).send().await.map_err(|e| TaskError::retryable(format!("request failed: {e}")))?;
+            if let Some(parent) = trace.traceparent {
+                request = request.header(traces::TRACEPARENT, parent);
+            }
+            if let Some(state) = trace.tracestate {
+                request = request.header(traces::TRACESTATE, state);
+            }
+            let response = request.body(body).send().await.map_err(|e| {
+                recorded.record("otel.status_code", "error");
+                TaskError::retryable(format!("request failed: {e}"))
+            })?;
             let status = response.status();
+            recorded.record("http.response.status_code", status.as_u16());
+            if !status.is_success() {
+                recorded.record("otel.status_code", "error");
+            }
             let text = response.text().await.unwrap_or_default();
             let kept: String = text.chars().take(KEEP_BODY).collect();
             if status.is_success() {
@@ -95,6 +128,7 @@ async fn call(ctx: TaskContext) -> Result<TaskOutput, TaskError> {
                 Err(TaskError::fatal(format!("the endpoint answered {status}: {kept}")))
             }
         }
+        .instrument(span)
     };
     let outcome = attempt
         .retry(

@@ -244,3 +244,61 @@ async fn a_second_copy_of_a_start_message_does_not_run_the_attempt_twice() {
     assert_eq!(calls.load(Ordering::SeqCst), 1, "the webhook was called once");
     assert_eq!(state_of(&env, run.id).await, Some(automation_shared::db::runs::RunState::Succeeded));
 }
+
+/// Publishes `automation.requested` with W3C trace context in its AMQP headers.
+async fn request_traced(env: &TestEnv, data: Value, traceparent: &str) -> Uuid {
+    let run = Uuid::new_v4();
+    let mut data = data;
+    data["runId"] = json!(run);
+    let e = event("automation.requested", data);
+    let mut headers = lapin::types::FieldTable::default();
+    headers.insert("traceparent".into(), lapin::types::AMQPValue::LongString(traceparent.as_bytes().to_vec().into()));
+    headers.insert("tracestate".into(), lapin::types::AMQPValue::LongString(b"congo=t61rcWkgMzE".to_vec().into()));
+    let properties = lapin::BasicProperties::default()
+        .with_content_type("application/cloudevents+json".into())
+        .with_headers(headers);
+    env.publish("automation.requested", properties, e.to_string().as_bytes()).await;
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_call_sends_the_trace_of_the_event_that_asked_for_the_run_also_after_a_countdown() {
+    let mut env = TestEnv::new().await;
+    env.config.tasks.webhook_secret = Some("a-webhook-secret-for-the-tests-only".into());
+    // The tracer makes and carries trace context whether or not it exports.
+    let _traces = automation_shared::telemetry::init_tracing_with(
+        &env.config,
+        "automation-worker",
+        &automation_shared::traces::Export::Off,
+        true,
+        std::io::sink,
+    );
+    let _worker = TestWorker::start(&env.config).await;
+    let (url, receiver) = start_receiver(0).await;
+    let now = "0af7651916cd43dd8448eb211c80319c";
+    let run = request_traced(
+        &env,
+        json!({"automation": "webhook.call", "params": {"url": url, "payload": {"n": "now"}}}),
+        &format!("00-{now}-b7ad6b7169203331-01"),
+    )
+    .await;
+    wait_state(&env, run, "succeeded", Duration::from_secs(30)).await;
+    // A countdown: the scheduler starts the attempt later, from the run's row.
+    let later = "5e1b2a3c4d5e6f708192a3b4c5d6e7f8";
+    let run = request_traced(
+        &env,
+        json!({"automation": "webhook.call", "params": {"url": url, "payload": {"n": "later"}}, "countdownSeconds": 1}),
+        &format!("00-{later}-a1b2c3d4e5f60718-01"),
+    )
+    .await;
+    wait_state(&env, run, "succeeded", Duration::from_secs(30)).await;
+    let seen = receiver.seen.lock().expect("lock");
+    assert_eq!(seen.len(), 2);
+    for ((headers, _), trace) in seen.iter().zip([now, later]) {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let parent = header("traceparent");
+        assert!(parent.starts_with(&format!("00-{trace}-")), "the webhook continues the event's trace: {parent:?}");
+        assert!(!parent.contains("b7ad6b7169203331") && !parent.contains("a1b2c3d4e5f60718"), "from the run: {parent}");
+        assert_eq!(header("tracestate"), "congo=t61rcWkgMzE");
+    }
+}

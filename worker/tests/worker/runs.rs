@@ -33,6 +33,8 @@ pub async fn queued_run(env: &TestEnv, automation: &str, params: Value) -> Run {
         started_at: None,
         finished_at: None,
         updated_at: now,
+        traceparent: None,
+        tracestate: None,
     };
     runs::insert(&env.pool, &run).await.expect("insert the run");
     run
