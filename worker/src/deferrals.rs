@@ -260,12 +260,18 @@ async fn failed(worker: &Worker, s: &Stored, error: &BatchError) -> sqlx::Result
     let due = Utc::now() + chrono::Duration::milliseconds(delay as i64);
     let properties = with_failure(&s.properties, &s.row.routing_key, attempt, kind, &text, &worker.system_users);
     let properties = serde_json::to_value(&properties).unwrap_or_default();
-    tracing::warn!(event.id = %s.envelope.id, attempt, retry.in_ms = delay, error = %text, "a waiting event failed again; it waits for its next attempt");
-    metrics::counter!(automation_shared::meters::WORKER_RETRIES, "kind" => kind).increment(1);
     let mut tx = worker.pool.begin().await?;
     // The hold first: a lane queueing behind it meanwhile is then either committed (and seen
     // below) or waits for this transaction.
     deferrals::lock_held(&mut tx, &[s.row.entity_key.as_str()]).await?;
+    // Another worker's sweep may have applied it since this attempt failed (the lock it met was
+    // let go meanwhile): then there is nothing to put off, and an attempt noted now would outlive
+    // the event.
+    if deferrals::present(&mut tx, &[s.row.seq]).await?.is_empty() {
+        return tx.commit().await;
+    }
+    tracing::warn!(event.id = %s.envelope.id, attempt, retry.in_ms = delay, error = %text, "a waiting event failed again; it waits for its next attempt");
+    metrics::counter!(automation_shared::meters::WORKER_RETRIES, "kind" => kind).increment(1);
     deferrals::postpone(
         &mut tx,
         s.row.seq,
@@ -291,7 +297,8 @@ async fn failed(worker: &Worker, s: &Stored, error: &BatchError) -> sqlx::Result
 }
 
 /// Dead-letters a stored event (published with a confirm first, so a crash before the delete
-/// stores it again under the same id, once) and takes it out of the store.
+/// stores it again under the same id, once) and takes it out of the store, unless another
+/// worker applied it meanwhile.
 async fn bury(
     worker: &Worker,
     row: &Deferred,
@@ -309,12 +316,17 @@ async fn bury(
         event_id: Some(&row.event_id),
         event_type: Some(&row.event_type),
     };
+    // The hold is locked while the dead letter goes out: no other worker's sweep applies the
+    // event meanwhile, and one that applied it already is seen here (nothing to bury then).
+    let mut tx = worker.pool.begin().await?;
+    deferrals::lock_held(&mut tx, &[row.entity_key.as_str()]).await?;
+    if deferrals::present(&mut tx, &[row.seq]).await?.is_empty() {
+        return tx.commit().await;
+    }
     if let Err(error) = failures::dead_letter(worker, &message, kind, reason, last_failure).await {
         tracing::warn!(%error, event.id = %row.event_id, "could not dead-letter a stored event; it stays in the store");
         return Ok(());
     }
-    let mut tx = worker.pool.begin().await?;
-    deferrals::lock_held(&mut tx, &[row.entity_key.as_str()]).await?;
     let mut gone = vec![row.seq];
     gone.extend(copies(worker, &mut tx, row, &properties).await?);
     deferrals::remove(&mut tx, &gone).await?;
