@@ -379,8 +379,9 @@ JWT_SECRET = os.environ.get("BENCH_COMPARE_JWT_SECRET") or "bench-compare-" + uu
 
 # ---------------------------------------------------------------- part 1: the worker
 
-def drain(label, database, count_sql, process, events):
-    """Polls `count_sql` until every event is applied; returns (seconds, cpu, pss)."""
+def drain(label, database, count_sql, process, events, pending_sql=None):
+    """Polls `count_sql` until every event is applied (and `pending_sql`, what is still to be
+    sent after the commits, counts 0); returns (seconds, cpu, pss)."""
     # Autocommit: each poll sees what committed since the last (no snapshot of a transaction).
     db = mysql(database)
     cpu = CpuWindow(process.pid)
@@ -392,7 +393,7 @@ def drain(label, database, count_sql, process, events):
         now = time.time()
         if first is None and done > 0:
             first, before, cpu_first = now, done, cpu.snapshot()
-        if done >= events:
+        if done >= events and (pending_sql is None or scalar(db, pending_sql) == 0):
             cpu_last = cpu.snapshot()
             break
         if done != seen:
@@ -434,16 +435,13 @@ def worker_ours(run):
     process = start("automation-worker", [os.path.join(BIN, "automation-worker")],
                     ours_env({"WORKER_PORT": str(free_port())}), RUN_DIR)
     try:
-        seconds, cpu, pss = drain(label, OURS_DB, "select count(*) from inbox where type = 'approval.decided'", process, EVENTS)
-        # The last notifications leave the outbox after the last commit: wait for them too.
-        deadline, poll = time.time() + 30, mysql(OURS_DB)
-        while scalar(poll, "select count(*) from outbox") and time.time() < deadline:
-            time.sleep(0.05)
+        # The clock stops when every notification has left the outbox too, as in `make bench`.
+        seconds, cpu, pss = drain(label, OURS_DB, "select count(*) from inbox where type = 'approval.decided'",
+                                  process, EVENTS, pending_sql="select count(*) from outbox")
     finally:
         code = stop(process)
     if code not in (0, None):
         say(f"    warning: the worker exited with {code} after the drain")
-    poll.close()
     verify_ours(label, db)
     db.close()
     return {"seconds": seconds, "eventsPerSecond": EVENTS / seconds, "cpuMsPerEvent": cpu, "pssMiB": pss}
