@@ -39,7 +39,6 @@ Environment (all optional):
 
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -684,11 +683,15 @@ def api_setup():
 
 # ---------------------------------------------------------------- the report
 
-def ratio_line(figure, project, peer, unit, digits=0):
-    value = project / peer if peer else float("nan")
+def ratio_line(figure, project, peer, unit, digits=0, floor=0.0):
+    """`ratio <figure> project/peer = X.XX× (project A, peer B)`; `n/a` when the peer's figure is
+    at or below `floor` (MySQL CPU of a peer that reads nothing per request: noise, not a cost)."""
     fmt = f"{{:.{digits}f}}"
-    return (f"ratio {figure} project/peer = {value:.2f}× (project {fmt.format(project)} {unit}, "
-            f"peer {fmt.format(peer)} {unit})"), value
+    sides = f"project {fmt.format(project)} {unit}, peer {fmt.format(peer)} {unit}"
+    if peer <= floor:
+        return f"ratio {figure} project/peer = n/a ({sides}: next to nothing on the peer's side)", None
+    value = project / peer
+    return f"ratio {figure} project/peer = {value:.2f}× ({sides})", value
 
 
 def median_of(runs, *path):
@@ -704,12 +707,12 @@ def median_of(runs, *path):
 def report(results, load_start):
     lines, summary = [], {"bench": "compare", "repeat": REPEAT, "ratios": {}, "sides": {}}
 
-    def add(key, figure, side_path, unit, digits=0):
+    def add(key, figure, side_path, unit, digits=0, floor=0.0):
         project = median_of(results[key]["project"], *side_path)
         peer = median_of(results[key]["peer"], *side_path)
-        line, value = ratio_line(figure, project, peer, unit, digits)
+        line, value = ratio_line(figure, project, peer, unit, digits, floor)
         lines.append(line)
-        summary["ratios"][figure] = round(value, 3)
+        summary["ratios"][figure] = None if value is None else round(value, 3)
 
     if "worker" in results:
         add("worker", "worker throughput", ["eventsPerSecond"], "ev/s")
@@ -728,7 +731,7 @@ def report(results, load_start):
         for part in ("server", "mysqld", "rabbitmq", "total"):
             if part in results["api"]["project"][0]["cpuMsPerRequest"]:
                 add("api", f"api CPU/request {'server process' if part == 'server' else part}",
-                    ["cpuMsPerRequest", part], "ms", 3)
+                    ["cpuMsPerRequest", part], "ms", 3, floor=0.01)
         summary["sides"]["api"] = results["api"]
         summary["wrk"] = {"threads": THREADS, "connections": CONNECTIONS, "seconds": DURATION}
     load_end = loadavg()
@@ -796,7 +799,6 @@ def main():
     # The peers read their settings from the environment, the driver's import of the Celery app too.
     os.environ.update({k: v for k, v in peer_env().items() if k.startswith("PEER_")})
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    random.seed(TAG)
     load_start = loadavg()
     say(f"bench-compare {TAG}: {REPEAT} runs per side; worker {EVENTS} events per run, API {DURATION} s per run "
         f"(wrk -t{THREADS} -c{CONNECTIONS}); load {load_start}; logs in {RUN_DIR}")
