@@ -40,6 +40,7 @@ Environment (all optional):
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -588,6 +589,8 @@ def wrk(url, script, seconds, process=None):
     cpu = CpuWindow(process.pid) if process else None
     before = cpu.snapshot() if cpu else None
     argv = ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", script, url]
+    # wrk shares the two cores too: its CPU is reported beside the sides' (not in their totals).
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
     load = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     pss = 0.0
     while load.poll() is None:
@@ -600,6 +603,9 @@ def wrk(url, script, seconds, process=None):
     parsed = parse_wrk(output)
     after = cpu.snapshot() if cpu else None
     per = CpuWindow.per_item(before, after, max(parsed["requests"], 1)) if cpu else None
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_cpu = (done.ru_utime + done.ru_stime - reaped.ru_utime - reaped.ru_stime) * 1000.0
+    parsed["wrkCpuMsPerRequest"] = wrk_cpu / max(parsed["requests"], 1)
     return parsed, pss, per
 
 
@@ -618,7 +624,8 @@ def api_run(label, side, run):
     depth = wait_depth(conn.channel(), side["queue"], parsed["requests"], timeout=30)
     conn.close()
     say(f"    {parsed['requestsPerSecond']:.0f} req/s, p50 {parsed['p50Ms']:.2f} ms, p99 {parsed['p99Ms']:.2f} ms, "
-        f"PSS {pss:.1f} MiB; {parsed['requests']} answered 202, {depth} events in the queue")
+        f"PSS {pss:.1f} MiB; CPU/request " + ", ".join(f"{k} {v:.3f} ms" for k, v in cpu.items()) +
+        f" (wrk {parsed['wrkCpuMsPerRequest']:.3f} ms); {parsed['requests']} answered 202, {depth} events in the queue")
     return {**parsed, "pssMiB": pss, "cpuMsPerRequest": cpu, "queued": depth}
 
 
@@ -732,6 +739,9 @@ def report(results, load_start):
             if part in results["api"]["project"][0]["cpuMsPerRequest"]:
                 add("api", f"api CPU/request {'server process' if part == 'server' else part}",
                     ["cpuMsPerRequest", part], "ms", 3, floor=0.01)
+        wrk_cpu = {side: median_of(results["api"][side], "wrkCpuMsPerRequest") for side in ("project", "peer")}
+        lines.append(f"wrk CPU/request (the load generator, on the same two cores): project {wrk_cpu['project']:.3f} ms, "
+                     f"peer {wrk_cpu['peer']:.3f} ms")
         summary["sides"]["api"] = results["api"]
         summary["wrk"] = {"threads": THREADS, "connections": CONNECTIONS, "seconds": DURATION}
     load_end = loadavg()
