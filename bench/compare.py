@@ -768,6 +768,8 @@ def cleanup(keep_logs=False):
         conn.close()
     except pymysql.MySQLError as error:
         say(f"clean-up: could not drop the databases: {error}")
+    # Logs are kept only where there are some: the trap's call after a clean run leaves no folder.
+    keep_logs = keep_logs and os.path.isdir(RUN_DIR) and bool(os.listdir(RUN_DIR))
     if os.path.exists(os.path.join(BIN, "automation-worker")):
         try:
             os.makedirs(RUN_DIR, exist_ok=True)
