@@ -8,10 +8,10 @@ TEST_FEATURES := --features automation-worker/fault-injection
 # The advisory checker, installed into the cargo bin directory on first use.
 CARGO_DENY_VERSION := 0.20.2
 
-.PHONY: help deps build run test chaos fuzz-api check check-advisories check-deploy check-interfaces bench schemas
+.PHONY: help deps build run test chaos fuzz-api check check-advisories check-deploy check-interfaces bench bench-compare schemas
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
 
 deps: ## make sure RabbitMQ and MariaDB answer on 127.0.0.1 (start or install them if needed)
 	@scripts/local-services.sh
@@ -58,6 +58,9 @@ check-deploy: ## k8s/ overlays rendered, validated, linted and started on the lo
 
 bench: deps ## worker throughput: one event per transaction against batches of 100; competing against partitioned
 	cargo bench -p automation-worker --bench throughput
+
+bench-compare: deps ## the release worker and API against a Celery worker and a FastAPI app doing the same, interleaved: ratio lines (not in CI; ~8 min)
+	@bench/compare.sh
 
 schemas: ## regenerate schemas/ (JSON Schemas, AsyncAPI, OpenAPI) from the Rust types
 	UPDATE_SCHEMAS=1 cargo test -p automation-shared --lib committed_schemas_match_the_rust_types
