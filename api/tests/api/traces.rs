@@ -287,9 +287,22 @@ async fn log_lines_written_while_a_delivery_is_handled_carry_its_trace_id_and_ev
 }
 
 /// The binary as deployed, configured by the standard variables only.
-fn spawn_api(env: &TestEnv, port: u16, endpoint: &str, log: &std::path::Path) -> std::process::Child {
+/// The API binary as a child process, killed if the test ends before it does (a failed
+/// assertion): left running, it would outlive the test's database and declare its queues again.
+struct ApiProcess(std::process::Child);
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn_api(env: &TestEnv, port: u16, endpoint: &str, log: &std::path::Path) -> ApiProcess {
     let file = std::fs::File::create(log).expect("log");
-    std::process::Command::new(env!("CARGO_BIN_EXE_automation-api"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_automation-api"))
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("DATABASE_URL", env.config.database.url.clone().expect("url"))
@@ -304,11 +317,13 @@ fn spawn_api(env: &TestEnv, port: u16, endpoint: &str, log: &std::path::Path) ->
         .stdout(file.try_clone().expect("log"))
         .stderr(file)
         .spawn()
-        .expect("the API starts")
+        .expect("the API starts");
+    ApiProcess(child)
 }
 
 /// SIGTERM, then how long the process took to exit and how.
-async fn terminate(child: &mut std::process::Child, log: &std::path::Path) -> (Duration, std::process::ExitStatus) {
+async fn terminate(api: &mut ApiProcess, log: &std::path::Path) -> (Duration, std::process::ExitStatus) {
+    let child = &mut api.0;
     let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let signalled = tokio::time::Instant::now();
     loop {
