@@ -9,7 +9,7 @@
 //! not created yet waits for it (holding its key), and events that waited are applied from the
 //! deferral store in their order (docs/architecture.md, "Ordering").
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -61,6 +61,9 @@ pub struct Ordered<'a> {
     pub attempt: u32,
     /// Until when a `not_found` makes it wait rather than refuses it.
     pub wait_until: DateTime<Utc>,
+    /// A stored event waiting for another attempt: not before then. `None` for a fresh event
+    /// and for one that waits for an entity or behind another.
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 /// A message whole: what the deferral store keeps.
@@ -241,6 +244,15 @@ async fn apply_inner(
     let mut entities = Entities::load(&mut tx, &needs).await?;
     rules.refresh(&mut tx).await?;
 
+    // Per key, the last event of the batch that creates the entity of its key: an event whose
+    // wait for that entity is over still waits while its creator is behind it here (it may
+    // have spent its wait queued behind a retry on the key).
+    let last_creator: HashMap<&str, usize> = items
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| handlers::creates_its_entity(i.envelope))
+        .filter_map(|(n, i)| i.order.map(|o| (o.key.as_str(), n)))
+        .collect();
     for (index, item) in items.iter().enumerate() {
         progress.current.store(index, Ordering::Relaxed);
         let envelope = item.envelope;
@@ -250,6 +262,14 @@ async fn apply_inner(
         {
             // Applied from the store by another worker meanwhile.
             outcomes.push(Outcome::Duplicate);
+            continue;
+        }
+        if let Some(ordered) = item.order
+            && ordered.retry_at.is_some_and(|due| due > now)
+        {
+            // Not due yet: it stays, and holds everything behind it on its key.
+            order.not_due(&ordered);
+            outcomes.push(Outcome::Deferred);
             continue;
         }
         if seen(envelope) || !in_batch.insert(envelope.event_ref()) {
@@ -281,7 +301,7 @@ async fn apply_inner(
         // key): the event waits for it, holding its own key, until `wait_until`.
         if let (Err(rejection), Some(ordered)) = (&result, item.order)
             && rejection.code == RejectCode::NotFound
-            && now < ordered.wait_until
+            && (now < ordered.wait_until || last_creator.get(ordered.key.as_str()).is_some_and(|n| *n > index))
             && handlers::waits_for_what_it_names(envelope)
         {
             order.wait(&ordered, envelope, item.received_at, now, &rejection.reason);
@@ -461,6 +481,13 @@ impl OrderState {
                 self.blocked.insert(key);
             }
         }
+    }
+
+    /// A stored event whose next attempt is not due: nothing behind it on its key passes it.
+    fn not_due(&mut self, ordered: &Ordered<'_>) {
+        let key = ordered.key.as_str().to_string();
+        self.blocked_by_a_creator.insert(key.clone());
+        self.blocked.insert(key);
     }
 
     /// Applied, refused or a duplicate: a stored event leaves the store.

@@ -451,6 +451,7 @@ impl Applier {
                     deferred: None,
                     attempt: p.attempt,
                     wait_until: received_at + wait,
+                    retry_at: None,
                 }),
             })
             .collect();

@@ -202,7 +202,14 @@ async fn sweep(worker: &Arc<Worker>, applier: &mut Applier, stop: &CancellationT
         // Set once an event of the key waits again: the events behind it stay, but for one that
         // creates the entity of the key while what waits does not (as in a batch, `apply.rs`).
         let mut waiting: Option<bool> = None;
+        let now = Utc::now();
         for index in indices {
+            let row = &stored[*index].row;
+            if row.state == DeferredState::Retrying.as_str() && row.not_before > now {
+                // Its next attempt is not due: nothing behind it passes it.
+                waiting = Some(true);
+                continue;
+            }
             let creates = handlers::creates_its_entity(&stored[*index].envelope);
             if let Some(waiting_creates) = waiting
                 && (waiting_creates || !creates)
@@ -213,7 +220,8 @@ async fn sweep(worker: &Arc<Worker>, applier: &mut Applier, stop: &CancellationT
                 None => return Ok(handled),
                 // It waits again: the events behind it on its key stay behind it.
                 Some(Ok(outcomes)) if outcomes.first() == Some(&crate::apply::Outcome::Deferred) => {
-                    waiting.get_or_insert(creates);
+                    // Once a creator waits, nothing passes any more.
+                    waiting = Some(waiting.unwrap_or(false) || creates);
                 }
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
@@ -240,6 +248,7 @@ fn item(s: &Stored) -> Item<'_> {
             deferred: Some(s.row.seq),
             attempt: s.row.attempt,
             wait_until: s.row.wait_until,
+            retry_at: (s.row.state == DeferredState::Retrying.as_str()).then_some(s.row.not_before),
         }),
     }
 }

@@ -556,6 +556,51 @@ async fn a_request_stored_behind_its_waiting_decision_passes_it() {
     worker.stop().await.expect("clean stop");
 }
 
+/// The same, when the earlier event held the key for longer than the decision may wait for its
+/// approval: the decision's wait ran out while it was queued, yet its request is right behind it,
+/// so it waits for that instead of being refused.
+#[cfg(feature = "fault-injection")]
+#[tokio::test]
+async fn a_decision_whose_wait_ran_out_behind_a_retry_still_lets_its_request_pass() {
+    let mut env = TestEnv::with_partitions(4).await;
+    env.config.worker.max_attempts = 2;
+    env.config.worker.retry_delays_ms = vec![2_000];
+    env.config.worker.entity_wait_ms = 500;
+    let worker = TestWorker::start(&env.config).await;
+    let workflow = create_workflow(&env).await;
+    let approval = Uuid::new_v4();
+    let note = event(
+        "audit.recorded",
+        json!({"entity": "approval", "entityId": approval.to_string(), "action": automation_worker::faults::PANIC_ACTION}),
+    );
+    let decided = event("approval.decided", json!({"approvalId": approval, "status": "APPROVED", "reason": "ok"}));
+    let requested = event(
+        "approval.requested",
+        json!({"approvalId": approval, "workflowId": workflow, "title": "queued long", "amount": 10.0,
+               "currency": "EUR", "requesterId": Uuid::new_v4()}),
+    );
+    env.publish_structured(&note).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.count("select count(*) from entity_holds").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the panicking note never held its key");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publish_in_order(&env, &[structured(&decided), structured(&requested)]).await;
+    assert_eq!(
+        env.wait_processed_within(decided["id"].as_str().expect("id"), Duration::from_secs(30)).await,
+        "applied",
+        "the decision waited for the request behind it, though its own 500 ms were spent in the queue"
+    );
+    let (status, version): (String, u32) = sqlx::query_as("select status, version from approvals where id = ?")
+        .bind(approval.to_string())
+        .fetch_one(&env.pool)
+        .await
+        .expect("approval row");
+    assert_eq!((status.as_str(), version), ("APPROVED", 2));
+    assert!(refusals(&env).await.is_empty(), "{:?}", refusals(&env).await);
+    worker.stop().await.expect("clean stop");
+}
+
 /// A copy of an event that came while the event waited for its next attempt (a redelivery, a
 /// sequencer's second publish) is stored behind it. When the event runs out of attempts and is
 /// dead-lettered, the copy goes with it: applied later, it would land after the events that
