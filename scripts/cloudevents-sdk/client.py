@@ -80,11 +80,20 @@ def main():
 
     sent, failures = [], []
 
-    def note(mode, event, workflow, status=None, answer=None):
-        sent.append({"mode": mode, "id": event.get_id(), "source": event.get_source(), "workflowId": workflow,
-                     "status": status})
+    def note(mode, event, workflow, status=None, answer=None, known_as=None):
+        # Over HTTP the API answers with the id the system knows the event by (it scopes ids to
+        # the caller and the source); over AMQP it is the event's own id.
+        sent.append({"mode": mode, "id": known_as or event.get_id(), "source": event.get_source(),
+                     "workflowId": workflow, "status": status})
         if status is not None and status != 202:
             failures.append(f"{mode}: HTTP {status}: {answer}")
+
+    def accepted(answer):
+        try:
+            body = json.loads(answer)
+        except ValueError:
+            return []
+        return [a.get("eventId") for a in (body if isinstance(body, list) else [body])]
 
     for mode, binding, to in [
         ("rabbitmq-binary", rabbitmq, rabbitmq.to_binary),
@@ -106,14 +115,15 @@ def main():
     for mode, to in [("http-binary", http.to_binary), ("http-structured", http.to_structured)]:
         event, workflow = made(mode)
         status, answer = post(api, token, to(event, FORMAT))
-        note(mode, event, workflow, status, answer)
+        note(mode, event, workflow, status, answer, (accepted(answer) or [None])[0])
 
     # The spec's batch format: an array of structured events (the SDK has no writer for it).
     batch = [made("http-batch") for _ in range(2)]
     body = ("[" + ",".join(FORMAT.write(event).decode() for event, _ in batch) + "]").encode()
     status, answer = post(api, token, http.HTTPMessage(headers={}, body=body), "application/cloudevents-batch+json")
-    for event, workflow in batch:
-        note("http-batch", event, workflow, status, answer)
+    ids = accepted(answer) + [None] * len(batch)
+    for (event, workflow), known_as in zip(batch, ids):
+        note("http-batch", event, workflow, status, answer, known_as)
 
     # What the worker announced, read back with the SDK (the RabbitMQ binding, either mode).
     wanted = {s["id"] for s in sent}

@@ -2,7 +2,7 @@
 //! where an event stands.
 
 use automation_shared::db::events::{self as event_rows, EventStatus};
-use automation_shared::events::{EventData, EventType, envelope::MAX_EVENT_ID_CHARS};
+use automation_shared::events::{EventData, EventType, derived_id, envelope::MAX_EVENT_ID_CHARS};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -28,7 +28,9 @@ pub const MAX_BATCH: usize = 100;
 pub struct CloudEventInput {
     /// `1.0`
     pub specversion: String,
-    /// Unique per event; the same id twice is applied once.
+    /// Unique per source. The same caller sending the same source and id again is the same
+    /// event, applied once; the acceptance's `eventId` is the id the system knows it by (derived
+    /// from the caller, the source and this id).
     pub id: String,
     pub source: String,
     /// One of the v1 event types.
@@ -50,7 +52,26 @@ pub enum EventsRequest {
     Many(Vec<CloudEventInput>),
 }
 
-fn check(prefix: &str, value: &Value) -> Result<(String, EventType, Value), Vec<FieldError>> {
+/// A checked event: its id and source as sent, its type and data.
+struct Checked {
+    id: String,
+    source: String,
+    event_type: EventType,
+    data: Value,
+}
+
+impl Checked {
+    /// The id the system knows it by. CloudEvents ids are unique per source, and the API
+    /// publishes everything under its own source: so the id is derived from the caller, the
+    /// event's source and its id. The same event sent again is the same id (applied once);
+    /// another caller's, or another source's, event with that id is another event, and nobody
+    /// can take an id before its owner does.
+    fn scoped_id(&self, caller: &str) -> String {
+        derived_id(&format!("http-event:{caller}:{}", self.source), &self.id).to_string()
+    }
+}
+
+fn check(prefix: &str, value: &Value) -> Result<Checked, Vec<FieldError>> {
     let at = |field: &str| {
         if prefix.is_empty() { field.to_string() } else { format!("{prefix}.{field}") }
     };
@@ -100,7 +121,11 @@ fn check(prefix: &str, value: &Value) -> Result<(String, EventType, Value), Vec<
             message.split_once(": ").map_or((at("data"), message.clone()), |(f, m)| (at(f), m.to_string()));
         errors.push(FieldError { field, message });
     }
-    if errors.is_empty() { Ok((event.id, event_type, event.data)) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(Checked { id: event.id, source: event.source, event_type, data: event.data })
+    } else {
+        Err(errors)
+    }
 }
 
 /// The attributes of a binary-mode event (CloudEvents HTTP binding, 3.1.3): sent as headers,
@@ -291,7 +316,7 @@ pub async fn publish(
     }
     // What the dedicated route of each type asks (PATCH /approvals/{id} for approval.decided, ...),
     // for the whole batch before anything is published.
-    for (i, (_, event_type, _)) in checked.iter().enumerate() {
+    for (i, Checked { event_type, .. }) in checked.iter().enumerate() {
         if let Some(permission) = Permission::to_send(*event_type)
             && !permission.allows(user.role)
         {
@@ -300,8 +325,9 @@ pub async fn publish(
         }
     }
     let mut accepted = Vec::with_capacity(checked.len());
-    for (id, event_type, data) in checked {
-        commands::publish(&state, &user, &id, event_type.as_str(), data).await?;
+    for event in checked {
+        let id = event.scoped_id(&user.id);
+        commands::publish(&state, &user, &id, event.event_type.as_str(), event.data).await?;
         accepted.push(Accepted { status_url: commands::status_url(&id), event_id: id, status: "accepted" });
     }
     if many {

@@ -129,18 +129,25 @@ async fn binding_mistakes_are_answered_422_naming_the_header_or_field() {
         assert_eq!(status, 422, "{content_type}: {answer}");
     }
 
-    // A percent-encoded id is decoded: the event is known by the decoded id.
-    let r = post()
-        .header("ce-specversion", "1.0")
-        .header("ce-id", "order%204711")
-        .header("ce-source", "%2Fspring%2Forders")
-        .header("ce-type", "workflow.created")
-        .json(&data)
-        .send()
-        .await
-        .expect("answer");
-    let (status, body) = crate::support::json(r).await;
-    assert_eq!(status, 202, "{body}");
-    assert_eq!(body["eventId"], "order 4711", "{body}");
+    // Percent-encoding is decoded: an id and a source sent encoded are the same event as the
+    // same id and source sent plain, so both sends are one event id.
+    let send = |id: &'static str, source: &'static str| {
+        post()
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", source)
+            .header("ce-type", "workflow.created")
+            .json(&data)
+            .send()
+    };
+    let (status, encoded) =
+        crate::support::json(send("order%204711", "%2Fspring%2Forders").await.expect("answer")).await;
+    assert_eq!(status, 202, "{encoded}");
+    let (status, plain) = crate::support::json(send("order 4711", "/spring/orders").await.expect("answer")).await;
+    assert_eq!(status, 202, "{plain}");
+    assert_eq!(encoded["eventId"], plain["eventId"], "one event, however its attributes were encoded");
+    // Another source's event with that id is another event.
+    let (_, other) = crate::support::json(send("order 4711", "/spring/billing").await.expect("answer")).await;
+    assert_ne!(other["eventId"], plain["eventId"]);
     api.stop().await;
 }
