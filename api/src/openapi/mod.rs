@@ -151,7 +151,7 @@ pub fn finish(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     api
 }
 
-/// The rule a client sends (`createRule`, `replaceRule`, and `rule` in `testRule`) is the
+/// The rule a client sends to `createRule` and `replaceRule` is the
 /// worker's `RuleDefinition`, whose JSON Schema comes from its Rust type (schemars): registered
 /// as a component, so a generated client types rule bodies as the worker reads them.
 fn rule_bodies(api: &mut utoipa::openapi::OpenApi) {

@@ -171,10 +171,9 @@ enum Mode {
 }
 
 impl Mode {
+    /// The content type decides first, as the binding says: a structured or batched event is
+    /// that even with stray `ce-` headers; otherwise `ce-specversion` means binary.
     fn of(headers: &HeaderMap) -> Mode {
-        if headers.contains_key("ce-specversion") {
-            return Mode::Binary;
-        }
         let essence = headers
             .get(axum::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -184,6 +183,7 @@ impl Mode {
         match essence.as_str() {
             "application/cloudevents+json" => Mode::Structured,
             "application/cloudevents-batch+json" => Mode::Batch,
+            _ if headers.contains_key("ce-specversion") => Mode::Binary,
             _ => Mode::Json,
         }
     }

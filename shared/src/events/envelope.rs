@@ -514,14 +514,15 @@ fn header_string(properties: &BasicProperties, name: &str) -> Option<String> {
 }
 
 /// The `time` attribute in a header: text as it is, or a native timestamp as the AMQP binding
-/// allows, in RFC 3339. An integer is milliseconds since the epoch (the AMQP 1.0 timestamp the
-/// binding names, as the CloudEvents SDKs write it); an AMQP 0-9-1 timestamp is seconds.
+/// allows, in RFC 3339. A 64-bit integer is milliseconds since the epoch (the AMQP 1.0 timestamp
+/// the binding names, as the CloudEvents SDKs write it); an AMQP 0-9-1 timestamp, and a 32-bit
+/// integer (too small for today in milliseconds), are seconds.
 fn amqp_time(value: &AMQPValue) -> Option<String> {
     let millis = match value {
         AMQPValue::Timestamp(seconds) => i64::try_from(*seconds).ok()?.checked_mul(1_000)?,
         AMQPValue::LongLongInt(n) => *n,
-        AMQPValue::LongInt(n) => i64::from(*n),
-        AMQPValue::LongUInt(n) => i64::from(*n),
+        AMQPValue::LongInt(seconds) => i64::from(*seconds).checked_mul(1_000)?,
+        AMQPValue::LongUInt(seconds) => i64::from(*seconds).checked_mul(1_000)?,
         _ => return amqp_string(value),
     };
     match DateTime::<Utc>::from_timestamp_millis(millis) {
@@ -661,6 +662,7 @@ mod tests {
         let times = [
             AMQPValue::LongLongInt(expected.timestamp_millis()),
             AMQPValue::Timestamp(expected.timestamp() as u64),
+            AMQPValue::LongUInt(expected.timestamp() as u32),
             AMQPValue::LongString(LongString::from("2026-12-01T07:18:57.406Z")),
         ];
         for time in times {
@@ -677,7 +679,7 @@ mod tests {
                 BasicProperties::default().with_content_type(ShortString::from("application/json")).with_headers(h);
             let e = Envelope::parse("workflow.created", &props, workflow_data().to_string().as_bytes(), limits())
                 .unwrap_or_else(|p| panic!("{time:?}: {p}"));
-            let want = if matches!(time, AMQPValue::Timestamp(_)) {
+            let want = if matches!(time, AMQPValue::Timestamp(_) | AMQPValue::LongUInt(_)) {
                 DateTime::from_timestamp(expected.timestamp(), 0)
             } else {
                 Some(expected)
