@@ -601,6 +601,65 @@ async fn a_decision_whose_wait_ran_out_behind_a_retry_still_lets_its_request_pas
     worker.stop().await.expect("clean stop");
 }
 
+/// A creator waiting for its next attempt behind a decision that waits for it keeps its retry
+/// schedule: it is not tried again on every sweep (each time the decision waits again), which
+/// would spend its attempts in seconds and dead-letter the request and, after it, the decision.
+#[tokio::test]
+async fn a_creator_waiting_for_a_retry_behind_its_decision_keeps_its_schedule() {
+    let mut env = TestEnv::with_partitions(4).await;
+    env.config.database.lock_wait_timeout_secs = 1;
+    env.config.worker.max_attempts = 3;
+    env.config.worker.retry_delays_ms = vec![25_000];
+    env.config.worker.entity_wait_ms = 120_000;
+    let worker = TestWorker::start(&env.config).await;
+    let workflow = create_workflow(&env).await;
+    let approval = Uuid::new_v4();
+    let decided = event("approval.decided", json!({"approvalId": approval, "status": "APPROVED", "reason": "ok"}));
+    let requested = event(
+        "approval.requested",
+        json!({"approvalId": approval, "workflowId": workflow, "title": "locked workflow", "amount": 10.0,
+               "currency": "EUR", "requesterId": Uuid::new_v4()}),
+    );
+    let requested_id = requested["id"].as_str().expect("id").to_string();
+    // The decision first: it waits for its approval.
+    env.publish_structured(&decided).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.count("select count(*) from entity_holds").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the decision never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The request meets a locked workflow, fails, and waits for its next attempt behind it.
+    let lock = lock_workflow(&env, workflow).await;
+    env.publish_structured(&requested).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while env
+        .count_bound("select count(*) from deferred_events where event_id = ? and state = 'retrying'", &requested_id)
+        .await
+        == 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "the request never waited for a retry");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The decision waits again every 200 ms meanwhile; the request must not be tried each time
+    // (a try against the lock takes some 4 s: the lock wait, and the batch run again 3 times).
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let attempts: Vec<u32> = sqlx::query_scalar("select attempt from deferred_events where event_id = ?")
+        .bind(&requested_id)
+        .fetch_all(&env.pool)
+        .await
+        .expect("stored");
+    assert_eq!(attempts, vec![2], "still waiting for its second attempt, not tried on every sweep");
+    assert_eq!(env.count("select count(*) from dead_letters").await, 0);
+    lock.rollback().await.expect("release the lock");
+    assert_eq!(
+        env.wait_processed_within(decided["id"].as_str().expect("id"), Duration::from_secs(40)).await,
+        "applied",
+        "once the request's attempt is due it is applied, and the decision after it"
+    );
+    assert_eq!(env.wait_processed_within(&requested_id, Duration::from_secs(5)).await, "applied");
+    worker.stop().await.expect("clean stop");
+}
+
 /// A copy of an event that came while the event waited for its next attempt (a redelivery, a
 /// sequencer's second publish) is stored behind it. When the event runs out of attempts and is
 /// dead-lettered, the copy goes with it: applied later, it would land after the events that
