@@ -1,13 +1,11 @@
 //! Login, logout, the login rate limit, the old login, user management and `user create`.
 
-use std::sync::{Arc, Mutex};
-
 use automation_api::auth::Role;
 use automation_shared::testing::TestEnv;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{PASSWORD, TestApi, json};
+use crate::support::{Captured, PASSWORD, TestApi, json};
 
 #[tokio::test]
 async fn an_unknown_email_and_a_wrong_password_get_the_same_401() {
@@ -87,27 +85,6 @@ async fn a_logged_out_token_is_refused_at_once() {
     // A fresh login works.
     let token = api.login(&user.email, PASSWORD).await;
     assert_eq!(api.request(Method::GET, "/workflows", &token).send().await.expect("answer").status(), 200);
-}
-
-/// Captures what the API logs.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
 }
 
 #[tokio::test]

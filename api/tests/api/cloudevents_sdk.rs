@@ -93,28 +93,22 @@ async fn binding_mistakes_are_answered_422_naming_the_header_or_field() {
     let post = || api.request(reqwest::Method::POST, "/api/v1/events", &admin.token);
     let field_of = |body: &Value| body["errors"][0]["field"].as_str().unwrap_or_default().to_string();
 
+    // A binary-mode request with these `ce-*` headers (besides ce-specversion and ce-type).
+    let binary = |headers: &[(&'static str, &'static str)]| {
+        let mut request = post().header("ce-specversion", "1.0").header("ce-type", "workflow.created");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.json(&data).send()
+    };
+
     // Binary mode without ce-id.
-    let r = post()
-        .header("ce-specversion", "1.0")
-        .header("ce-source", "/spring/orders")
-        .header("ce-type", "workflow.created")
-        .json(&data)
-        .send()
-        .await
-        .expect("answer");
+    let r = binary(&[("ce-source", "/spring/orders")]).await.expect("answer");
     let (status, body) = crate::support::json(r).await;
     assert_eq!((status, field_of(&body).as_str()), (422, "ce-id"), "{body}");
 
     // Broken percent-encoding in a binary header.
-    let r = post()
-        .header("ce-specversion", "1.0")
-        .header("ce-id", "bad%zz")
-        .header("ce-source", "/spring/orders")
-        .header("ce-type", "workflow.created")
-        .json(&data)
-        .send()
-        .await
-        .expect("answer");
+    let r = binary(&[("ce-id", "bad%zz"), ("ce-source", "/spring/orders")]).await.expect("answer");
     let (status, body) = crate::support::json(r).await;
     assert_eq!((status, field_of(&body).as_str()), (422, "ce-id"), "{body}");
 
@@ -131,15 +125,7 @@ async fn binding_mistakes_are_answered_422_naming_the_header_or_field() {
 
     // Percent-encoding is decoded: an id and a source sent encoded are the same event as the
     // same id and source sent plain, so both sends are one event id.
-    let send = |id: &'static str, source: &'static str| {
-        post()
-            .header("ce-specversion", "1.0")
-            .header("ce-id", id)
-            .header("ce-source", source)
-            .header("ce-type", "workflow.created")
-            .json(&data)
-            .send()
-    };
+    let send = |id: &'static str, source: &'static str| binary(&[("ce-id", id), ("ce-source", source)]);
     let (status, encoded) =
         crate::support::json(send("order%204711", "%2Fspring%2Forders").await.expect("answer")).await;
     assert_eq!(status, 202, "{encoded}");

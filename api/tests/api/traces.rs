@@ -21,7 +21,7 @@ use prost::Message;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::support::{TestApi, TestWorker, json};
+use crate::support::{Captured, TestApi, TestWorker, json};
 
 /// The spans received, with the `service.name` of their resource.
 type Kept = Arc<Mutex<Vec<(String, Span)>>>;
@@ -82,27 +82,6 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
         Some(AnyValue::BoolValue(b)) => Some(b.to_string()),
         _ => None,
     })
-}
-
-/// Log lines captured in memory.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
 }
 
 impl Captured {

@@ -219,6 +219,26 @@ impl TestEnv {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect("count query")
     }
 
+    /// How many consumers `queue` has right now, asked on a connection of its own (the
+    /// environment's may still be recovering from a broker restart, and a passive declare of a
+    /// missing queue closes its channel).
+    pub async fn consumers_on(&self, queue: &str) -> u32 {
+        let connection = messaging::connect_once(&self.config.amqp.url, "test consumer count")
+            .await
+            .expect("the broker takes a connection");
+        let channel = connection.create_channel().await.expect("channel");
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
+                FieldTable::default(),
+            )
+            .await
+            .expect("the queue exists");
+        let _ = connection.close(200, "ok".into()).await;
+        declared.consumer_count()
+    }
+
     pub async fn count_bound(&self, sql: &'static str, value: &str) -> i64 {
         sqlx::query_scalar(sql).bind(value).fetch_one(&self.pool).await.expect("count query")
     }

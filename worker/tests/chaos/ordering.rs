@@ -10,8 +10,6 @@ use std::time::Duration;
 use automation_shared::events::WorkQueue;
 use automation_shared::testing::TestEnv;
 use automation_shared::testing::private_rabbitmq::PrivateRabbitMq;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use serde_json::{Value, json};
 
 use crate::support::{Tally, WorkerProcess, publish_audits, random_below};
@@ -155,25 +153,6 @@ async fn ordered_tally(env: &TestEnv, scenario: &'static str, confirmed: usize, 
     tally
 }
 
-/// How many consumers `queue` has right now.
-async fn consumers_on(env: &TestEnv, queue: String) -> u32 {
-    // A connection of its own: the environment's may still be recovering from a broker restart.
-    let connection = automation_shared::messaging::connect_once(&env.config.amqp.url, "chaos ordering check")
-        .await
-        .expect("the broker takes a connection");
-    let channel = connection.create_channel().await.expect("channel");
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
-            FieldTable::default(),
-        )
-        .await
-        .expect("the queue exists");
-    let _ = connection.close(200, "ok".into()).await;
-    declared.consumer_count()
-}
-
 #[tokio::test]
 async fn ordered_under_kills_and_scaling() {
     let env = TestEnv::with_partitions(PARTITIONS).await;
@@ -271,7 +250,7 @@ async fn ordered_through_a_rabbitmq_restart() {
     let commands = env.names().work_queue(WorkQueue::Commands);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let consumers = consumers_on(&env, commands.clone()).await;
+        let consumers = env.consumers_on(&commands).await;
         if consumers == 1 {
             break;
         }

@@ -10,8 +10,6 @@ use automation_shared::events::WorkQueue;
 use automation_shared::messaging::{Outgoing, cloud_event_properties};
 use automation_shared::testing::TestEnv;
 use lapin::BasicProperties;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -92,6 +90,15 @@ async fn wait_inbox(env: &TestEnv, expected: i64) {
         refusals(env).await,
         env.count("select count(*) from dead_letters").await
     );
+}
+
+/// Waits until some event holds its key in the deferral store; fails with `never` after 30 s.
+async fn wait_until_a_key_is_held(env: &TestEnv, never: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while env.count("select count(*) from entity_holds").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "{never}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A deterministic pseudo-random sequence (xorshift), so a failing interleaving can be re-run.
@@ -404,22 +411,6 @@ async fn a_successor_waits_behind_an_event_that_failed_transiently() {
     second.stop().await.expect("clean stop");
 }
 
-/// How many consumers `queue` has right now.
-async fn consumers_on(env: &TestEnv, queue: String) -> u32 {
-    // A passive declare of a missing queue closes its channel: one channel per question.
-    let channel = env.connection.create_channel().await.expect("channel");
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() },
-            FieldTable::default(),
-        )
-        .await
-        .expect("the queue exists");
-    let _ = channel.close(200, "ok".into()).await;
-    declared.consumer_count()
-}
-
 #[tokio::test]
 async fn competing_ordering_is_still_available() {
     const EVENTS: usize = 50;
@@ -433,12 +424,12 @@ async fn competing_ordering_is_still_available() {
     let expected = 2 * u32::from(env.config.worker.consumers);
     let commands = env.names().work_queue(WorkQueue::Commands);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while consumers_on(&env, commands.clone()).await != expected {
+    while env.consumers_on(&commands).await != expected {
         assert!(tokio::time::Instant::now() < deadline, "{expected} consumers never appeared on {commands}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for index in 0..env.config.worker.partitions {
-        assert_eq!(consumers_on(&env, env.names().partition(index)).await, 0, "partition {index} is unused");
+        assert_eq!(env.consumers_on(&env.names().partition(index)).await, 0, "partition {index} is unused");
     }
 
     let events: Vec<Value> = (0..EVENTS)
@@ -529,11 +520,7 @@ async fn a_request_stored_behind_its_waiting_decision_passes_it() {
     );
     let note_id = note["id"].as_str().expect("id").to_string();
     env.publish_structured(&note).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while env.count("select count(*) from entity_holds").await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the panicking note never held its key");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_a_key_is_held(&env, "the panicking note never held its key").await;
     publish_in_order(&env, &[structured(&decided), structured(&requested)]).await;
 
     let started = Instant::now();
@@ -580,11 +567,7 @@ async fn a_decision_whose_wait_ran_out_behind_a_retry_still_lets_its_request_pas
                "currency": "EUR", "requesterId": Uuid::new_v4()}),
     );
     env.publish_structured(&note).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while env.count("select count(*) from entity_holds").await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the panicking note never held its key");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_a_key_is_held(&env, "the panicking note never held its key").await;
     publish_in_order(&env, &[structured(&decided), structured(&requested)]).await;
     assert_eq!(
         env.wait_processed_within(decided["id"].as_str().expect("id"), Duration::from_secs(30)).await,
@@ -623,11 +606,7 @@ async fn a_creator_waiting_for_a_retry_behind_its_decision_keeps_its_schedule() 
     let requested_id = requested["id"].as_str().expect("id").to_string();
     // The decision first: it waits for its approval.
     env.publish_structured(&decided).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while env.count("select count(*) from entity_holds").await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the decision never waited");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_a_key_is_held(&env, "the decision never waited").await;
     // The request meets a locked workflow, fails, and waits for its next attempt behind it.
     let lock = lock_workflow(&env, workflow).await;
     env.publish_structured(&requested).await;
