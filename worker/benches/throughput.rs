@@ -30,6 +30,8 @@
 //! - `BENCH_REPEAT`: runs per cell of the ordering comparison (default 3);
 //! - `BENCH_PARTITIONS`: partitions of the partitioned layout (default 16, as in production);
 //! - `BENCH_TABLES`: the comparisons to run, from "batching,ordering" (the default: both).
+//! - `BENCH_SQL=1`: after each run, what MariaDB did per event (its `Com_*`, `Handler_*` and
+//!   `Innodb_rows_*` counters that moved; the server's, so a test beside the bench counts too).
 //!
 //! The partition count is the worker's default (16): the test environment declares the topology
 //! before a run could change it.
@@ -96,6 +98,9 @@ struct Measured {
     /// Events applied after a later event on the same entity (`Audits` only; `None` when the
     /// query failed).
     out_of_order: Option<i64>,
+    /// CPU per event of the worker, RabbitMQ and MariaDB together, in µs (`None` when one of
+    /// them was not found): the box is the limit, so this is what throughput costs.
+    cpu_per_event: Option<f64>,
 }
 
 impl Measured {
@@ -146,7 +151,20 @@ async fn run(setup: &Setup) -> Measured {
     fill(&env, setup.workload.event_type(), &bodies).await;
 
     let before = histograms();
-    let seconds = drain(&env, setup).await;
+    let counters = if std::env::var_os("BENCH_SQL").is_some() { server_counters(&env).await } else { Vec::new() };
+    let (seconds, cpu_per_event) = drain(&env, setup).await;
+    if !counters.is_empty() {
+        let after = server_counters(&env).await;
+        let moved: Vec<String> = after
+            .iter()
+            .filter_map(|(name, value)| {
+                let was = counters.iter().find(|(n, _)| n == name).map_or(0, |(_, v)| *v);
+                let per_event = value.saturating_sub(was) as f64 / setup.events as f64;
+                (per_event >= 0.005).then(|| format!("{name} {per_event:.2}"))
+            })
+            .collect();
+        eprintln!("    MariaDB per event: {}", moved.join(", "));
+    }
     for ((name, count, sum), (_, count_before, sum_before)) in histograms().into_iter().zip(before) {
         let (count, sum) = (count - count_before, sum - sum_before);
         if name.ends_with("_seconds") {
@@ -160,7 +178,13 @@ async fn run(setup: &Setup) -> Measured {
         Workload::Approvals => None,
         Workload::Audits { .. } => out_of_order(&env).await,
     };
-    Measured { seconds, consumers: env.config.worker.consumers, partitions: env.config.worker.partitions, out_of_order }
+    Measured {
+        seconds,
+        consumers: env.config.worker.consumers,
+        partitions: env.config.worker.partitions,
+        out_of_order,
+        cpu_per_event,
+    }
 }
 
 /// `approval.requested` events on a workflow seeded for them.
@@ -221,8 +245,8 @@ async fn fill(env: &TestEnv, routing_key: &str, bodies: &[(String, Vec<u8>)]) {
 
 /// Starts a worker on the filled queue and times it, from the first event in the inbox until
 /// every event is and the outbox is empty; returns the seconds the whole drain takes at that
-/// rate, once the worker has stopped.
-async fn drain(env: &TestEnv, setup: &Setup) -> f64 {
+/// rate, once the worker has stopped, and the CPU per event of the worker, RabbitMQ and MariaDB.
+async fn drain(env: &TestEnv, setup: &Setup) -> (f64, Option<f64>) {
     let events = setup.events as i64;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the worker's health port");
     let worker = Worker::connect(Arc::new(env.config.clone()), &CancellationToken::new(), &Default::default())
@@ -235,43 +259,62 @@ async fn drain(env: &TestEnv, setup: &Setup) -> f64 {
     let cpu_before = cpu();
     let started = Instant::now();
     let mut handle = tokio::spawn(service::run(worker, listener, shutdown.clone()));
-    let (mut seen, mut progressed) = ((-1, -1), Instant::now());
-    // The clock runs from the first event in the inbox: start-up (connections, the partitioned
-    // layout's membership, lock and partition channels) is not throughput.
+    let (mut seen, mut progressed) = (-1, Instant::now());
+    // The clock runs from the first event applied: start-up (connections, the partitioned
+    // layout's membership, lock and partition channels) is not throughput. Progress is read off
+    // the worker's own counter, in this process: counting the inbox every 20 ms cost MariaDB a
+    // table scan each time, more the longer a run took (it was most of MariaDB's reads). The
+    // database is asked only once the counter says all are through.
+    let counted_before = events_counted();
     let mut first: Option<(Instant, i64)> = None;
     loop {
-        let processed = env.count("select count(*) from inbox").await;
-        let unsent = env.count("select count(*) from outbox").await;
-        if first.is_none() && processed > 0 {
-            first = Some((Instant::now(), processed));
+        let counted = events_counted() - counted_before;
+        if first.is_none() && counted > 0 {
+            first = Some((Instant::now(), counted));
         }
-        if processed >= events && unsent == 0 {
+        if counted >= events
+            && env.count("select count(*) from inbox").await >= events
+            && env.count("select count(*) from (select 1 from outbox limit 1) as any_left").await == 0
+        {
             break;
         }
-        if (processed, unsent) != seen {
-            seen = (processed, unsent);
+        if counted != seen {
+            seen = counted;
             progressed = Instant::now();
         }
-        let state = format!("{processed} of {events} events in the inbox, {unsent} notifications in the outbox");
-        assert!(progressed.elapsed() < STALL, "{}: nothing moved for {STALL:?}: {state}", setup.label);
-        assert!(started.elapsed() < LIMIT, "{}: the run did not finish in {LIMIT:?}: {state}", setup.label);
+        if progressed.elapsed() >= STALL || started.elapsed() >= LIMIT {
+            let processed = env.count("select count(*) from inbox").await;
+            let unsent = env.count("select count(*) from outbox").await;
+            let state = format!("{processed} of {events} events in the inbox, {unsent} notifications in the outbox");
+            assert!(progressed.elapsed() < STALL, "{}: nothing moved for {STALL:?}: {state}", setup.label);
+            panic!("{}: the run did not finish in {LIMIT:?}: {state}", setup.label);
+        }
         if handle.is_finished() {
             let ended = (&mut handle).await;
-            panic!("{}: the worker stopped before the queue was drained ({state}): {ended:?}", setup.label);
+            panic!(
+                "{}: the worker stopped before the queue was drained ({counted} of {events}): {ended:?}",
+                setup.label
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let cpu_after = cpu();
     let per_event = |name: &str| {
-        let spent = cpu_after.iter().find(|(n, _)| *n == name)?.1 - cpu_before.iter().find(|(n, _)| *n == name)?.1;
+        let spent = cpu_after
+            .iter()
+            .find(|(n, _)| *n == name)?
+            .1
+            .checked_sub(cpu_before.iter().find(|(n, _)| *n == name)?.1)?;
         Some(spent as f64 * 1e6 / CLOCK_TICKS / events as f64)
     };
+    let (worker, rabbitmq, mariadb) = (per_event("worker"), per_event("rabbitmq"), per_event("mariadb"));
     eprintln!(
         "    CPU per event (start-up included): worker {:.0} µs, RabbitMQ {:.0} µs, MariaDB {:.0} µs",
-        per_event("worker").unwrap_or(f64::NAN),
-        per_event("rabbitmq").unwrap_or(f64::NAN),
-        per_event("mariadb").unwrap_or(f64::NAN)
+        worker.unwrap_or(f64::NAN),
+        rabbitmq.unwrap_or(f64::NAN),
+        mariadb.unwrap_or(f64::NAN)
     );
+    let cpu_per_event = worker.zip(rabbitmq).zip(mariadb).map(|((w, r), m)| w + r + m);
     // The time the whole drain would take at the rate measured after the first event.
     let seconds = match first {
         Some((at, before)) if before < events => at.elapsed().as_secs_f64() * events as f64 / (events - before) as f64,
@@ -283,7 +326,7 @@ async fn drain(env: &TestEnv, setup: &Setup) -> f64 {
         Ok(Err(error)) => eprintln!("    warning: the worker stopped with an error after the drain: {error:#}"),
         Err(error) => panic!("{}: the worker panicked: {error}", setup.label),
     }
-    seconds
+    (seconds, cpu_per_event)
 }
 
 /// Every event applied exactly once: in the inbox once, as `applied`, and one effect row each.
@@ -404,16 +447,31 @@ fn hop(events: usize) {
 /// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
 const CLOCK_TICKS: f64 = 100.0;
 
+/// MariaDB's statement, handler and row counters.
+async fn server_counters(env: &TestEnv) -> Vec<(String, u64)> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "select variable_name, variable_value from information_schema.global_status \
+         where variable_name like 'COM\\_%' or variable_name like 'HANDLER\\_%' or variable_name like 'INNODB\\_ROWS\\_%'",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .expect("MariaDB's status counters");
+    rows.into_iter().filter_map(|(name, value)| Some((name.to_lowercase(), value.parse().ok()?))).collect()
+}
+
 /// CPU ticks (user + system) so far of this process (the worker runs in it), RabbitMQ's
-/// `beam.smp` and MariaDB's server, found by name under /proc.
+/// `beam.smp` and MariaDB's server, found by name under /proc. Of each, the one started first:
+/// the machine's own service, not an instance a test beside the bench started and stops.
 fn cpu() -> Vec<(&'static str, u64)> {
-    let ticks = |pid: &str| -> Option<u64> {
+    // After the command's closing parenthesis: state is field 3, utime 14, stime 15, starttime 22.
+    let stat = |pid: &str| -> Option<(u64, u64)> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some((ticks, fields.get(19)?.parse::<u64>().ok()?))
     };
-    let mut found = vec![("worker", ticks("self").unwrap_or(0))];
+    let mut found = vec![("worker", stat("self").map_or(0, |(ticks, _)| ticks))];
+    let mut first: Vec<(&'static str, u64, u64)> = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let pid = entry.file_name().to_string_lossy().to_string();
         let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) else { continue };
@@ -422,14 +480,27 @@ fn cpu() -> Vec<(&'static str, u64)> {
             "mariadbd" | "mysqld" => "mariadb",
             _ => continue,
         };
-        if let Some(t) = ticks(&pid) {
-            match found.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, total)) => *total += t,
-                None => found.push((name, t)),
+        if let Some((ticks, started)) = stat(&pid) {
+            match first.iter_mut().find(|(n, _, _)| *n == name) {
+                Some(earlier) if earlier.2 <= started => {}
+                Some(earlier) => *earlier = (name, ticks, started),
+                None => first.push((name, ticks, started)),
             }
         }
     }
+    found.extend(first.into_iter().map(|(name, ticks, _)| (name, ticks)));
     found
+}
+
+/// Events the worker in this process has handled so far, whatever the outcome.
+fn events_counted() -> i64 {
+    let rendered = automation_shared::telemetry::metrics().render();
+    let name = automation_shared::meters::WORKER_EVENTS;
+    rendered
+        .lines()
+        .filter(|line| line.split(['{', ' ']).next() == Some(name))
+        .filter_map(|line| line.split_whitespace().last()?.parse::<f64>().ok())
+        .sum::<f64>() as i64
 }
 
 /// The worker's own histograms (this process's recorder): name, observations, sum (seconds, or
@@ -511,6 +582,7 @@ struct Cell {
     layout: Layout,
     rates: Vec<f64>,
     out_of_order: Vec<Option<i64>>,
+    cpu_per_event: Vec<f64>,
 }
 
 impl Cell {
@@ -537,6 +609,7 @@ async fn ordering(events: usize, consumers: Option<u16>) {
                 layout,
                 rates: Vec::new(),
                 out_of_order: Vec::new(),
+                cpu_per_event: Vec::new(),
             })
         })
         .collect();
@@ -565,6 +638,7 @@ async fn ordering(events: usize, consumers: Option<u16>) {
             );
             cell.rates.push(measured.rate(events));
             cell.out_of_order.push(measured.out_of_order);
+            cell.cpu_per_event.extend(measured.cpu_per_event);
             (used_consumers, partitions) = (measured.consumers, measured.partitions);
         }
     }
@@ -577,8 +651,14 @@ async fn ordering(events: usize, consumers: Option<u16>) {
          worker, {partitions} partitions; {events} events per run, median of {repeat})"
     );
     println!(
-        "{:<13} {:>9} {:>15} {:>17} {:>22} {:>18}",
-        "load", "entities", "competing ev/s", "partitioned ev/s", "partitioned/competing", "out of order c/p"
+        "{:<13} {:>9} {:>15} {:>17} {:>22} {:>18} {:>22}",
+        "load",
+        "entities",
+        "competing ev/s",
+        "partitioned ev/s",
+        "partitioned/competing",
+        "out of order c/p",
+        "box CPU µs/event c/p"
     );
     let show = |n: Option<i64>| n.map_or("?".to_string(), |n| n.to_string());
     let mut loads = Vec::new();
@@ -586,20 +666,23 @@ async fn ordering(events: usize, consumers: Option<u16>) {
     for (load, entities) in LOADS {
         let (competing, partitioned) = (find(load, Layout::Competing), find(load, Layout::Partitioned));
         let ratio = partitioned.median() / competing.median();
+        let cpu = |cell: &Cell| median(&cell.cpu_per_event);
         println!(
-            "{:<13} {:>9} {:>15.0} {:>17.0} {:>21.2}x {:>18}",
+            "{:<13} {:>9} {:>15.0} {:>17.0} {:>21.2}x {:>18} {:>22}",
             load,
             entities,
             competing.median(),
             partitioned.median(),
             ratio,
             format!("{} / {}", show(competing.most_out_of_order()), show(partitioned.most_out_of_order())),
+            format!("{:.0} / {:.0}", cpu(competing), cpu(partitioned)),
         );
         let side = |cell: &Cell| -> Value {
             json!({
                 "eventsPerSecond": rounded(cell.median(), 1),
                 "runs": cell.rates.iter().map(|r| rounded(*r, 1)).collect::<Vec<_>>(),
                 "outOfOrder": cell.most_out_of_order(),
+                "cpuMicrosecondsPerEvent": (!cell.cpu_per_event.is_empty()).then(|| rounded(median(&cell.cpu_per_event), 1)),
             })
         };
         ratios.insert(load.to_string(), json!(rounded(ratio, 3)));
@@ -610,6 +693,7 @@ async fn ordering(events: usize, consumers: Option<u16>) {
         }));
     }
     println!("out of order: events applied after a later event on the same entity (the most in any run)");
+    println!("box CPU: the worker's, RabbitMQ's and MariaDB's CPU per event together (median; start-up included)");
     println!(
         "{}",
         json!({
