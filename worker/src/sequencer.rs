@@ -33,10 +33,13 @@ use crate::membership::Assignment;
 use crate::pack;
 use crate::service::Worker;
 
-/// Deliveries moved per confirm round trip.
-const CHUNK: usize = 500;
-/// Unacked deliveries of `commands` the sequencer may hold.
-const PREFETCH: u16 = 2_000;
+/// Deliveries moved per confirm round trip, at most: enough for a full pack per partition when
+/// keys spread (the broker's cost is per message), and at least this many.
+const CHUNK_PER_PARTITION: usize = pack::MAX_EVENTS;
+const MIN_CHUNK: usize = 500;
+/// Unacked deliveries of `commands` the sequencer may hold: two chunks, so the next one is
+/// already here while one waits for its confirms.
+const MAX_PREFETCH: usize = u16::MAX as usize;
 /// How long a chunk waits for more deliveries.
 const CHUNK_WAIT: Duration = Duration::from_millis(2);
 /// Pause before trying again to become the consumer of `commands`.
@@ -104,14 +107,15 @@ async fn sequence_on(
     let publisher =
         Publisher::new(connection.clone(), Duration::from_millis(worker.config.amqp.publish_timeout_ms)).await?;
     let queue = worker.names.work_queue(WorkQueue::Commands);
+    let partitions = worker.config.worker.partitions;
+    let chunk_size = (CHUNK_PER_PARTITION * usize::from(partitions)).max(MIN_CHUNK).min(MAX_PREFETCH / 2);
     let channel = connection.create_channel().await?;
-    channel.basic_qos(PREFETCH, BasicQosOptions::default()).await?;
+    channel.basic_qos((chunk_size * 2) as u16, BasicQosOptions::default()).await?;
     let tag = format!("automation-worker.sequencer.{}", uuid::Uuid::new_v4().simple());
     let mut consumer = channel
         .basic_consume(queue.clone().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
         .await?;
-    tracing::info!(%queue, partitions = worker.config.worker.partitions, "sequencing events into the partitions");
-    let partitions = worker.config.worker.partitions;
+    tracing::info!(%queue, partitions, chunk_size, "sequencing events into the partitions");
     let limits = worker.limits();
     let result = loop {
         let first = tokio::select! {
@@ -131,7 +135,7 @@ async fn sequence_on(
         };
         let mut chunk = vec![first];
         let deadline = Instant::now() + CHUNK_WAIT;
-        while chunk.len() < CHUNK {
+        while chunk.len() < chunk_size {
             match tokio::time::timeout_at(deadline, consumer.next()).await {
                 Ok(Some(Ok(delivery))) => chunk.push(delivery),
                 _ => break,
