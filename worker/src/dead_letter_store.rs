@@ -49,9 +49,8 @@ pub async fn run(database: Database, broker: Broker, stop: CancellationToken) ->
             None => break,
             Some(Ok(delivery)) => {
                 let span = crate::spans::dead_letter(&delivery);
-                if !tracing::Instrument::instrument(store(&database, &broker.system_users, &delivery, &stop), span)
-                    .await
-                {
+                let stored = store(&database, &broker.system_users, &delivery, &stop);
+                if !tracing::Instrument::instrument(stored, span).await {
                     break;
                 }
             }

@@ -43,7 +43,8 @@ const CHUNK_WAIT: Duration = Duration::from_millis(2);
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Runs the sequencer into `partitions` partitions whenever this instance is assigned it, until
-/// `stop`. It connects on its own (see above); `broker` is where, and the names it moves between.
+/// `stop`. It opens a connection of its own to `broker` (see above) for the lock, the consumer and
+/// the publishing.
 pub async fn run(
     broker: Broker,
     partitions: u16,

@@ -132,10 +132,10 @@ pub async fn run(worker: Worker, listener: TcpListener, shutdown: CancellationTo
         connection: broker.connection.clone(),
         outbox_sweep: Duration::from_millis(settings.outbox_sweep_ms),
     };
-    let http_server =
+    let probe_server =
         axum::serve(listener, health::router(readiness)).with_graceful_shutdown(probes.clone().cancelled_owned());
     tracker.spawn(async move {
-        if let Err(error) = http_server.await {
+        if let Err(error) = probe_server.await {
             tracing::error!(%error, "the probe server stopped");
         }
     });
