@@ -19,8 +19,10 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use automation_shared::config::WorkerConfig;
 use automation_shared::db::Failure;
 use automation_shared::db::audit::AuditChain;
+use automation_shared::db::events::OutboxMessage;
 use automation_shared::events::{Envelope, WorkQueue};
 use automation_shared::messaging::{Origin, SystemUsers};
 use chrono::Utc;
@@ -28,44 +30,71 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::apply::{self, BatchError, Item, Message, Ordered, Outcome};
+use crate::broker::Broker;
+use crate::database::Database;
 use crate::deferrals::SetAside;
 use crate::failures::{self, DeathKind, Unapplied};
 use crate::handlers::{self, EntityKey};
+use crate::health::Health;
 use crate::pack;
 use crate::rules::RuleSet;
-use crate::service::Worker;
-use crate::{spans, tasks};
+use crate::runner::TaskRunner;
+use crate::spans;
+use crate::tasks::{self, Registry};
 
 /// Immediate re-runs of a batch that hit a deadlock, a lock wait timeout or an inbox race.
 const CONFLICT_RETRIES: u32 = 3;
 
+/// What applying events takes, shared by every consumer of events (a work queue's consumers, the
+/// partition lanes, the deferral sweep): each makes its own [`Applier`] from a clone.
+#[derive(Clone)]
+pub struct ApplyContext {
+    pub database: Database,
+    pub broker: Broker,
+    /// The automations a rule or a request may start.
+    pub registry: Arc<Registry>,
+    /// Counts the deliveries in flight, for the probes and the drain.
+    pub health: Arc<Health>,
+    /// Where the outbox rows a batch committed go, for the relay to publish at once.
+    pub outbox: mpsc::Sender<Vec<OutboxMessage>>,
+    pub settings: Arc<WorkerConfig>,
+    /// Signs the audit chains.
+    pub audit_key: Option<Arc<str>>,
+    /// The most work one rule's evaluation may do.
+    pub max_rule_steps: u64,
+    /// Runs the tasks the tasks queue's execute messages ask for.
+    pub runner: TaskRunner,
+}
+
 /// Consumes `queue` until `shutdown`, then drains: cancels the consumer, applies and settles
 /// every delivery already received, and returns.
-pub async fn run(worker: Arc<Worker>, queue: WorkQueue, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let settings = &worker.config.worker;
+pub async fn run(context: ApplyContext, queue: WorkQueue, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let settings = context.settings.clone();
+    let broker = context.broker.clone();
     let (prefetch, batch_size) = match queue {
         WorkQueue::Commands => (settings.prefetch, settings.batch_size),
         // Each execute message runs a task; event batches stay small so tasks are not held up.
         WorkQueue::Tasks => (settings.task_concurrency, settings.batch_size.min(settings.task_concurrency as usize)),
     };
-    let channel = worker.connection.create_channel().await?;
+    let channel = broker.connection.create_channel().await?;
     channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
     let tag = format!("automation-worker.{}.{}", queue.suffix(), uuid::Uuid::new_v4().simple());
     let mut consumer = channel
         .basic_consume(
-            worker.names.work_queue(queue).into(),
+            broker.names.work_queue(queue).into(),
             tag.clone().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
         .await?;
-    tracing::info!(queue = %worker.names.work_queue(queue), prefetch, batch.size = batch_size, "consuming");
-    let mut state = Applier::new(worker.clone(), queue, false);
+    tracing::info!(queue = %broker.names.work_queue(queue), prefetch, batch.size = batch_size, "consuming");
+    let mut state = Applier::new(context, queue, false);
     let mut cancelled = false;
     loop {
         let next = tokio::select! {
@@ -88,9 +117,9 @@ pub async fn run(worker: Arc<Worker>, queue: WorkQueue, shutdown: CancellationTo
                 if cancelled {
                     break;
                 }
-                tracing::warn!(%error, queue = %worker.names.work_queue(queue), "the consumer channel failed; waiting for recovery");
+                tracing::warn!(%error, queue = %broker.names.work_queue(queue), "the consumer channel failed; waiting for recovery");
                 channel.wait_for_recovery(error).await?;
-                tracing::info!(queue = %worker.names.work_queue(queue), "the consumer channel recovered");
+                tracing::info!(queue = %broker.names.work_queue(queue), "the consumer channel recovered");
                 continue;
             }
         };
@@ -115,7 +144,7 @@ pub async fn run(worker: Arc<Worker>, queue: WorkQueue, shutdown: CancellationTo
         }
     }
     let _ = channel.close(200, "drained".into()).await;
-    tracing::info!(queue = %worker.names.work_queue(queue), "consumer stopped");
+    tracing::info!(queue = %broker.names.work_queue(queue), "consumer stopped");
     Ok(())
 }
 
@@ -191,9 +220,10 @@ enum Settled {
     Requeue,
 }
 
-/// Applies batches of deliveries and settles them: what every consumer of events shares.
+/// Applies batches of deliveries and settles them: one per consumer of events, with its own audit
+/// chain and rule state, made from a clone of the shared [`ApplyContext`].
 pub struct Applier {
-    worker: Arc<Worker>,
+    context: ApplyContext,
     queue: WorkQueue,
     chain: AuditChain,
     rules: RuleSet,
@@ -213,11 +243,11 @@ pub struct Applier {
 }
 
 impl Applier {
-    pub fn new(worker: Arc<Worker>, queue: WorkQueue, ordered: bool) -> Applier {
+    pub fn new(context: ApplyContext, queue: WorkQueue, ordered: bool) -> Applier {
         Applier {
-            chain: AuditChain::new(worker.config.audit.key.as_deref()),
-            rules: RuleSet::new(worker.config.rules.max_steps),
-            worker,
+            chain: AuditChain::new(context.audit_key.as_deref()),
+            rules: RuleSet::new(context.max_rule_steps),
+            context,
             queue,
             ordered,
             left_unsettled: HashSet::new(),
@@ -247,7 +277,8 @@ impl Applier {
         if unknown.is_empty() {
             return;
         }
-        if let Ok(held) = automation_shared::db::deferrals::held_partitions(&self.worker.pool, &unknown).await {
+        let pool = &self.context.database.pool;
+        if let Ok(held) = automation_shared::db::deferrals::held_partitions(pool, &unknown).await {
             self.unheld.extend(unknown.into_iter().filter(|p| !held.contains(p)));
         }
     }
@@ -255,10 +286,10 @@ impl Applier {
     pub async fn process(&mut self, deliveries: Vec<Incoming>, shutdown: &CancellationToken) {
         let started = Instant::now();
         let held = deliveries.len();
-        self.worker.health.hold(held);
+        self.context.health.hold(held);
         let received_at = Utc::now();
-        let limits = self.worker.limits();
-        let queue_name = self.worker.names.work_queue(self.queue);
+        let limits = self.context.broker.limits();
+        let queue_name = self.context.broker.names.work_queue(self.queue);
         let mut incoming = Vec::with_capacity(deliveries.len());
         let mut executes = Vec::new();
         for delivery in deliveries {
@@ -266,7 +297,7 @@ impl Applier {
                 && delivery.delivery.properties.kind().as_ref().is_some_and(|k| k.as_str() == tasks::EXECUTE)
                 // Start messages are the worker's own; anyone else's is read as an event (and
                 // refused as one).
-                && Origin::of(&delivery.delivery.properties, &self.worker.system_users).is_system()
+                && Origin::of(&delivery.delivery.properties, &self.context.broker.system_users).is_system()
             {
                 executes.push(delivery.delivery);
             } else {
@@ -278,7 +309,7 @@ impl Applier {
         let mut settled = vec![true; incoming.len()];
         let mut parsed = Vec::new();
         for (index, delivery) in incoming.iter().enumerate() {
-            let Some(events) = events_of(&delivery.delivery, &self.worker.system_users) else {
+            let Some(events) = events_of(&delivery.delivery, &self.context.broker.system_users) else {
                 let result = self.bury_unreadable_pack(&delivery.delivery).await;
                 settled[index] = result.is_ok();
                 continue;
@@ -321,10 +352,15 @@ impl Applier {
                         span.in_scope(
                             || tracing::warn!(reason = %poison, "dead-lettering a message that cannot be taken"),
                         );
-                        let result =
-                            failures::dead_letter(&self.worker, &message, DeathKind::Poison, &poison.to_string(), None)
-                                .instrument(span.clone())
-                                .await;
+                        let result = failures::dead_letter(
+                            &self.context.broker,
+                            &message,
+                            DeathKind::Poison,
+                            &poison.to_string(),
+                            None,
+                        )
+                        .instrument(span.clone())
+                        .await;
                         metrics::counter!(automation_shared::meters::WORKER_DEAD_LETTERED, "kind" => "poison", "reason" => poison.code.as_str())
                             .increment(1);
                         if let Err(error) = result {
@@ -389,12 +425,12 @@ impl Applier {
             ack_all(&acks, multiple, &self.left_unsettled).await;
         }
         if !executes.is_empty() {
-            let left = crate::runner::execute_all(&self.worker, &mut self.chain, executes, shutdown).await;
+            let left = crate::runner::execute_all(&self.context.runner, &mut self.chain, executes, shutdown).await;
             if left {
                 self.left_unsettled.insert(0);
             }
         }
-        self.worker.health.release(held);
+        self.context.health.release(held);
         metrics::histogram!(automation_shared::meters::WORKER_BATCH_SECONDS).record(started.elapsed().as_secs_f64());
         metrics::histogram!(automation_shared::meters::WORKER_BATCH_SIZE).record(parsed.len() as f64);
     }
@@ -417,7 +453,7 @@ impl Applier {
         metrics::counter!(automation_shared::meters::WORKER_DEAD_LETTERED, "kind" => "poison", "reason" => "invalid_pack")
             .increment(1);
         failures::dead_letter(
-            &self.worker,
+            &self.context.broker,
             &message,
             DeathKind::Poison,
             "invalid_pack: a pack of events that cannot be read",
@@ -435,7 +471,7 @@ impl Applier {
         received_at: chrono::DateTime<Utc>,
         shutdown: &CancellationToken,
     ) -> Option<Vec<bool>> {
-        let wait = chrono::Duration::milliseconds(self.worker.config.worker.entity_wait_ms as i64);
+        let wait = chrono::Duration::milliseconds(self.context.settings.entity_wait_ms as i64);
         let items: Vec<Item<'_>> = parsed
             .iter()
             .map(|p| Item {
@@ -510,7 +546,7 @@ impl Applier {
                 // In order: the event waits in the deferral store, holding its key, before the
                 // next event of the batch is applied (which then queues behind it).
                 (Err(error), Some(ordered)) => {
-                    match crate::deferrals::defer_failed(&self.worker, item, &ordered, &error, shutdown).await {
+                    match crate::deferrals::defer_failed(&self.context, item, &ordered, &error, shutdown).await {
                         Some(Ok(SetAside::Deferred)) => {
                             deferred = true;
                             Settled::Done(Outcome::Deferred)
@@ -542,8 +578,8 @@ impl Applier {
         loop {
             let started = Instant::now();
             let result = apply::apply(
-                &self.worker.pool,
-                &self.worker.registry,
+                &self.context.database.pool,
+                &self.context.registry,
                 &mut self.chain,
                 &mut self.rules,
                 items,
@@ -555,14 +591,14 @@ impl Applier {
             match result {
                 Ok(committed) => {
                     // Published at once by the relay; if that fails the rows wait for its sweep.
-                    if !committed.outbox.is_empty() && self.worker.outbox.send(committed.outbox).await.is_err() {
+                    if !committed.outbox.is_empty() && self.context.outbox.send(committed.outbox).await.is_err() {
                         tracing::debug!("the relay is gone; the outbox rows wait for a sweep");
                     }
                     return Some(Ok(committed.outcomes));
                 }
                 Err(error) if error.failure() == Failure::Unavailable => {
                     tracing::warn!(%error, "MySQL is unavailable; holding the batch until it answers");
-                    if !self.worker.wait_for_database(shutdown).await {
+                    if !self.context.database.wait_until_up(shutdown).await {
                         return None;
                     }
                 }
@@ -598,23 +634,31 @@ impl Applier {
         };
         let kind = error.kind();
         let text = error.to_string();
-        let max = self.worker.config.worker.max_attempts;
+        let max = self.context.settings.max_attempts;
         let result = if p.attempt >= max {
             tracing::error!(event.id = %p.envelope.id, event.r#type = %p.envelope.event_type, attempts = p.attempt, error = %text, "giving up on an event");
             metrics::counter!(automation_shared::meters::WORKER_DEAD_LETTERED, "kind" => "exhausted", "reason" => kind)
                 .increment(1);
             let reason = format!("gave up after {} attempts: {text}", p.attempt);
-            failures::dead_letter(&self.worker, &message, DeathKind::Exhausted, &reason, Some((kind, &text)))
+            failures::dead_letter(&self.context.broker, &message, DeathKind::Exhausted, &reason, Some((kind, &text)))
                 .await
                 .map(|_| ())
         } else {
-            match failures::retry_later(&self.worker, &message, kind, &text).await {
+            match failures::retry_later(
+                &self.context.broker,
+                &self.context.settings.retry_delays_ms,
+                &message,
+                kind,
+                &text,
+            )
+            .await
+            {
                 Ok(delay) => {
                     tracing::warn!(event.id = %p.envelope.id, attempt = p.attempt, retry.in_ms = delay, error = %text, "event failed; it will be retried");
                     metrics::counter!(automation_shared::meters::WORKER_RETRIES, "kind" => kind).increment(1);
                     let next = Utc::now() + chrono::Duration::milliseconds(delay as i64);
                     let noted = automation_shared::db::events::record_attempt(
-                        &self.worker.pool,
+                        &self.context.database.pool,
                         p.envelope.event_ref(),
                         Some(p.envelope.event_type.as_str()),
                         p.attempt,

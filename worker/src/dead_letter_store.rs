@@ -2,8 +2,6 @@
 //! whole in MySQL, whether this worker dead-lettered it (with its reason and history in
 //! headers) or the broker did (a message redelivered past the delivery limit).
 
-use std::sync::Arc;
-
 use automation_shared::db::dead_letters::{self, MAX_STORED_BODY, NewDeadLetter};
 use automation_shared::db::{self, Failure};
 use automation_shared::events::envelope::{Limits, amqp_string};
@@ -19,17 +17,19 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::broker::Broker;
+use crate::database::Database;
 use crate::failures::{self, headers};
 use crate::pack;
-use crate::service::Worker;
 
-pub async fn run(worker: Arc<Worker>, stop: CancellationToken) -> anyhow::Result<()> {
-    let channel = worker.connection.create_channel().await?;
+/// Consumes the dead-letter queue of `broker` into `database` until `stop`.
+pub async fn run(database: Database, broker: Broker, stop: CancellationToken) -> anyhow::Result<()> {
+    let channel = broker.connection.create_channel().await?;
     channel.basic_qos(50, BasicQosOptions::default()).await?;
     let tag = format!("automation-worker.dead-letters.{}", Uuid::new_v4().simple());
     let mut consumer = channel
         .basic_consume(
-            worker.names.dead_letter_queue().into(),
+            broker.names.dead_letter_queue().into(),
             tag.clone().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -49,7 +49,8 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) -> anyhow::Result
             None => break,
             Some(Ok(delivery)) => {
                 let span = crate::spans::dead_letter(&delivery);
-                if !tracing::Instrument::instrument(store(&worker, &delivery, &stop), span).await {
+                let stored = store(&database, &broker.system_users, &delivery, &stop);
+                if !tracing::Instrument::instrument(stored, span).await {
                     break;
                 }
             }
@@ -67,9 +68,9 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) -> anyhow::Result
 
 /// Stores a dead letter (each event of a dead pack), waiting out database outages. `false` when
 /// stopped while waiting.
-async fn store(worker: &Worker, delivery: &Delivery, stop: &CancellationToken) -> bool {
-    for dead in describe_all(delivery, &worker.system_users) {
-        if !store_one(worker, &dead, stop).await {
+async fn store(database: &Database, system: &SystemUsers, delivery: &Delivery, stop: &CancellationToken) -> bool {
+    for dead in describe_all(delivery, system) {
+        if !store_one(database, &dead, stop).await {
             return false;
         }
     }
@@ -79,11 +80,11 @@ async fn store(worker: &Worker, delivery: &Delivery, stop: &CancellationToken) -
     true
 }
 
-async fn store_one(worker: &Worker, dead: &NewDeadLetter, stop: &CancellationToken) -> bool {
+async fn store_one(database: &Database, dead: &NewDeadLetter, stop: &CancellationToken) -> bool {
     let mut reduced: Option<NewDeadLetter> = None;
     loop {
         let record = reduced.as_ref().unwrap_or(dead);
-        match dead_letters::insert(&worker.pool, record).await {
+        match dead_letters::insert(&database.pool, record).await {
             Ok(new) => {
                 if new {
                     tracing::info!(dead_letter.id = %dead.id, event.id = dead.event_id, reason = %dead.reason, "dead letter stored");
@@ -101,7 +102,7 @@ async fn store_one(worker: &Worker, dead: &NewDeadLetter, stop: &CancellationTok
                 return true;
             }
             Err(error) if db::classify(&error) == Failure::Unavailable => {
-                if !worker.wait_for_database(stop).await {
+                if !database.wait_until_up(stop).await {
                     return false;
                 }
             }

@@ -6,10 +6,10 @@
 //! store; the hold rows, locked by whoever applies a key's events, make them take turns.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use automation_shared::db::deferrals::{self, Deferred, DeferredState, NewDeferred};
+use automation_shared::events::envelope::Limits;
 use automation_shared::events::{Envelope, WorkQueue};
 use automation_shared::messaging::{self, SystemUsers};
 use chrono::Utc;
@@ -17,10 +17,9 @@ use lapin::BasicProperties;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::{BatchError, Item, Message, Ordered, WAIT_POLL};
-use crate::consumer::Applier;
+use crate::consumer::{Applier, ApplyContext};
 use crate::failures::{self, DeathKind, Unapplied, headers};
 use crate::handlers::{self, EntityKey};
-use crate::service::Worker;
 
 /// Held keys taken per sweep.
 const KEYS_PER_SWEEP: u32 = 64;
@@ -41,17 +40,17 @@ pub enum SetAside {
 /// key, so the events after it on that key queue behind it. Waits out database outages; `None`
 /// when shutdown came first.
 pub async fn defer_failed(
-    worker: &Worker,
+    context: &ApplyContext,
     item: &Item<'_>,
     ordered: &Ordered<'_>,
     error: &BatchError,
     shutdown: &CancellationToken,
 ) -> Option<sqlx::Result<SetAside>> {
-    if ordered.attempt >= worker.config.worker.max_attempts {
+    if ordered.attempt >= context.settings.max_attempts {
         return Some(Ok(SetAside::OutOfAttempts));
     }
     let (kind, text) = (error.kind(), error.to_string());
-    let delay = retry_delay(worker, ordered.attempt);
+    let delay = retry_delay(&context.settings.retry_delays_ms, ordered.attempt);
     let due = Utc::now() + chrono::Duration::milliseconds(delay as i64);
     let properties = with_failure(
         ordered.message.properties,
@@ -59,7 +58,7 @@ pub async fn defer_failed(
         ordered.attempt,
         kind,
         &text,
-        &worker.system_users,
+        &context.broker.system_users,
     );
     let event = NewDeferred {
         entity_key: ordered.key.as_str().to_string(),
@@ -76,9 +75,10 @@ pub async fn defer_failed(
         wait_until: ordered.wait_until,
         received_at: item.received_at,
     };
-    let stored = worker
+    let stored = context
+        .database
         .through_outages(shutdown, || async {
-            let mut tx = worker.pool.begin().await?;
+            let mut tx = context.database.pool.begin().await?;
             deferrals::hold_and_queue(&mut tx, &event).await?;
             automation_shared::db::events::record_attempt(
                 &mut *tx,
@@ -100,8 +100,9 @@ pub async fn defer_failed(
     }))
 }
 
-fn retry_delay(worker: &Worker, attempt: u32) -> u64 {
-    let delays = &worker.config.worker.retry_delays_ms;
+/// The delay before the attempt after `attempt`: one of `delays`, the last for every attempt
+/// after.
+fn retry_delay(delays: &[u64], attempt: u32) -> u64 {
     delays[(attempt as usize).saturating_sub(1).min(delays.len() - 1)]
 }
 
@@ -121,14 +122,14 @@ fn with_failure(
 }
 
 /// Applies due events from the store until `stop`.
-pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
-    let mut applier = Applier::new(worker.clone(), WorkQueue::Commands, true);
+pub async fn run(context: ApplyContext, stop: CancellationToken) {
+    let mut applier = Applier::new(context.clone(), WorkQueue::Commands, true);
     let mut idle = true;
     let mut counted = tokio::time::Instant::now();
     loop {
         if counted.elapsed() >= BACKLOG_EVERY {
             counted = tokio::time::Instant::now();
-            if let Ok(waiting) = deferrals::backlog(&worker.pool).await {
+            if let Ok(waiting) = deferrals::backlog(&context.database.pool).await {
                 metrics::gauge!(automation_shared::meters::WORKER_DEFERRED_EVENTS).set(waiting as f64);
             }
         }
@@ -137,7 +138,7 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
         }
-        idle = match sweep(&worker, &mut applier, &stop).await {
+        idle = match sweep(&context, &mut applier, &stop).await {
             Ok(applied) => applied == 0,
             Err(error) => {
                 tracing::debug!(%error, "could not sweep the deferral store this time");
@@ -157,31 +158,31 @@ struct Stored {
 }
 
 /// One pass over the due keys. Returns how many stored events it handled.
-async fn sweep(worker: &Arc<Worker>, applier: &mut Applier, stop: &CancellationToken) -> sqlx::Result<usize> {
-    let keys = deferrals::due_keys(&worker.pool, KEYS_PER_SWEEP).await?;
+async fn sweep(context: &ApplyContext, applier: &mut Applier, stop: &CancellationToken) -> sqlx::Result<usize> {
+    let keys = deferrals::due_keys(&context.database.pool, KEYS_PER_SWEEP).await?;
     if keys.is_empty() {
         return Ok(0);
     }
     let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     let rows = {
-        let mut conn = worker.pool.acquire().await?;
+        let mut conn = context.database.pool.acquire().await?;
         deferrals::queued(&mut conn, &key_refs, EVENTS_PER_SWEEP).await?
     };
-    let limits = worker.limits();
+    let limits = context.broker.limits();
     let mut stored = Vec::with_capacity(rows.len());
     for row in rows {
         let properties: BasicProperties = serde_json::from_value(row.properties.0.clone()).unwrap_or_default();
         match Envelope::parse(&row.routing_key, &properties, &row.body, limits) {
             Ok(envelope) => {
                 let key = handlers::entity_key(&envelope);
-                let partition = key.partition(worker.config.worker.partitions);
+                let partition = key.partition(context.settings.partitions);
                 stored.push(Stored { row, partition, envelope, properties, key });
             }
             // It was read once; only a change of configuration (a lower size limit, a narrower
             // publisher list) makes it unreadable now.
             Err(poison) => {
                 let reason = format!("unreadable after waiting: {poison}");
-                bury(worker, &row, &properties, DeathKind::Poison, &reason, None).await?;
+                bury(context, &row, &properties, DeathKind::Poison, &reason, None).await?;
             }
         }
     }
@@ -225,7 +226,7 @@ async fn sweep(worker: &Arc<Worker>, applier: &mut Applier, stop: &CancellationT
                 }
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
-                    failed(worker, &stored[*index], &error).await?;
+                    failed(context, &stored[*index], &error).await?;
                     break;
                 }
             }
@@ -255,21 +256,22 @@ fn item(s: &Stored) -> Item<'_> {
 
 /// A stored event failed again: its next attempt later, or the dead-letter store when it has
 /// none left (its successors then go on).
-async fn failed(worker: &Worker, s: &Stored, error: &BatchError) -> sqlx::Result<()> {
+async fn failed(context: &ApplyContext, s: &Stored, error: &BatchError) -> sqlx::Result<()> {
     let (kind, text) = (error.kind(), error.to_string());
     let attempt = s.row.attempt;
-    if attempt >= worker.config.worker.max_attempts {
+    if attempt >= context.settings.max_attempts {
         tracing::error!(event.id = %s.envelope.id, attempts = attempt, error = %text, "giving up on an event; the events after it on its entity go on");
         metrics::counter!(automation_shared::meters::WORKER_DEAD_LETTERED, "kind" => "exhausted", "reason" => kind)
             .increment(1);
         let reason = format!("gave up after {attempt} attempts: {text}");
-        return bury(worker, &s.row, &s.properties, DeathKind::Exhausted, &reason, Some((kind, &text))).await;
+        return bury(context, &s.row, &s.properties, DeathKind::Exhausted, &reason, Some((kind, &text))).await;
     }
-    let delay = retry_delay(worker, attempt);
+    let delay = retry_delay(&context.settings.retry_delays_ms, attempt);
     let due = Utc::now() + chrono::Duration::milliseconds(delay as i64);
-    let properties = with_failure(&s.properties, &s.row.routing_key, attempt, kind, &text, &worker.system_users);
+    let properties =
+        with_failure(&s.properties, &s.row.routing_key, attempt, kind, &text, &context.broker.system_users);
     let properties = serde_json::to_value(&properties).unwrap_or_default();
-    let mut tx = worker.pool.begin().await?;
+    let mut tx = context.database.pool.begin().await?;
     // The hold first: a lane queueing behind it meanwhile is then either committed (and seen
     // below) or waits for this transaction.
     deferrals::lock_held(&mut tx, &[s.row.entity_key.as_str()]).await?;
@@ -309,7 +311,7 @@ async fn failed(worker: &Worker, s: &Stored, error: &BatchError) -> sqlx::Result
 /// stores it again under the same id, once) and takes it out of the store, unless another
 /// worker applied it meanwhile.
 async fn bury(
-    worker: &Worker,
+    context: &ApplyContext,
     row: &Deferred,
     properties: &BasicProperties,
     kind: DeathKind,
@@ -327,17 +329,17 @@ async fn bury(
     };
     // The hold is locked while the dead letter goes out: no other worker's sweep applies the
     // event meanwhile, and one that applied it already is seen here (nothing to bury then).
-    let mut tx = worker.pool.begin().await?;
+    let mut tx = context.database.pool.begin().await?;
     deferrals::lock_held(&mut tx, &[row.entity_key.as_str()]).await?;
     if deferrals::present(&mut tx, &[row.seq]).await?.is_empty() {
         return tx.commit().await;
     }
-    if let Err(error) = failures::dead_letter(worker, &message, kind, reason, last_failure).await {
+    if let Err(error) = failures::dead_letter(&context.broker, &message, kind, reason, last_failure).await {
         tracing::warn!(%error, event.id = %row.event_id, "could not dead-letter a stored event; it stays in the store");
         return Ok(());
     }
     let mut gone = vec![row.seq];
-    gone.extend(copies(worker, &mut tx, row, &properties).await?);
+    gone.extend(copies(context.broker.limits(), &mut tx, row, &properties).await?);
     deferrals::remove(&mut tx, &gone).await?;
     deferrals::refresh_holds(&mut tx, &[row.entity_key.as_str()]).await?;
     tx.commit().await
@@ -348,12 +350,11 @@ async fn bury(
 /// the events that followed the original, and after the original was dead-lettered; the dead
 /// letter is the one copy an operator replays.
 async fn copies(
-    worker: &Worker,
+    limits: Limits<'_>,
     tx: &mut sqlx::MySqlConnection,
     row: &Deferred,
     properties: &BasicProperties,
 ) -> sqlx::Result<Vec<u64>> {
-    let limits = worker.limits();
     let Ok(buried) = Envelope::parse(&row.routing_key, properties, &row.body, limits) else {
         // An unreadable event's copies are unreadable too, and are buried on their own.
         return Ok(Vec::new());

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::service::Worker;
+use crate::broker::Broker;
 
 /// Headers this system sets on retried and dead messages.
 pub mod headers {
@@ -111,20 +111,21 @@ fn with_failure(history: &mut Vec<Failure>, attempt: u32, kind: &str, error: &st
     }
 }
 
-/// Sends the message to the retry queue for its attempt; it returns to the work queue after the
-/// delay as attempt `attempt + 1`. Returns the delay.
+/// Sends the message to the retry queue for its attempt (one of `delays`, the last for every
+/// attempt after); it returns to the work queue after the delay as attempt `attempt + 1`. Returns
+/// the delay.
 pub async fn retry_later(
-    worker: &Worker,
+    broker: &Broker,
+    delays: &[u64],
     message: &Unapplied<'_>,
     kind: &str,
     error: &str,
 ) -> Result<u64, PublishError> {
     let attempt = message.attempt();
-    let delays = &worker.config.worker.retry_delays_ms;
     let delay = delays[(attempt as usize - 1).min(delays.len() - 1)];
-    let properties = retried_properties(message, attempt, kind, error, &worker.system_users);
-    let queue = worker.names.retry_queue(message.queue, delay);
-    worker
+    let properties = retried_properties(message, attempt, kind, error, &broker.system_users);
+    let queue = broker.names.retry_queue(message.queue, delay);
+    broker
         .publisher
         .publish(Outgoing { exchange: "", routing_key: &queue, body: message.body, properties, mandatory: true })
         .await?;
@@ -171,7 +172,7 @@ impl DeathKind {
 
 /// Publishes the message, whole, to the dead-letter exchange with its reason and history.
 pub async fn dead_letter(
-    worker: &Worker,
+    broker: &Broker,
     message: &Unapplied<'_>,
     kind: DeathKind,
     reason: &str,
@@ -185,17 +186,17 @@ pub async fn dead_letter(
     // Derived, so dead-lettering the same delivery again (a crash before the ack) stores it once.
     let replays = header(message.properties, automation_shared::dead_letters::REPLAY_COUNT_HEADER).unwrap_or_default();
     let id = derived_id(
-        &format!("dead:{}:{}:{attempt}:{replays}", worker.names.work_queue(message.queue), kind.as_str()),
+        &format!("dead:{}:{}:{attempt}:{replays}", broker.names.work_queue(message.queue), kind.as_str()),
         &message.identity(),
     );
-    let mut properties = republished(message.properties, &worker.system_users);
+    let mut properties = republished(message.properties, &broker.system_users);
     let mut set = |name: &str, value: String| {
         properties = messaging::set_header(std::mem::take(&mut properties), name, value);
     };
     set(headers::DEAD_LETTER_ID, id.to_string());
     set(headers::DEAD_REASON, reason.chars().take(2000).collect());
     set(headers::ERROR_KIND, kind.as_str().to_string());
-    set(headers::ORIGIN_QUEUE, worker.names.work_queue(message.queue));
+    set(headers::ORIGIN_QUEUE, broker.names.work_queue(message.queue));
     set(headers::ORIGINAL_ROUTING_KEY, message.routing_key.to_string());
     set(headers::FIRST_FAILED_AT, message.first_failed_at().to_rfc3339());
     set(headers::DEAD_AT, Utc::now().to_rfc3339());
@@ -207,8 +208,8 @@ pub async fn dead_letter(
         set(headers::EVENT_TYPE, event_type.to_string());
     }
     let properties = messaging::set_int_header(properties, headers::ATTEMPT, i64::from(attempt));
-    let exchange = worker.names.dead();
-    worker
+    let exchange = broker.names.dead();
+    broker
         .publisher
         .publish(Outgoing {
             exchange: &exchange,

@@ -13,8 +13,8 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use automation_shared::db::events as event_rows;
-
-use crate::service::Worker;
+use lapin::Connection;
+use sqlx::MySqlPool;
 
 /// What the probes report, kept up to date by the consumers.
 #[derive(Debug, Default)]
@@ -51,14 +51,24 @@ impl Health {
     }
 }
 
-pub fn router(worker: Arc<Worker>) -> Router {
+/// What readiness looks at.
+#[derive(Clone)]
+pub struct Readiness {
+    pub health: Arc<Health>,
+    pub pool: MySqlPool,
+    pub connection: Arc<Connection>,
+    /// How often the outbox relay sweeps: rows much older than that mean publishing is stuck.
+    pub outbox_sweep: Duration,
+}
+
+pub fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/health", get(live))
         .route("/health/live", get(live))
         .route("/readiness", get(ready))
         .route("/health/ready", get(ready))
         .route("/metrics", get(render_metrics))
-        .with_state(worker)
+        .with_state(readiness)
 }
 
 /// What a worker still starting says on its probes: what it waits for.
@@ -101,35 +111,35 @@ async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-async fn ready(State(worker): State<Arc<Worker>>) -> Response {
-    let database = if worker.health.database_down.load(Ordering::Relaxed) {
+async fn ready(State(readiness): State<Readiness>) -> Response {
+    let database = if readiness.health.database_down.load(Ordering::Relaxed) {
         Err("unreachable; consumers are paused until it answers".to_string())
     } else {
-        match tokio::time::timeout(Duration::from_secs(2), automation_shared::db::ping(&worker.pool)).await {
+        match tokio::time::timeout(Duration::from_secs(2), automation_shared::db::ping(&readiness.pool)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(error.to_string()),
             Err(_) => Err("no answer within 2 s".to_string()),
         }
     };
-    let broker = if worker.connection.status().connected() {
-        if worker.connection.status().blocked() { Err("blocked by a resource alarm".to_string()) } else { Ok(()) }
+    let broker = if readiness.connection.status().connected() {
+        if readiness.connection.status().blocked() { Err("blocked by a resource alarm".to_string()) } else { Ok(()) }
     } else {
         Err("disconnected; reconnecting".to_string())
     };
     // Publishing: what went in the outbox must come out. Rows older than a few sweeps mean the
     // worker's publishing is stuck, whatever the connection says.
     let backlog = match &database {
-        Ok(()) => tokio::time::timeout(Duration::from_secs(2), event_rows::outbox_backlog(&worker.pool)).await.ok(),
+        Ok(()) => tokio::time::timeout(Duration::from_secs(2), event_rows::outbox_backlog(&readiness.pool)).await.ok(),
         Err(_) => None,
     };
-    let stuck_after = Duration::from_millis(worker.config.worker.outbox_sweep_ms).as_secs().max(1) * 5 + 10;
+    let stuck_after = readiness.outbox_sweep.as_secs().max(1) * 5 + 10;
     let publishing = match backlog {
         Some(Ok((rows, oldest))) if rows > 0 && oldest > stuck_after => {
             Err(format!("{rows} messages wait in the outbox, the oldest for {oldest} s: publishing is stuck"))
         }
         _ => broker.clone(),
     };
-    let draining = worker.health.draining.load(Ordering::Relaxed);
+    let draining = readiness.health.draining.load(Ordering::Relaxed);
     let describe = |r: &Result<(), String>| match r {
         Ok(()) => json!({"status": "ok"}),
         Err(e) => json!({"status": "unavailable", "error": e}),
@@ -139,7 +149,7 @@ async fn ready(State(worker): State<Arc<Worker>>) -> Response {
     let mut body = json!({
         "status": if ok { "ok" } else if draining { "draining" } else { "unavailable" },
         "dependencies": {"mysql": describe(&database), "rabbitmq": describe(&broker), "publishing": describe(&publishing)},
-        "inFlight": worker.health.in_flight(),
+        "inFlight": readiness.health.in_flight(),
     });
     if let Some(Ok((rows, oldest))) = backlog {
         body["outbox"] = json!({"rows": rows, "oldestSeconds": oldest});

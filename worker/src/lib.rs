@@ -6,11 +6,17 @@
 //! consumer acks after the commit, or hands the message to [`failures`] (retry or dead-letter);
 //! [`outbox`] publishes the notifications after the commit; [`dead_letter_store`] keeps every
 //! dead letter in MySQL.
+//!
+//! [`service`] connects and hands each part the context it needs: a [`database::Database`], a
+//! [`broker::Broker`], the [`consumer::ApplyContext`] every consumer of events applies with, the
+//! [`runner::TaskRunner`] for automation runs, and the few pieces each of the others uses.
 
 pub mod announce;
 pub mod apply;
+pub mod broker;
 pub mod cli;
 pub mod consumer;
+pub mod database;
 pub mod dead_letter_store;
 pub mod deferrals;
 pub mod entities;

@@ -7,15 +7,13 @@
 //! this table, guarantees one consumer at a time).
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use automation_shared::db::instances;
+use sqlx::MySqlPool;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-use crate::service::Worker;
 
 /// How often an instance writes its heartbeat and reads the others'.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -62,15 +60,20 @@ pub fn assign(me: Uuid, live: &[Uuid], partitions: u16) -> Assignment {
     }
 }
 
-/// Writes the heartbeat and publishes this instance's assignment until `stop`; then leaves, so
-/// the others take its partitions at once.
-pub async fn run(worker: Arc<Worker>, me: Uuid, assignment: watch::Sender<Assignment>, stop: CancellationToken) {
+/// Writes the heartbeat and publishes this instance's assignment of `partitions` until `stop`;
+/// then leaves, so the others take its partitions at once.
+pub async fn run(
+    pool: MySqlPool,
+    partitions: u16,
+    me: Uuid,
+    assignment: watch::Sender<Assignment>,
+    stop: CancellationToken,
+) {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into());
-    let partitions = worker.config.worker.partitions;
     loop {
         let view = async {
-            instances::heartbeat(&worker.pool, me, &host).await?;
-            instances::live(&worker.pool, LIVE_MS).await
+            instances::heartbeat(&pool, me, &host).await?;
+            instances::live(&pool, LIVE_MS).await
         };
         match view.await {
             Ok(live) => {
@@ -101,7 +104,7 @@ pub async fn run(worker: Arc<Worker>, me: Uuid, assignment: watch::Sender<Assign
         }
     }
     assignment.send_replace(Assignment::default());
-    if let Err(error) = instances::leave(&worker.pool, me).await {
+    if let Err(error) = instances::leave(&pool, me).await {
         tracing::debug!(%error, "could not remove the heartbeat; the others take over once it is stale");
     }
 }

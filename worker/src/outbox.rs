@@ -9,19 +9,19 @@
 //! rows. A row goes out twice only if a worker dies between the broker's confirm and the delete,
 //! and then the copy carries the same CloudEvent id.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use automation_shared::db::events::{self as event_rows, Destination, OutboxMessage};
 use automation_shared::db::through_conflicts;
 use automation_shared::messaging::{self, Outgoing};
 use automation_shared::traces::TraceHeaders;
+use sqlx::MySqlPool;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use uuid::Uuid;
 
-use crate::service::Worker;
+use crate::broker::Broker;
 use crate::spans;
 
 /// Batches of fresh rows the channel holds before consumers wait.
@@ -34,20 +34,29 @@ const SWEEP_AFTER_SECS: u32 = 10;
 /// relay's rows go out soon.
 const LEASE_SECS: u32 = 30;
 
-pub async fn run(worker: Arc<Worker>, mut fresh: mpsc::Receiver<Vec<OutboxMessage>>, stop: CancellationToken) {
-    let relay = Uuid::new_v4();
-    let sweep_every = Duration::from_millis(worker.config.worker.outbox_sweep_ms);
-    let mut sweep = tokio::time::interval(sweep_every);
+/// What the relay publishes with: the rows, the broker, and how often it sweeps.
+#[derive(Clone)]
+pub struct Relay {
+    pub pool: MySqlPool,
+    pub broker: Broker,
+    pub sweep_every: Duration,
+}
+
+/// Publishes what the consumers hand over on `fresh` (the one receiver, taken at start-up) and
+/// sweeps leftovers until `stop`; then publishes what is still handed over.
+pub async fn run(relay: Relay, mut fresh: mpsc::Receiver<Vec<OutboxMessage>>, stop: CancellationToken) {
+    let lessee = Uuid::new_v4();
+    let mut sweep = tokio::time::interval(relay.sweep_every);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
             batch = fresh.recv() => match batch {
-                Some(batch) => publish_fresh(&worker, gather(batch, &mut fresh)).await,
+                Some(batch) => publish_fresh(&relay, gather(batch, &mut fresh)).await,
                 None => return,
             },
             _ = sweep.tick() => {
-                if let Err(error) = sweep_leftovers(&worker, relay).await {
+                if let Err(error) = sweep_leftovers(&relay, lessee).await {
                     tracing::debug!(error = format!("{error:#}"), "the outbox sweep failed; it runs again shortly");
                 }
             }
@@ -55,7 +64,7 @@ pub async fn run(worker: Arc<Worker>, mut fresh: mpsc::Receiver<Vec<OutboxMessag
                 // The consumers are done: publish what they handed over.
                 fresh.close();
                 while let Some(batch) = fresh.recv().await {
-                    publish_fresh(&worker, gather(batch, &mut fresh)).await;
+                    publish_fresh(&relay, gather(batch, &mut fresh)).await;
                 }
                 return;
             }
@@ -74,16 +83,16 @@ fn gather(mut batch: Vec<OutboxMessage>, fresh: &mut mpsc::Receiver<Vec<OutboxMe
     batch
 }
 
-async fn publish_fresh(worker: &Worker, messages: Vec<OutboxMessage>) {
+async fn publish_fresh(relay: &Relay, messages: Vec<OutboxMessage>) {
     let rows: Vec<(String, &OutboxMessage)> = messages.iter().map(|m| (m.message_id.to_string(), m)).collect();
     let causes: Vec<TraceHeaders> = messages.iter().map(|m| TraceHeaders::from_json(&m.body)).collect();
     let round = spans::outbox_round(&causes, false);
     let (outgoing, message_spans): (Vec<Outgoing<'_>>, Vec<Span>) = rows
         .iter()
         .zip(&causes)
-        .map(|((id, m), cause)| traced(worker, cause, id, m.destination, &m.routing_key, &m.body))
+        .map(|((id, m), cause)| traced(&relay.broker, cause, id, m.destination, &m.routing_key, &m.body))
         .unzip();
-    let published = worker.publisher.publish_all(outgoing).instrument(round.clone()).await;
+    let published = relay.broker.publisher.publish_all(outgoing).instrument(round.clone()).await;
     drop(message_spans);
     if let Err(error) = published {
         round.in_scope(|| tracing::warn!(%error, rows = messages.len(), "could not publish the outbox now; it is swept when the broker is back"));
@@ -91,7 +100,7 @@ async fn publish_fresh(worker: &Worker, messages: Vec<OutboxMessage>) {
     }
     let ids: Vec<Uuid> = messages.iter().map(|m| m.message_id).collect();
     if let Err(error) =
-        through_conflicts(|| event_rows::delete_published(&worker.pool, &ids)).instrument(round.clone()).await
+        through_conflicts(|| event_rows::delete_published(&relay.pool, &ids)).instrument(round.clone()).await
     {
         // Published but not deleted: the sweep publishes these again, with the same ids.
         round.in_scope(|| tracing::warn!(%error, rows = ids.len(), "published outbox rows could not be deleted"));
@@ -101,25 +110,25 @@ async fn publish_fresh(worker: &Worker, messages: Vec<OutboxMessage>) {
 
 /// A message with the producer span it is published in; its AMQP headers carry that span.
 fn traced<'a>(
-    worker: &'a Worker,
+    broker: &'a Broker,
     cause: &TraceHeaders,
     message_id: &str,
     destination: Destination,
     routing_key: &'a str,
     body: &'a [u8],
 ) -> (Outgoing<'a>, Span) {
-    let mut message = outgoing(worker, message_id, destination, routing_key, body);
+    let mut message = outgoing(broker, message_id, destination, routing_key, body);
     let span = spans::outbox_message(cause, message.exchange, destination, routing_key, message_id);
     message.properties = TraceHeaders::of(&span).to_amqp(message.properties);
     (message, span)
 }
 
-/// Publishes leftovers until none is left. Returns how many went out.
-pub async fn sweep_leftovers(worker: &Worker, relay: Uuid) -> anyhow::Result<usize> {
+/// Publishes leftovers, leased as `lessee`, until none is left. Returns how many went out.
+pub async fn sweep_leftovers(relay: &Relay, lessee: Uuid) -> anyhow::Result<usize> {
     let mut total = 0;
     loop {
         let rows = through_conflicts(|| {
-            event_rows::lease_outbox(&worker.pool, relay, ROUND_ROWS as u32, SWEEP_AFTER_SECS, LEASE_SECS)
+            event_rows::lease_outbox(&relay.pool, lessee, ROUND_ROWS as u32, SWEEP_AFTER_SECS, LEASE_SECS)
         })
         .await?;
         if rows.is_empty() {
@@ -135,13 +144,13 @@ pub async fn sweep_leftovers(worker: &Worker, relay: Uuid) -> anyhow::Result<usi
                     tracing::error!(outbox.id = r.id, destination = %r.destination, "an outbox row has an unknown destination; leaving it for a newer worker");
                     None
                 })?;
-                Some(traced(worker, cause, &r.message_id, destination, &r.routing_key, &r.body))
+                Some(traced(&relay.broker, cause, &r.message_id, destination, &r.routing_key, &r.body))
             })
             .unzip();
-        worker.publisher.publish_all(outgoing).instrument(round).await?;
+        relay.broker.publisher.publish_all(outgoing).instrument(round).await?;
         drop(message_spans);
         let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
-        through_conflicts(|| event_rows::delete_leased(&worker.pool, relay, &ids)).await?;
+        through_conflicts(|| event_rows::delete_leased(&relay.pool, lessee, &ids)).await?;
         metrics::counter!(automation_shared::meters::WORKER_OUTBOX_SWEPT).increment(ids.len() as u64);
         tracing::info!(rows = ids.len(), "published outbox rows left behind");
         total += ids.len();
@@ -149,7 +158,7 @@ pub async fn sweep_leftovers(worker: &Worker, relay: Uuid) -> anyhow::Result<usi
 }
 
 fn outgoing<'a>(
-    worker: &'a Worker,
+    broker: &'a Broker,
     message_id: &str,
     destination: Destination,
     routing_key: &'a str,
@@ -159,23 +168,23 @@ fn outgoing<'a>(
     // the message is routed by.
     // As the system: a follow-up's actor (a rule) and a start message count only from us.
     let properties =
-        messaging::cloud_event_properties(message_id, routing_key).with_user_id(worker.system_users.own().into());
+        messaging::cloud_event_properties(message_id, routing_key).with_user_id(broker.system_users.own().into());
     match destination {
         Destination::Notifications => Outgoing {
-            exchange: worker.exchanges.notifications.as_str(),
+            exchange: broker.exchanges.notifications.as_str(),
             routing_key,
             body,
             properties,
             mandatory: false,
         },
         Destination::Events => {
-            Outgoing { exchange: worker.exchanges.events.as_str(), routing_key, body, properties, mandatory: false }
+            Outgoing { exchange: broker.exchanges.events.as_str(), routing_key, body, properties, mandatory: false }
         }
         // Straight into the tasks queue through the default exchange; it must exist. The body is
         // an internal message, not a CloudEvent.
         Destination::Tasks => Outgoing {
             exchange: "",
-            routing_key: worker.exchanges.tasks_queue.as_str(),
+            routing_key: broker.exchanges.tasks_queue.as_str(),
             body,
             properties: properties.with_content_type("application/json".into()),
             mandatory: true,

@@ -6,7 +6,6 @@
 //! anything newer. So at any moment one consumer applies a partition's events, in queue order.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use automation_shared::events::WorkQueue;
@@ -20,10 +19,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::{Applier, Incoming};
+use crate::broker::Broker;
+use crate::consumer::{Applier, ApplyContext, Incoming};
 use crate::membership::Assignment;
 use crate::pack;
-use crate::service::Worker;
 
 /// Deliveries a partition's consumer holds: packs of up to a hundred events each, so a few
 /// batches' worth.
@@ -46,17 +45,18 @@ type Forwarded = (u16, u64, Option<Result<Delivery, lapin::Error>>);
 /// Runs lane `lane` of `lanes` until `shutdown`; then closes its partitions (what was received
 /// and not applied goes back to the queue, for the next consumer) and returns.
 pub async fn run(
-    worker: Arc<Worker>,
+    context: ApplyContext,
     lane: u16,
     lanes: u16,
     mut assignment: watch::Receiver<Assignment>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let settings = &worker.config.worker;
+    let settings = context.settings.clone();
+    let broker = context.broker.clone();
     let (sender, mut received) = mpsc::channel::<Forwarded>(usize::from(settings.prefetch).max(64));
     let mut open: BTreeMap<u16, Open> = BTreeMap::new();
     let mut generation = 0u64;
-    let mut applier = Applier::new(worker.clone(), WorkQueue::Commands, true);
+    let mut applier = Applier::new(context, WorkQueue::Commands, true);
     let mut failed: BTreeSet<u16> = BTreeSet::new();
     loop {
         let wanted = assignment.borrow_and_update().lane(lane, lanes);
@@ -66,7 +66,7 @@ pub async fn run(
         let missing: Vec<u16> = wanted.iter().copied().filter(|p| !open.contains_key(p)).collect();
         for partition in missing {
             generation += 1;
-            match subscribe(&worker, partition, generation, sender.clone()).await {
+            match subscribe(&broker, partition, generation, sender.clone()).await {
                 Ok(partition_open) => {
                     failed.remove(&partition);
                     open.insert(partition, partition_open);
@@ -147,13 +147,13 @@ async fn take(
 }
 
 async fn subscribe(
-    worker: &Worker,
+    broker: &Broker,
     partition: u16,
     generation: u64,
     sender: mpsc::Sender<Forwarded>,
 ) -> anyhow::Result<Open> {
-    let queue = worker.names.partition(partition);
-    let channel = worker.connection.create_channel().await?;
+    let queue = broker.names.partition(partition);
+    let channel = broker.connection.create_channel().await?;
     channel.basic_qos(PARTITION_PREFETCH, BasicQosOptions::default()).await?;
     let tag = format!("automation-worker.{queue}.{}", uuid::Uuid::new_v4().simple());
     let mut consumer = channel

@@ -9,6 +9,7 @@
 
 use std::sync::Arc;
 
+use automation_shared::config::Config;
 use automation_shared::db::audit::{ActorType, AuditChain, NewRecord};
 use automation_shared::db::events::{self as event_rows, OutboxMessage};
 use automation_shared::db::runs::{self, Run, RunState};
@@ -20,21 +21,40 @@ use futures_util::future::join_all;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use serde_json::{Value, json};
+use sqlx::MySqlPool;
 use sqlx::types::Json;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::announce::{self, Actor, Cause};
+use crate::broker::Broker;
+use crate::database::Database;
 use crate::failures::{self, DeathKind, Unapplied};
-use crate::service::Worker;
 use crate::spans;
-use crate::tasks::{self, Execute, TaskContext, TaskError, TaskOutput};
+use crate::tasks::{self, Execute, Registry, TaskContext, TaskError, TaskOutput};
+
+/// What running tasks takes: the automations, what a task is handed (the pool, the HTTP client,
+/// the configuration), and where an attempt's outcome goes. Cheap to clone.
+#[derive(Clone)]
+pub struct TaskRunner {
+    pub database: Database,
+    /// Dead-letters what is not an execute message.
+    pub broker: Broker,
+    pub registry: Arc<Registry>,
+    /// For tasks that call out (`webhook.call`).
+    pub http: reqwest::Client,
+    /// What tasks read (`tasks.webhook_secret`, ...).
+    pub config: Arc<Config>,
+    /// Where the outcomes' notifications and follow-ups go, for the relay to publish at once.
+    pub outbox: mpsc::Sender<Vec<OutboxMessage>>,
+}
 
 /// Runs the attempts these deliveries ask for, side by side, and settles each delivery. True
 /// when some were left unsettled for the broker to hand to another worker (shutting down while
 /// the database is away).
 pub async fn execute_all(
-    worker: &Arc<Worker>,
+    runner: &TaskRunner,
     chain: &mut AuditChain,
     deliveries: Vec<Delivery>,
     shutdown: &CancellationToken,
@@ -42,12 +62,12 @@ pub async fn execute_all(
     let mut left = false;
     let spans: Vec<tracing::Span> = deliveries.iter().map(spans::run_attempt).collect();
     let outcomes =
-        join_all(deliveries.iter().zip(&spans).map(|(d, span)| attempt(worker, d, shutdown).instrument(span.clone())))
+        join_all(deliveries.iter().zip(&spans).map(|(d, span)| attempt(runner, d, shutdown).instrument(span.clone())))
             .await;
     for ((delivery, outcome), span) in deliveries.iter().zip(outcomes).zip(&spans) {
         let outcome = match outcome {
             Attempted::Done(Some(finished)) => {
-                finish(worker, chain, &finished, shutdown).instrument(span.clone()).await
+                finish(runner, chain, &finished, shutdown).instrument(span.clone()).await
             }
             other => other,
         };
@@ -85,7 +105,7 @@ struct Finished {
     outcome: Result<TaskOutput, TaskError>,
 }
 
-async fn attempt(worker: &Arc<Worker>, delivery: &Delivery, shutdown: &CancellationToken) -> Attempted {
+async fn attempt(runner: &TaskRunner, delivery: &Delivery, shutdown: &CancellationToken) -> Attempted {
     let Ok(request) = serde_json::from_slice::<Execute>(&delivery.data) else {
         let message = Unapplied {
             queue: WorkQueue::Tasks,
@@ -96,7 +116,7 @@ async fn attempt(worker: &Arc<Worker>, delivery: &Delivery, shutdown: &Cancellat
             event_type: Some(tasks::EXECUTE),
         };
         let reason = "invalid_execute: not an execute message";
-        return match failures::dead_letter(worker, &message, DeathKind::Poison, reason, None).await {
+        return match failures::dead_letter(&runner.broker, &message, DeathKind::Poison, reason, None).await {
             Ok(_) => Attempted::Done(None),
             Err(error) => {
                 tracing::warn!(%error, "could not dead-letter an invalid execute message; returning it to the queue");
@@ -104,7 +124,8 @@ async fn attempt(worker: &Arc<Worker>, delivery: &Delivery, shutdown: &Cancellat
             }
         };
     };
-    let run = match worker.through_outages(shutdown, || claim(worker, &request, delivery.redelivered)).await {
+    let database = &runner.database;
+    let run = match database.through_outages(shutdown, || claim(&database.pool, &request, delivery.redelivered)).await {
         None => return Attempted::Leave,
         Some(Ok(run)) => run,
         Some(Err(error)) => {
@@ -118,7 +139,7 @@ async fn attempt(worker: &Arc<Worker>, delivery: &Delivery, shutdown: &Cancellat
     span.record("automation", run.automation.as_str());
     span.record("attempt", request.attempt);
     span.record("event.id", run.event_id.as_deref());
-    let Some(spec) = worker.registry.get(&run.automation).cloned() else {
+    let Some(spec) = runner.registry.get(&run.automation).cloned() else {
         let outcome =
             Err(TaskError::fatal(format!("no automation is registered as {:?} in this worker", run.automation)));
         return Attempted::Done(Some(Box::new(Finished { run, attempt: request.attempt, outcome })));
@@ -127,9 +148,9 @@ async fn attempt(worker: &Arc<Worker>, delivery: &Delivery, shutdown: &Cancellat
         run_id: run.id,
         attempt: request.attempt,
         params: run.params.as_ref().map(|p| p.0.clone()).unwrap_or(Value::Null),
-        pool: worker.pool.clone(),
-        http: worker.http.clone(),
-        config: worker.config.clone(),
+        pool: runner.database.pool.clone(),
+        http: runner.http.clone(),
+        config: runner.config.clone(),
     };
     let started = std::time::Instant::now();
     tracing::info!(run.id = %run.id, automation = %run.automation, attempt = request.attempt, "running");
@@ -145,8 +166,8 @@ async fn attempt(worker: &Arc<Worker>, delivery: &Delivery, shutdown: &Cancellat
 /// Moves the run to `running` for this attempt, or says there is nothing to run. A run already
 /// `running` this attempt is taken over only from a redelivered message (its worker died); a
 /// fresh copy of the start message (a republished outbox row) finds it taken.
-async fn claim(worker: &Worker, request: &Execute, redelivered: bool) -> sqlx::Result<Option<Run>> {
-    let mut tx = worker.pool.begin().await?;
+async fn claim(pool: &MySqlPool, request: &Execute, redelivered: bool) -> sqlx::Result<Option<Run>> {
+    let mut tx = pool.begin().await?;
     let Some(mut run) = runs::find_for_update(&mut *tx, request.run_id).await? else {
         return Ok(None);
     };
@@ -172,26 +193,27 @@ async fn claim(worker: &Worker, request: &Execute, redelivered: bool) -> sqlx::R
 
 /// Records an attempt's outcome through outages and lock conflicts, so a lost write does not run
 /// the task again; what cannot be written is handed back (the attempt then runs again). Written
-/// out rather than through `Worker::through_outages`: the write borrows the audit chain mutably.
+/// out rather than through `Database::through_outages`: the write borrows the audit chain
+/// mutably.
 async fn finish(
-    worker: &Worker,
+    runner: &TaskRunner,
     chain: &mut AuditChain,
     finished: &Finished,
     shutdown: &CancellationToken,
 ) -> Attempted {
     let mut conflicts = 0;
     loop {
-        let error = match record(worker, chain, finished).await {
+        let error = match record(&runner.database.pool, chain, finished).await {
             Ok(outbox) => {
                 if !outbox.is_empty() {
-                    let _ = worker.outbox.send(outbox).await;
+                    let _ = runner.outbox.send(outbox).await;
                 }
                 return Attempted::Done(None);
             }
             Err(error) => error,
         };
         match db::classify(&error) {
-            Failure::Unavailable if worker.wait_for_database(shutdown).await => {}
+            Failure::Unavailable if runner.database.wait_until_up(shutdown).await => {}
             Failure::Unavailable => return Attempted::Leave,
             Failure::Conflict if conflicts < db::CONFLICT_ATTEMPTS => {
                 conflicts += 1;
@@ -207,8 +229,8 @@ async fn finish(
 
 /// Writes an attempt's outcome, its notification, audit record and follow-up events in one
 /// transaction.
-async fn record(worker: &Worker, chain: &mut AuditChain, finished: &Finished) -> sqlx::Result<Vec<OutboxMessage>> {
-    let mut tx = worker.pool.begin().await?;
+async fn record(pool: &MySqlPool, chain: &mut AuditChain, finished: &Finished) -> sqlx::Result<Vec<OutboxMessage>> {
+    let mut tx = pool.begin().await?;
     let Some(mut run) = runs::find_for_update(&mut *tx, finished.run.id).await? else {
         return Ok(Vec::new());
     };

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use automation_shared::config::ScheduleConfig;
-use automation_shared::db::events::{self as event_rows};
+use automation_shared::db::events::{self as event_rows, OutboxMessage};
 use automation_shared::db::runs::{self, Run, RunState};
 use automation_shared::db::{self, Failure};
 use automation_shared::events::derived_id;
@@ -21,11 +21,12 @@ use chrono::{DateTime, SubsecRound, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds};
 use serde_json::Value;
+use sqlx::MySqlPool;
 use sqlx::types::Json;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::service::Worker;
-use crate::tasks;
+use crate::tasks::{self, Registry};
 
 /// How often the scheduler looks.
 const TICK: Duration = Duration::from_millis(500);
@@ -34,7 +35,18 @@ const RELOAD: Duration = Duration::from_secs(30);
 /// Due runs queued per transaction.
 const PROMOTE_LIMIT: u32 = 200;
 
-pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
+/// What the scheduler works with.
+pub struct Scheduler {
+    pub pool: MySqlPool,
+    /// The automations a schedule may name.
+    pub registry: Arc<Registry>,
+    /// The schedules from configuration (the `schedules` table adds to them).
+    pub configured: Vec<ScheduleConfig>,
+    /// Where the start messages it committed go, for the relay to publish at once.
+    pub outbox: mpsc::Sender<Vec<OutboxMessage>>,
+}
+
+pub async fn run(scheduler: Scheduler, stop: CancellationToken) {
     let mut schedules = Schedules::default();
     let mut last_reload: Option<tokio::time::Instant> = None;
     loop {
@@ -43,7 +55,7 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
             _ = tokio::time::sleep(TICK) => {}
         }
         if last_reload.is_none_or(|at| at.elapsed() >= RELOAD) {
-            match load(&worker).await {
+            match load(&scheduler).await {
                 Ok(list) => {
                     schedules.replace(list, Utc::now());
                     last_reload = Some(tokio::time::Instant::now());
@@ -51,18 +63,18 @@ pub async fn run(worker: Arc<Worker>, stop: CancellationToken) {
                 Err(error) => tracing::debug!(%error, "could not read the schedules; keeping the last ones"),
             }
         }
-        if let Err(error) = promote_due(&worker).await
+        if let Err(error) = promote_due(&scheduler).await
             && db::classify(&error) != Failure::Unavailable
         {
             tracing::warn!(%error, "could not queue the runs that are due");
         }
-        schedules.fire_due(&worker).await;
+        schedules.fire_due(&scheduler).await;
     }
 }
 
 /// Queues runs whose start time has come. Returns how many.
-pub async fn promote_due(worker: &Worker) -> sqlx::Result<usize> {
-    let mut tx = worker.pool.begin().await?;
+pub async fn promote_due(scheduler: &Scheduler) -> sqlx::Result<usize> {
+    let mut tx = scheduler.pool.begin().await?;
     let due: Vec<Run> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "{} where state in ('scheduled', 'retrying') and run_at <= now(6) order by run_at limit {PROMOTE_LIMIT} for update skip locked",
         runs::SELECT
@@ -84,7 +96,7 @@ pub async fn promote_due(worker: &Worker) -> sqlx::Result<usize> {
     }
     event_rows::insert_outbox(&mut tx, &outbox).await?;
     tx.commit().await?;
-    let _ = worker.outbox.send(outbox).await;
+    let _ = scheduler.outbox.send(outbox).await;
     Ok(due.len())
 }
 
@@ -99,11 +111,12 @@ struct ScheduleRow {
 }
 
 /// Schedules from configuration, then from the `schedules` table (which wins on a name).
-async fn load(worker: &Worker) -> sqlx::Result<Vec<ScheduleConfig>> {
+async fn load(scheduler: &Scheduler) -> sqlx::Result<Vec<ScheduleConfig>> {
     let mut all: HashMap<String, ScheduleConfig> =
-        worker.config.tasks.schedules.iter().map(|s| (s.name.clone(), s.clone())).collect();
-    let rows: Vec<ScheduleRow> =
-        sqlx::query_as("select name, cron, automation, params, enabled from schedules").fetch_all(&worker.pool).await?;
+        scheduler.configured.iter().map(|s| (s.name.clone(), s.clone())).collect();
+    let rows: Vec<ScheduleRow> = sqlx::query_as("select name, cron, automation, params, enabled from schedules")
+        .fetch_all(&scheduler.pool)
+        .await?;
     for ScheduleRow { name, cron, automation, params, enabled } in rows {
         all.insert(name.clone(), ScheduleConfig { name, cron, automation, params: params.map(|p| p.0), enabled });
     }
@@ -148,7 +161,7 @@ impl Schedules {
         }
     }
 
-    async fn fire_due(&mut self, worker: &Worker) {
+    async fn fire_due(&mut self, scheduler: &Scheduler) {
         let now = Utc::now();
         for active in &mut self.active {
             if active.next > now {
@@ -162,7 +175,7 @@ impl Schedules {
                 }
                 tick = next;
             }
-            match fire(worker, &active.schedule, tick).await {
+            match fire(scheduler, &active.schedule, tick).await {
                 Ok(true) => tracing::info!(schedule = %active.schedule.name, tick = %tick, "schedule fired"),
                 Ok(false) => {
                     tracing::debug!(schedule = %active.schedule.name, tick = %tick, "another worker fired this tick")
@@ -180,14 +193,14 @@ impl Schedules {
 }
 
 /// Fires one tick: the tick row and its run in one transaction. `false` when another worker did.
-async fn fire(worker: &Worker, schedule: &ScheduleConfig, tick: DateTime<Utc>) -> sqlx::Result<bool> {
+async fn fire(scheduler: &Scheduler, schedule: &ScheduleConfig, tick: DateTime<Utc>) -> sqlx::Result<bool> {
     let tick = tick.trunc_subsecs(0);
-    let Some(spec) = worker.registry.get(&schedule.automation) else {
+    let Some(spec) = scheduler.registry.get(&schedule.automation) else {
         tracing::error!(schedule = %schedule.name, automation = %schedule.automation, "a schedule names no registered automation");
         return Ok(true);
     };
     let run_id = derived_id(&format!("schedule:{}", schedule.name), &tick.to_rfc3339());
-    let mut tx = worker.pool.begin().await?;
+    let mut tx = scheduler.pool.begin().await?;
     let inserted =
         sqlx::query("insert into schedule_ticks (schedule_name, tick_at, run_id, fired_at) values (?, ?, ?, ?)")
             .bind(&schedule.name)
@@ -227,7 +240,7 @@ async fn fire(worker: &Worker, schedule: &ScheduleConfig, tick: DateTime<Utc>) -
     let outbox = vec![tasks::start_message(run.id, 1)];
     event_rows::insert_outbox(&mut tx, &outbox).await?;
     tx.commit().await?;
-    let _ = worker.outbox.send(outbox).await;
+    let _ = scheduler.outbox.send(outbox).await;
     Ok(true)
 }
 

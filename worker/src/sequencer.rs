@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use automation_shared::events::envelope::Limits;
 use automation_shared::events::{Envelope, WorkQueue};
-use automation_shared::messaging::{self, Origin, Outgoing, Publisher, SystemUsers};
+use automation_shared::messaging::{Origin, Outgoing, SystemUsers};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
@@ -27,11 +27,11 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::Broker;
 use crate::failures;
 use crate::handlers::{self, partition_of};
 use crate::membership::Assignment;
 use crate::pack;
-use crate::service::Worker;
 
 /// Deliveries moved per confirm round trip, at most: enough for a full pack per partition when
 /// keys spread (the broker's cost is per message), and at least this many.
@@ -45,9 +45,12 @@ const CHUNK_WAIT: Duration = Duration::from_millis(2);
 /// Pause before trying again to become the consumer of `commands`.
 const RETRY: Duration = Duration::from_secs(1);
 
-/// Runs the sequencer whenever this instance is assigned it, until `stop`.
+/// Runs the sequencer into `partitions` partitions whenever this instance is assigned it, until
+/// `stop`. It opens a connection of its own to `broker` (see above) for the lock, the consumer and
+/// the publishing.
 pub async fn run(
-    worker: Arc<Worker>,
+    broker: Broker,
+    partitions: u16,
     mut assignment: watch::Receiver<Assignment>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -62,7 +65,7 @@ pub async fn run(
             }
             continue;
         }
-        match sequence(&worker, &mut assignment, &stop).await {
+        match sequence(&broker, partitions, &mut assignment, &stop).await {
             Ok(()) => {}
             Err(error) => {
                 tracing::info!(error = format!("{error:#}"), "the sequencer is not running now; trying again shortly");
@@ -79,24 +82,26 @@ pub async fn run(
 /// Takes the lock and consumes `commands` while assigned; returns when no longer assigned or
 /// stopped, or with the error that ended it.
 async fn sequence(
-    worker: &Worker,
+    broker: &Broker,
+    partitions: u16,
     assignment: &mut watch::Receiver<Assignment>,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let connection = Arc::new(messaging::connect_once(&worker.config.amqp.url, "automation-worker sequencer").await?);
-    let result = sequence_on(worker, &connection, assignment, stop).await;
+    let connection = Arc::new(broker.connect_once("automation-worker sequencer").await?);
+    let result = sequence_on(broker, partitions, &connection, assignment, stop).await;
     let _ = connection.close(200, "sequencer stopped".into()).await;
     result
 }
 
 async fn sequence_on(
-    worker: &Worker,
+    broker: &Broker,
+    partitions: u16,
     connection: &Arc<lapin::Connection>,
     assignment: &mut watch::Receiver<Assignment>,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let lock = connection.create_channel().await?;
-    let lock_name = worker.names.sequencer_lock();
+    let lock_name = broker.names.sequencer_lock();
     lock.queue_declare(
         lock_name.clone().into(),
         QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
@@ -104,10 +109,8 @@ async fn sequence_on(
     )
     .await
     .map_err(|error| anyhow::anyhow!("another instance holds {lock_name}: {error}"))?;
-    let publisher =
-        Publisher::new(connection.clone(), Duration::from_millis(worker.config.amqp.publish_timeout_ms)).await?;
-    let queue = worker.names.work_queue(WorkQueue::Commands);
-    let partitions = worker.config.worker.partitions;
+    let publisher = broker.publisher_on(connection.clone()).await?;
+    let queue = broker.names.work_queue(WorkQueue::Commands);
     let chunk_size = (CHUNK_PER_PARTITION * usize::from(partitions)).max(MIN_CHUNK).min(MAX_PREFETCH / 2);
     let channel = connection.create_channel().await?;
     channel.basic_qos((chunk_size * 2) as u16, BasicQosOptions::default()).await?;
@@ -116,7 +119,7 @@ async fn sequence_on(
         .basic_consume(queue.clone().into(), tag.into(), BasicConsumeOptions::default(), FieldTable::default())
         .await?;
     tracing::info!(%queue, partitions, chunk_size, "sequencing events into the partitions");
-    let limits = worker.limits();
+    let limits = broker.limits();
     let result = loop {
         let first = tokio::select! {
             biased;
@@ -144,10 +147,10 @@ async fn sequence_on(
         // Per partition, in chunk order, in packs: the broker takes one message per pack.
         let mut by_partition: BTreeMap<u16, Vec<(String, &Delivery)>> = BTreeMap::new();
         for delivery in &chunk {
-            let (partition, routing_key) = route(delivery, partitions, limits, &worker.system_users);
+            let (partition, routing_key) = route(delivery, partitions, limits, &broker.system_users);
             by_partition.entry(partition).or_default().push((routing_key, delivery));
         }
-        let queues: BTreeMap<u16, String> = by_partition.keys().map(|p| (*p, worker.names.partition(*p))).collect();
+        let queues: BTreeMap<u16, String> = by_partition.keys().map(|p| (*p, broker.names.partition(*p))).collect();
         let packs: Vec<(u16, lapin::BasicProperties, Vec<u8>)> = by_partition
             .iter()
             .flat_map(|(partition, events)| {
@@ -164,7 +167,7 @@ async fn sequence_on(
                 exchange: "",
                 routing_key: &queues[partition],
                 body,
-                properties: pack_properties(properties, &worker.system_users),
+                properties: pack_properties(properties, &broker.system_users),
                 mandatory: true,
             })
             .collect();

@@ -12,7 +12,7 @@ use automation_shared::db::{self, MIGRATOR};
 use automation_shared::messaging::{self, Names};
 use serde_json::json;
 
-use crate::service;
+use crate::broker;
 
 pub async fn migrate(config: &Config, json: bool) -> anyhow::Result<()> {
     create_database_if_missing(config).await?;
@@ -79,7 +79,7 @@ pub async fn topology(config: &Config, json: bool) -> anyhow::Result<()> {
             .await
             .context("could not connect to RabbitMQ (check AMQP_URL)")?;
     let names = Names::new(config.amqp.prefix.clone());
-    service::declare_topology(&connection, &names, config).await?;
+    broker::declare_topology(&connection, &names, config).await?;
     let _ = connection.close(200, "done".into()).await;
     let mut queues = vec![
         names.work_queue(automation_shared::events::WorkQueue::Commands),

@@ -1,0 +1,107 @@
+//! The worker's side of RabbitMQ: its connection and publisher, the names of its exchanges and
+//! queues, whose messages are the system's, and what an inbound message is checked against.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use automation_shared::config::Config;
+use automation_shared::events::WorkQueue;
+use automation_shared::events::envelope::Limits;
+use automation_shared::messaging::topology::{self, TopologySettings};
+use automation_shared::messaging::{self, Names, Publisher, SystemUsers};
+use lapin::Connection;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::Starting;
+
+/// The broker as every part of the worker that consumes or publishes sees it. Cheap to clone:
+/// each task takes its own.
+#[derive(Clone)]
+pub struct Broker {
+    pub connection: Arc<Connection>,
+    pub publisher: Publisher,
+    pub names: Names,
+    /// Exchange and queue names the relay publishes to, computed once.
+    pub exchanges: Arc<Exchanges>,
+    /// Whose messages are the system's; the worker publishes as the first.
+    pub system_users: SystemUsers,
+    max_message_bytes: usize,
+    publishers: Arc<BTreeMap<String, Vec<String>>>,
+    /// For a connection of its own (the sequencer's); holds a password, so never logged.
+    url: Arc<str>,
+    publish_timeout: Duration,
+}
+
+/// Where outbox messages go.
+#[derive(Debug, Clone)]
+pub struct Exchanges {
+    pub events: String,
+    pub notifications: String,
+    pub tasks_queue: String,
+}
+
+impl Broker {
+    /// Connects and declares the topology. Waits for the broker as long as it takes, saying so
+    /// on the probes and in the log; `None` when `stop` came first.
+    pub async fn connect(
+        config: &Config,
+        stop: &CancellationToken,
+        starting: &Starting,
+    ) -> anyhow::Result<Option<Broker>> {
+        let Some(connection) = messaging::connect_until(&config.amqp.url, "automation-worker", stop, |error| {
+            starting.broker_failed(format!("{} is not reachable: {error}", messaging::address(&config.amqp.url)))
+        })
+        .await
+        else {
+            return Ok(None);
+        };
+        let connection = Arc::new(connection);
+        let names = Names::new(config.amqp.prefix.clone());
+        declare_topology(&connection, &names, config).await?;
+        let publish_timeout = Duration::from_millis(config.amqp.publish_timeout_ms);
+        let publisher = Publisher::new(connection.clone(), publish_timeout).await?;
+        let exchanges = Exchanges {
+            events: names.events(),
+            notifications: names.notifications(),
+            tasks_queue: names.work_queue(WorkQueue::Tasks),
+        };
+        Ok(Some(Broker {
+            connection,
+            publisher,
+            names,
+            exchanges: Arc::new(exchanges),
+            system_users: SystemUsers::of(&config.amqp),
+            max_message_bytes: config.worker.max_message_bytes,
+            publishers: Arc::new(config.worker.publishers.clone()),
+            url: config.amqp.url.as_str().into(),
+            publish_timeout,
+        }))
+    }
+
+    /// What an inbound message is checked against.
+    pub fn limits(&self) -> Limits<'_> {
+        Limits { max_bytes: self.max_message_bytes, publishers: &self.publishers, system: &self.system_users }
+    }
+
+    /// A connection of its own to the same broker, which does not recover by itself.
+    pub async fn connect_once(&self, name: &str) -> lapin::Result<Connection> {
+        messaging::connect_once(&self.url, name).await
+    }
+
+    /// A publisher with confirms on `connection`, with the worker's publish timeout.
+    pub async fn publisher_on(&self, connection: Arc<Connection>) -> lapin::Result<Publisher> {
+        Publisher::new(connection, self.publish_timeout).await
+    }
+}
+
+pub async fn declare_topology(connection: &Connection, names: &Names, config: &Config) -> anyhow::Result<()> {
+    let channel = connection.create_channel().await?;
+    let settings = TopologySettings::of(&config.worker);
+    topology::declare(&channel, names, &settings).await.context(
+        "could not declare the RabbitMQ topology; if a queue exists with other arguments, see docs/operations.md",
+    )?;
+    let _ = channel.close(200, "topology declared".into()).await;
+    Ok(())
+}
