@@ -26,6 +26,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::jwt::JwtKeys;
+use crate::auth::revocations::Revocations;
 use crate::auth::sessions::Sessions;
 use crate::broker::Broker;
 use crate::problem::ApiError;
@@ -51,6 +52,8 @@ pub struct Inner {
     pub system_users: SystemUsers,
     /// Which users' tokens are no longer good (deactivated, deleted, another role).
     pub sessions: Arc<Sessions>,
+    /// Which tokens were logged out.
+    pub revocations: Arc<Revocations>,
 }
 
 impl Deref for AppState {
@@ -75,8 +78,11 @@ impl AppState {
         let dummy_hash = auth::password::hash(uuid::Uuid::new_v4().to_string()).await?;
         let sessions = Arc::new(Sessions::default());
         sessions.keep_fresh(pool.clone());
+        let revocations = Arc::new(Revocations::default());
+        revocations.keep_fresh(pool.clone());
         Ok(AppState(Arc::new(Inner {
             sessions,
+            revocations,
             broker: Arc::new(Broker::new(config.clone())),
             system_users: SystemUsers::of(&config.amqp),
             config,

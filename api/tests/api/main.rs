@@ -10,6 +10,7 @@ mod healthcheck;
 mod http;
 mod jwt;
 mod outages;
+mod revocations;
 mod rules_and_automation;
 mod support;
 mod traces;
