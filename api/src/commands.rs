@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use automation_shared::access::Permission;
+use automation_shared::config::AccessLog;
 use automation_shared::db::events as event_rows;
 use automation_shared::db::idempotency;
 use automation_shared::events::{CloudEvent, EventData, EventRejected, EventState, EventType, extension};
@@ -255,7 +256,12 @@ pub async fn publish(
     }
     published.map_err(|e| ApiError::BrokerUnavailable { reason: e.to_string() })?;
     metrics::counter!(automation_shared::meters::API_EVENTS_PUBLISHED, "type" => event_type.to_string()).increment(1);
-    tracing::info!(event.id = %event_id, event.r#type = %event_type, user.id = %user.id, trace_id = %traces::trace_id(&span), "event published");
+    // A line per event only when the access log has a line per request too; else at DEBUG.
+    if state.access_log.mode() == AccessLog::All {
+        tracing::info!(event.id = %event_id, event.r#type = %event_type, user.id = %user.id, trace_id = %traces::trace_id(&span), "event published");
+    } else {
+        tracing::debug!(event.id = %event_id, event.r#type = %event_type, user.id = %user.id, trace_id = %traces::trace_id(&span), "event published");
+    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 #![expect(clippy::expect_used, reason = "test support: a failed set-up stops the test with its message")]
 
+mod access_log;
 mod auth;
 mod cloudevents_sdk;
 mod dead_letters;
