@@ -16,3 +16,4 @@ mod rules_and_automation;
 mod support;
 mod traces;
 mod trust_boundaries;
+mod waiting;
