@@ -163,3 +163,65 @@ async fn requests_read_no_revocations_from_the_database() {
     assert!(during <= 2 * refreshes, "{during} statements in {took:?}: more than the refresh makes");
     api.stop().await;
 }
+
+#[tokio::test]
+async fn with_mysql_away_a_known_logout_stays_refused_and_other_tokens_wait_for_a_fresh_list() {
+    use automation_api::auth::revocations::STALE_AFTER;
+    use automation_shared::testing::private_mariadb::PrivateMariaDb;
+    let mut mariadb = PrivateMariaDb::start().await;
+    let env = TestEnv::on(&mariadb.url(), &automation_shared::testing::amqp_url()).await;
+    let api = TestApi::start(&env.config).await;
+    let logged_out = api.user(Role::Viewer).await;
+    let good = api.user(Role::Viewer).await;
+    let r = api.request(Method::POST, "/auth/logout", &logged_out.token).send().await.expect("answer");
+    assert_eq!(r.status(), 204);
+    // A viewer may not decide: the answer after authentication needs no query (403).
+    let decide = |token: &str| {
+        api.request(Method::PATCH, &format!("/approvals/{}", uuid::Uuid::new_v4()), token)
+            .json(&serde_json::json!({"status": "APPROVED"}))
+            .send()
+    };
+    assert_eq!(decide(&good.token).await.expect("answer").status(), 403);
+
+    mariadb.stop().await;
+    let away = Instant::now();
+    assert_eq!(decide(&logged_out.token).await.expect("answer").status(), 401, "known: refused, MySQL or not");
+    // Until the list is STALE_AFTER old, other tokens are taken; then they wait for a fresh one.
+    let (status, problem) = loop {
+        let (status, problem) = json(decide(&good.token).await.expect("answer")).await;
+        if status != 403 {
+            break (status, problem);
+        }
+        assert!(
+            away.elapsed() < STALE_AFTER + Duration::from_secs(3),
+            "still taken {:?} after MySQL went away",
+            away.elapsed()
+        );
+        assert_eq!(decide(&logged_out.token).await.expect("answer").status(), 401);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status, 503, "{problem}");
+    assert_eq!(problem["type"], "https://automation-engine.dev/problems/database-unavailable", "{problem}");
+    assert_eq!(decide(&logged_out.token).await.expect("answer").status(), 401, "still refused while stale");
+
+    // A process started while MySQL is away takes no token: it has no list yet.
+    let fresh = TestApi::start_unready(&env.config).await;
+    let r = fresh
+        .request(Method::PATCH, &format!("/approvals/{}", uuid::Uuid::new_v4()), &good.token)
+        .json(&serde_json::json!({"status": "APPROVED"}))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_some());
+
+    mariadb.restart().await;
+    let back = Instant::now();
+    while decide(&good.token).await.expect("answer").status() != 403 {
+        assert!(back.elapsed() < Duration::from_secs(30), "tokens are taken again once MySQL answers");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(decide(&logged_out.token).await.expect("answer").status(), 401);
+    fresh.stop().await;
+    api.stop().await;
+}
