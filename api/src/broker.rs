@@ -1,9 +1,9 @@
 //! The API's link to RabbitMQ: a confirm-mode publisher, and a reply queue of this process's own
 //! that wakes requests waiting with `Prefer: wait`. The queue is bound to nothing: an event
 //! published by a waiting request names it as `reply_to`, and the worker sends copies of that
-//! event's notifications there alone, so a replica receives only what its requests wait for. The API starts without the broker
-//! and connects in the background; once connected, lapin recovers the connection after a broker
-//! restart. While there is no link, writes answer 503.
+//! event's notifications there alone, so a replica receives only what its requests wait for.
+//! The API starts without the broker and connects in the background; once connected, lapin
+//! recovers the connection after a broker restart. While there is no link, writes answer 503.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
