@@ -25,7 +25,9 @@ use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::access_log::AccessLog;
 use crate::auth::jwt::JwtKeys;
+use crate::auth::revocations::Revocations;
 use crate::auth::sessions::Sessions;
 use crate::broker::Broker;
 use crate::problem::ApiError;
@@ -51,6 +53,10 @@ pub struct Inner {
     pub system_users: SystemUsers,
     /// Which users' tokens are no longer good (deactivated, deleted, another role).
     pub sessions: Arc<Sessions>,
+    /// Which tokens were logged out.
+    pub revocations: Arc<Revocations>,
+    /// What is logged about the requests served.
+    pub access_log: Arc<AccessLog>,
 }
 
 impl Deref for AppState {
@@ -75,8 +81,12 @@ impl AppState {
         let dummy_hash = auth::password::hash(uuid::Uuid::new_v4().to_string()).await?;
         let sessions = Arc::new(Sessions::default());
         sessions.keep_fresh(pool.clone());
+        let revocations = Arc::new(Revocations::default());
+        revocations.keep_fresh(pool.clone());
         Ok(AppState(Arc::new(Inner {
             sessions,
+            revocations,
+            access_log: Arc::new(AccessLog::new(&config.api)),
             broker: Arc::new(Broker::new(config.clone())),
             system_users: SystemUsers::of(&config.amqp),
             config,
@@ -135,7 +145,7 @@ pub fn router(state: AppState) -> Router {
             TraceLayer::new_for_http()
                 .on_failure(())
                 .make_span_with(crate::request_spans::make_span)
-                .on_response(crate::request_spans::on_response),
+                .on_response(crate::access_log::OnResponse(state.access_log.clone())),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
@@ -207,6 +217,7 @@ pub async fn run(state: AppState, listener: TcpListener, shutdown: CancellationT
     let broker_stop = CancellationToken::new();
     let maintain = tokio::spawn(state.broker.clone().maintain(state.waiters.clone(), broker_stop.clone()));
     tokio::spawn(report_connections(state.clone(), broker_stop.clone()));
+    let access_summary = tokio::spawn(state.access_log.clone().report(broker_stop.clone()));
     let grace = Duration::from_secs(state.config.api.shutdown_grace_secs);
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(address = %listener.local_addr()?, "API listening");
@@ -222,6 +233,8 @@ pub async fn run(state: AppState, listener: TcpListener, shutdown: CancellationT
     }
     broker_stop.cancel();
     let _ = maintain.await;
+    // The last interval's summary, with the requests drained above.
+    let _ = access_summary.await;
     state.broker.close().await;
     // Closing waits for every connection to come back; one the session refresher is still
     // trying to open to a database that went away would hold the exit for its whole timeout.

@@ -1,7 +1,9 @@
-//! The API's link to RabbitMQ: a confirm-mode publisher, and a listener on the notifications
-//! exchange that wakes requests waiting with `Prefer: wait`. The API starts without the broker
-//! and connects in the background; once connected, lapin recovers the connection after a broker
-//! restart. While there is no link, writes answer 503.
+//! The API's link to RabbitMQ: a confirm-mode publisher, and a reply queue of this process's own
+//! that wakes requests waiting with `Prefer: wait`. The queue is bound to nothing: an event
+//! published by a waiting request names it as `reply_to`, and the worker sends copies of that
+//! event's notifications there alone, so a replica receives only what its requests wait for.
+//! The API starts without the broker and connects in the background; once connected, lapin
+//! recovers the connection after a broker restart. While there is no link, writes answer 503.
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -13,7 +15,7 @@ use automation_shared::messaging::{self, Names, Publisher};
 use automation_shared::traces::{self, TraceHeaders};
 use futures_util::StreamExt;
 use lapin::Connection;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +25,8 @@ use crate::waiters::Waiters;
 struct Link {
     connection: Arc<Connection>,
     publisher: Publisher,
+    /// This link's reply queue (`<prefix>.api.<hex>`).
+    reply_queue: Arc<str>,
 }
 
 pub struct Broker {
@@ -54,6 +58,12 @@ impl Broker {
     /// The publisher, when connected.
     pub fn publisher(&self) -> Option<Publisher> {
         self.current().map(|l| l.publisher)
+    }
+
+    /// The publisher and the reply queue of one link, when connected: an event published with it
+    /// names that queue as `reply_to`.
+    pub fn publisher_and_reply_queue(&self) -> Option<(Publisher, Arc<str>)> {
+        self.current().map(|l| (l.publisher, l.reply_queue))
     }
 
     /// Connected, not blocked by an alarm, channel open.
@@ -115,15 +125,16 @@ impl Broker {
         let _ = channel.close(200, "topology declared".into()).await;
         let publisher =
             Publisher::new(connection.clone(), Duration::from_millis(self.config.amqp.publish_timeout_ms)).await?;
-        self.listen(&connection, waiters.clone()).await?;
-        Ok(Link { connection, publisher })
+        let reply_queue = self.listen(&connection, waiters.clone()).await?;
+        Ok(Link { connection, publisher, reply_queue })
     }
 
-    /// A queue of this process's own on the notifications exchange. It is exclusive and goes away
-    /// with the connection; lapin declares it again after a recovery.
-    async fn listen(&self, connection: &Connection, waiters: Arc<Waiters>) -> anyhow::Result<()> {
+    /// The reply queue of this process's own. It is exclusive and goes away with the connection;
+    /// lapin declares it again, with its name, after a recovery. It is bound to no exchange: only
+    /// the worker's copies for the requests waiting here arrive.
+    async fn listen(&self, connection: &Connection, waiters: Arc<Waiters>) -> anyhow::Result<Arc<str>> {
         let channel = connection.create_channel().await?;
-        let queue = format!("{}.api.{}", self.names.prefix(), uuid::Uuid::new_v4().simple());
+        let queue = self.names.api_reply_queue();
         channel
             .queue_declare(
                 queue.clone().into(),
@@ -131,30 +142,23 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        channel
-            .queue_bind(
-                queue.clone().into(),
-                self.names.notifications().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
         let mut consumer = channel
             .basic_consume(
-                queue.into(),
+                queue.clone().into(),
                 "api-waiters".into(),
                 BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
                 FieldTable::default(),
             )
             .await?;
+        let name: Arc<str> = queue.into();
+        let listened = name.clone();
         tokio::spawn(async move {
             loop {
                 match consumer.next().await {
-                    // Parsed only while a request waits: every notification of the system passes here.
+                    // Parsed only while a request waits (one that timed out may still get its copy).
                     Some(Ok(delivery)) if waiters.any() => {
                         if let Ok(notification) = serde_json::from_slice::<Notification>(&delivery.data) {
-                            wake(&waiters, notification, &delivery);
+                            wake(&waiters, notification, &delivery, &listened);
                         }
                     }
                     Some(Ok(_)) => {}
@@ -167,7 +171,7 @@ impl Broker {
                 }
             }
         });
-        Ok(())
+        Ok(name)
     }
 
     pub async fn close(&self) {
@@ -180,7 +184,7 @@ impl Broker {
 
 /// Hands a notification to the requests waiting for its cause, in a consumer span that continues
 /// the notification's trace (the `Prefer: wait` wake). Notifications nobody waits for make none.
-fn wake(waiters: &Waiters, notification: Notification, delivery: &lapin::message::Delivery) {
+fn wake(waiters: &Waiters, notification: Notification, delivery: &lapin::message::Delivery, queue: &str) {
     let Some(cause) = notification.causation_id.clone().filter(|c| waiters.waits_for(c)) else {
         return;
     };
@@ -190,7 +194,7 @@ fn wake(waiters: &Waiters, notification: Notification, delivery: &lapin::message
         otel.kind = "consumer",
         messaging.system = "rabbitmq",
         messaging.operation.type = "process",
-        messaging.destination.name = delivery.exchange.as_str(),
+        messaging.destination.name = queue,
         messaging.rabbitmq.destination.routing_key = notification.kind.map(|k| k.as_str()),
         event.id = %cause,
         trace_id = tracing::field::Empty,

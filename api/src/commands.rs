@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use automation_shared::access::Permission;
+use automation_shared::config::AccessLog;
 use automation_shared::db::events as event_rows;
 use automation_shared::db::idempotency;
 use automation_shared::events::{CloudEvent, EventData, EventRejected, EventState, EventType, extension};
@@ -164,7 +165,7 @@ pub async fn submit(
     };
     // Registered before the publish, so the quickest notification is not missed.
     let waiter = state.waiters.register(&event_id);
-    publish(state, user, &event_id, event_type, data).await?;
+    send(state, user, &event_id, event_type, data, Reply::ToThisProcess).await?;
     // A request retried with its Idempotency-Key may find its event done long ago.
     if headers.contains_key("idempotency-key") {
         match settled(state, &event_id).await {
@@ -178,6 +179,13 @@ pub async fn submit(
         .saturating_sub(started.elapsed())
         .saturating_sub(ANSWER_MARGIN);
     let Some(notification) = waiter.wait(wait.min(room)).await else {
+        // A retry on another replica while the first try was in flight: the notifications went
+        // to the replica of the first try. One look before answering 202.
+        if headers.contains_key("idempotency-key")
+            && let Ok(Some(done)) = settled(state, &event_id).await
+        {
+            return done;
+        }
         return Ok(Submitted::Accepted { event_id });
     };
     match notification.rejection() {
@@ -203,6 +211,15 @@ async fn settled(state: &AppState, event_id: &str) -> sqlx::Result<Option<ApiRes
     })
 }
 
+/// Where the worker sends copies of an event's notifications besides the notifications exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// Nowhere: nobody here waits for it.
+    None,
+    /// This process's reply queue: a request here waits (`Prefer: wait`).
+    ToThisProcess,
+}
+
 /// Publishes with a confirm; anything short of a positive confirm is a 503.
 pub async fn publish(
     state: &AppState,
@@ -210,6 +227,17 @@ pub async fn publish(
     event_id: &str,
     event_type: &str,
     data: Value,
+) -> ApiResult<()> {
+    send(state, user, event_id, event_type, data, Reply::None).await
+}
+
+async fn send(
+    state: &AppState,
+    user: &AuthUser,
+    event_id: &str,
+    event_type: &str,
+    data: Value,
+    reply: Reply,
 ) -> ApiResult<()> {
     let permission = EventType::parse(event_type).and_then(Permission::to_send).ok_or_else(|| {
         ApiError::field("type", format!("{event_type} is sent by automation-engine itself, never from outside"))
@@ -240,12 +268,19 @@ pub async fn publish(
         .with_optional_extension(extension::TRACEPARENT, trace.traceparent.clone());
     event = event.with_optional_extension(extension::TRACESTATE, trace.tracestate.clone());
     let body = serde_json::to_vec(&event).map_err(|e| ApiError::Internal(e.into()))?;
-    let publisher =
-        state.broker.publisher().ok_or_else(|| ApiError::BrokerUnavailable { reason: "not connected".into() })?;
-    // As the system: the broker vouches for `user_id`, so the worker takes the actor from it.
-    let properties = trace
+    // The publisher and the reply queue of one link: after a reconnect the queue has a new name.
+    let (publisher, reply_queue) = state
+        .broker
+        .publisher_and_reply_queue()
+        .ok_or_else(|| ApiError::BrokerUnavailable { reason: "not connected".into() })?;
+    // As the system: the broker vouches for `user_id`, so the worker takes the actor (and the
+    // reply destination) from it.
+    let mut properties = trace
         .to_amqp(messaging::cloud_event_properties(event_id, event_type))
         .with_user_id(state.system_users.own().into());
+    if reply == Reply::ToThisProcess {
+        properties = properties.with_reply_to(reply_queue.as_ref().into());
+    }
     let published = publisher
         .publish(Outgoing { exchange: &exchange, routing_key: event_type, body: &body, properties, mandatory: true })
         .instrument(span.clone())
@@ -255,7 +290,12 @@ pub async fn publish(
     }
     published.map_err(|e| ApiError::BrokerUnavailable { reason: e.to_string() })?;
     metrics::counter!(automation_shared::meters::API_EVENTS_PUBLISHED, "type" => event_type.to_string()).increment(1);
-    tracing::info!(event.id = %event_id, event.r#type = %event_type, user.id = %user.id, trace_id = %traces::trace_id(&span), "event published");
+    // A line per event only when the access log has a line per request too; else at DEBUG.
+    if state.access_log.mode() == AccessLog::All {
+        tracing::info!(event.id = %event_id, event.r#type = %event_type, user.id = %user.id, trace_id = %traces::trace_id(&span), "event published");
+    } else {
+        tracing::debug!(event.id = %event_id, event.r#type = %event_type, user.id = %user.id, trace_id = %traces::trace_id(&span), "event published");
+    }
     Ok(())
 }
 

@@ -3,8 +3,10 @@
 //!
 //! [`app`] builds the router and serves; [`auth`] says who is calling; [`routes`] holds one module
 //! per resource; [`commands`] turns a validated request into a published event; [`waiters`] and
-//! [`broker`] let a request wait for the worker without polling.
+//! [`broker`] let a request wait for the worker without polling; [`access_log`] says what is
+//! logged about the requests served.
 
+pub mod access_log;
 pub mod app;
 pub mod auth;
 pub mod broker;

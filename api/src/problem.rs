@@ -72,6 +72,9 @@ pub enum ApiError {
     /// not be read (a code this build does not know).
     #[error("{reason}")]
     Refused { status: StatusCode, code: Option<RejectCode>, reason: String, event_id: String },
+    /// The database is needed to answer and could not be read lately (logged where that failed).
+    #[error("{0}")]
+    DatabaseUnavailable(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -105,6 +108,9 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "broker-unavailable", "The message broker is unavailable")
             }
             ApiError::Refused { status, .. } => (*status, "refused", "The worker refused the event"),
+            ApiError::DatabaseUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database-unavailable", "The database is unavailable")
+            }
             ApiError::Database(_) | ApiError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error")
             }
@@ -160,6 +166,10 @@ impl IntoResponse for ApiError {
                 tracing::warn!(reason = %reason, "answering 503: the broker did not take the message");
                 problem.detail =
                     "the message broker did not confirm the message; nothing was accepted, retry later".into();
+                retry_after = Some(5);
+            }
+            ApiError::DatabaseUnavailable(_) => {
+                problem.detail = "the database did not answer; retry later".into();
                 retry_after = Some(5);
             }
             ApiError::Refused { code, event_id, .. } => {

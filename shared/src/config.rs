@@ -207,6 +207,40 @@ pub struct ApiConfig {
     pub trust_forwarded_for: bool,
     /// Grace period for in-flight requests on SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// What is logged about the requests served (docs/operations.md, "Access log").
+    pub access_log: AccessLog,
+    /// How often `summary` writes its line.
+    pub access_log_interval_secs: u64,
+    /// A request slower than this is logged on its own in `summary` and `errors`; 0: never.
+    pub access_log_slow_ms: u64,
+}
+
+/// What the API logs about the requests it served (`AUTOMATION_API__ACCESS_LOG`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLog {
+    /// One line per interval (count, status classes, p50/p99/max latency), and a line of its own
+    /// for each 5xx and each slow request.
+    #[default]
+    Summary,
+    /// A line per request, and `event published` at INFO for each event.
+    All,
+    /// A line per 4xx and 5xx answer and per slow request.
+    Errors,
+    /// Nothing.
+    Off,
+}
+
+impl AccessLog {
+    /// The name in configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLog::Summary => "summary",
+            AccessLog::All => "all",
+            AccessLog::Errors => "errors",
+            AccessLog::Off => "off",
+        }
+    }
 }
 
 impl Default for ApiConfig {
@@ -222,6 +256,9 @@ impl Default for ApiConfig {
             login_window_secs: 900,
             trust_forwarded_for: false,
             shutdown_grace_secs: 20,
+            access_log: AccessLog::Summary,
+            access_log_interval_secs: 60,
+            access_log_slow_ms: 1_000,
         }
     }
 }
@@ -651,6 +688,9 @@ impl Config {
         if self.api.body_limit_bytes < 1024 {
             return Err(ConfigError::key("AUTOMATION_API__BODY_LIMIT_BYTES", "must be ≥ 1024"));
         }
+        if self.api.access_log_interval_secs == 0 || self.api.access_log_interval_secs > 86_400 {
+            return Err(ConfigError::key("AUTOMATION_API__ACCESS_LOG_INTERVAL_SECS", "must be 1 to 86400 seconds"));
+        }
         Ok(())
     }
 
@@ -966,6 +1006,27 @@ mod tests {
             jail.set_env("AMQP_URL", "http://nope");
             let line = load(jail, Component::Worker).expect_err("bad url").to_string();
             assert!(line.starts_with("configuration error: AMQP_URL:"), "{line}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_access_log_takes_its_four_modes_and_a_bad_one_names_the_key() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            assert_eq!(load(jail, Component::Api).map_err(|e| e.to_string())?.api.access_log, AccessLog::Summary);
+            for mode in [AccessLog::Summary, AccessLog::All, AccessLog::Errors, AccessLog::Off] {
+                jail.set_env("AUTOMATION_API__ACCESS_LOG", mode.as_str());
+                assert_eq!(load(jail, Component::Api).map_err(|e| e.to_string())?.api.access_log, mode);
+            }
+            jail.set_env("AUTOMATION_API__ACCESS_LOG", "verbose");
+            let line = load(jail, Component::Api).expect_err("not a mode").to_string();
+            assert!(line.starts_with("configuration error: AUTOMATION_API__ACCESS_LOG:"), "{line}");
+            assert!(line.contains("summary") && !line.contains('\n'), "{line}");
+            jail.set_env("AUTOMATION_API__ACCESS_LOG", "all");
+            jail.set_env("AUTOMATION_API__ACCESS_LOG_INTERVAL_SECS", "0");
+            let line = load(jail, Component::Api).expect_err("interval 0").to_string();
+            assert!(line.contains("AUTOMATION_API__ACCESS_LOG_INTERVAL_SECS"), "{line}");
             Ok(())
         });
     }

@@ -23,6 +23,8 @@ pub struct Cause {
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
     pub chain_depth: u32,
+    /// The API reply queue its notifications are copied to (a request there waits for it).
+    pub reply_to: Option<String>,
 }
 
 impl From<&Envelope> for Cause {
@@ -34,6 +36,7 @@ impl From<&Envelope> for Cause {
             traceparent: envelope.traceparent.clone(),
             tracestate: envelope.tracestate.clone(),
             chain_depth: envelope.chain_depth,
+            reply_to: envelope.reply_to.clone(),
         }
     }
 }
@@ -58,6 +61,7 @@ pub fn notification_with_id(id: Uuid, cause: &Cause, kind: NotificationType, dat
         destination: Destination::Notifications,
         routing_key: kind.as_str().to_string(),
         body: serde_json::to_vec(&event).unwrap_or_default(),
+        reply_to: cause.reply_to.clone(),
     }
 }
 
@@ -97,5 +101,6 @@ pub fn follow_up(cause: &Cause, id: &str, event_type: EventType, data: Value, ac
         destination: Destination::Events,
         routing_key: event_type.as_str().to_string(),
         body: serde_json::to_vec(&event).unwrap_or_default(),
+        reply_to: None,
     }
 }

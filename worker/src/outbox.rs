@@ -7,7 +7,8 @@
 //! whose publish failed, are swept once they are older than [`SWEEP_AFTER_SECS`]: a relay
 //! leases them in a short transaction, publishes with no lock held, and deletes its own leased
 //! rows. A row goes out twice only if a worker dies between the broker's confirm and the delete,
-//! and then the copy carries the same CloudEvent id.
+//! and then the copy carries the same CloudEvent id. A notification whose cause an API request
+//! waits for also goes, as a copy, to that API process's reply queue ([`reply_copy`]).
 
 use std::time::Duration;
 
@@ -87,11 +88,15 @@ async fn publish_fresh(relay: &Relay, messages: Vec<OutboxMessage>) {
     let rows: Vec<(String, &OutboxMessage)> = messages.iter().map(|m| (m.message_id.to_string(), m)).collect();
     let causes: Vec<TraceHeaders> = messages.iter().map(|m| TraceHeaders::from_json(&m.body)).collect();
     let round = spans::outbox_round(&causes, false);
-    let (outgoing, message_spans): (Vec<Outgoing<'_>>, Vec<Span>) = rows
-        .iter()
-        .zip(&causes)
-        .map(|((id, m), cause)| traced(&relay.broker, cause, id, m.destination, &m.routing_key, &m.body))
-        .unzip();
+    let mut outgoing = Vec::with_capacity(rows.len());
+    let mut message_spans = Vec::with_capacity(rows.len());
+    for ((id, m), cause) in rows.iter().zip(&causes) {
+        let (message, span) = traced(&relay.broker, cause, id, m.destination, &m.routing_key, &m.body);
+        let copy = reply_copy(&relay.broker, &message, m.destination, m.reply_to.as_deref());
+        outgoing.push(message);
+        outgoing.extend(copy);
+        message_spans.push(span);
+    }
     let published = relay.broker.publisher.publish_all(outgoing).instrument(round.clone()).await;
     drop(message_spans);
     if let Err(error) = published {
@@ -123,6 +128,31 @@ fn traced<'a>(
     (message, span)
 }
 
+/// The copy of a notification for the API request that waits for its cause (`Prefer: wait`):
+/// straight into that API process's reply queue, through the default exchange, with the
+/// message's properties. Only to a name of the API reply queue pattern of this prefix, so no
+/// publisher can have the worker write into another queue. Not mandatory: a replica gone away
+/// only means its request answers 202, as it does when the wait runs out.
+fn reply_copy<'a>(
+    broker: &Broker,
+    message: &Outgoing<'a>,
+    destination: Destination,
+    reply_to: Option<&'a str>,
+) -> Option<Outgoing<'a>> {
+    let reply_to = reply_to.filter(|_| destination == Destination::Notifications)?;
+    if !broker.names.is_api_reply_queue(reply_to) {
+        tracing::debug!(reply_to = %reply_to, "not an API reply queue of this prefix; no copy sent");
+        return None;
+    }
+    Some(Outgoing {
+        exchange: "",
+        routing_key: reply_to,
+        body: message.body,
+        properties: message.properties.clone(),
+        mandatory: false,
+    })
+}
+
 /// Publishes leftovers, leased as `lessee`, until none is left. Returns how many went out.
 pub async fn sweep_leftovers(relay: &Relay, lessee: Uuid) -> anyhow::Result<usize> {
     let mut total = 0;
@@ -136,17 +166,19 @@ pub async fn sweep_leftovers(relay: &Relay, lessee: Uuid) -> anyhow::Result<usiz
         }
         let causes: Vec<TraceHeaders> = rows.iter().map(|r| TraceHeaders::from_json(&r.body)).collect();
         let round = spans::outbox_round(&causes, true);
-        let (outgoing, message_spans): (Vec<Outgoing<'_>>, Vec<Span>) = rows
-            .iter()
-            .zip(&causes)
-            .filter_map(|(r, cause)| {
-                let destination = Destination::parse(&r.destination).or_else(|| {
-                    tracing::error!(outbox.id = r.id, destination = %r.destination, "an outbox row has an unknown destination; leaving it for a newer worker");
-                    None
-                })?;
-                Some(traced(&relay.broker, cause, &r.message_id, destination, &r.routing_key, &r.body))
-            })
-            .unzip();
+        let mut outgoing: Vec<Outgoing<'_>> = Vec::with_capacity(rows.len());
+        let mut message_spans: Vec<Span> = Vec::with_capacity(rows.len());
+        for (r, cause) in rows.iter().zip(&causes) {
+            let Some(destination) = Destination::parse(&r.destination) else {
+                tracing::error!(outbox.id = r.id, destination = %r.destination, "an outbox row has an unknown destination; leaving it for a newer worker");
+                continue;
+            };
+            let (message, span) = traced(&relay.broker, cause, &r.message_id, destination, &r.routing_key, &r.body);
+            let copy = reply_copy(&relay.broker, &message, destination, r.reply_to.as_deref());
+            outgoing.push(message);
+            outgoing.extend(copy);
+            message_spans.push(span);
+        }
         relay.broker.publisher.publish_all(outgoing).instrument(round).await?;
         drop(message_spans);
         let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();

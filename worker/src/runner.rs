@@ -257,6 +257,8 @@ async fn record(pool: &MySqlPool, chain: &mut AuditChain, finished: &Finished) -
         traceparent: trace.traceparent,
         tracestate: trace.tracestate,
         chain_depth: 0,
+        // The request that waited for the event was answered by its first notification.
+        reply_to: None,
     };
     let mut outbox = Vec::new();
     let kind = match &finished.outcome {

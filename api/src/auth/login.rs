@@ -165,6 +165,7 @@ pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<
     .bind(expires_at)
     .execute(&state.pool)
     .await?;
+    state.revocations.revoke(&user.jti, user.expires_at);
     // Revocations of tokens that expired anyway are of no use; trim a few each time.
     sqlx::query("delete from revoked_tokens where expires_at < now(6) - interval 1 hour limit 100")
         .execute(&state.pool)

@@ -1,9 +1,11 @@
 //! Who is calling and what they may do: roles and permissions (CONTRACT §3), the bearer-token
-//! extractor (signature, claims and revocation checked on every request), login and logout.
+//! extractor (signature, claims and revocation checked on every request, from memory), login and
+//! logout.
 
 pub mod jwt;
 pub mod login;
 pub mod password;
+pub mod revocations;
 pub mod sessions;
 
 use axum::extract::FromRequestParts;
@@ -68,12 +70,13 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<AuthU
     if let Some(reason) = state.sessions.refusal(&claims.sub, claims.role) {
         return Err(ApiError::Unauthorized(reason.into()));
     }
-    let revoked: Option<i32> = sqlx::query_scalar("select 1 from revoked_tokens where jti = ?")
-        .bind(&claims.jti)
-        .fetch_optional(&state.pool)
-        .await?;
-    if revoked.is_some() {
-        return Err(ApiError::Unauthorized("the token was logged out; log in again".into()));
+    // From memory; the table is read only when that copy is stale (`revocations`).
+    match state.revocations.is_revoked(&claims.jti, &state.pool).await {
+        Ok(false) => {}
+        Ok(true) => return Err(ApiError::Unauthorized("the token was logged out; log in again".into())),
+        Err(revocations::Unknown) => {
+            return Err(ApiError::DatabaseUnavailable("the list of logged-out tokens could not be read".into()));
+        }
     }
     Ok(AuthUser { id: claims.sub, role: claims.role, jti: claims.jti, expires_at: claims.exp })
 }

@@ -210,16 +210,29 @@ pub async fn decide(
     ValidJson(body): ValidJson<DecideApproval>,
 ) -> ApiResult<Response> {
     user.require(Permission::DecideApproval)?;
-    let approval = find(&state, &id).await?;
-    let event_id = commands::event_id(&state, &user, &format!("PATCH /approvals/{}", approval.id), &headers).await?;
+    let approval = parse_id(&id, "approval")?;
+    if !exists(&state, approval).await? {
+        return Err(ApiError::NotFound(format!("no approval with id {approval}")));
+    }
+    let event_id = commands::event_id(&state, &user, &format!("PATCH /approvals/{approval}"), &headers).await?;
     let data = EventData::ApprovalDecided(ApprovalDecided {
-        approval_id: approval.id,
+        approval_id: approval,
         status: body.status,
         reason: body.reason,
         expected_version: body.expected_version,
     });
     let submitted = commands::submit(&state, &user, &headers, event_id, data).await?;
-    Ok(respond(&state, submitted, approval.id).await)
+    Ok(respond(&state, submitted, approval).await)
+}
+
+/// Whether the approval exists, for the 404 of a decision: the worker reads the row itself, so
+/// the unique key's index answers alone (no row read, nothing decoded).
+async fn exists(state: &AppState, id: Uuid) -> sqlx::Result<bool> {
+    let found: Option<i32> = sqlx::query_scalar("select 1 from approvals where id = ?")
+        .bind(id.hyphenated())
+        .fetch_optional(&state.pool)
+        .await?;
+    Ok(found.is_some())
 }
 
 async fn respond(state: &AppState, submitted: Submitted, approval: Uuid) -> Response {

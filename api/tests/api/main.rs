@@ -2,6 +2,7 @@
 
 #![expect(clippy::expect_used, reason = "test support: a failed set-up stops the test with its message")]
 
+mod access_log;
 mod auth;
 mod cloudevents_sdk;
 mod dead_letters;
@@ -10,7 +11,9 @@ mod healthcheck;
 mod http;
 mod jwt;
 mod outages;
+mod revocations;
 mod rules_and_automation;
 mod support;
 mod traces;
 mod trust_boundaries;
+mod waiting;

@@ -161,6 +161,18 @@ impl std::io::Write for Captured {
     }
 }
 
+impl Captured {
+    /// The JSON lines written so far.
+    pub fn lines(&self) -> Vec<Value> {
+        let text = String::from_utf8_lossy(&self.0.lock().expect("lock")).to_string();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    pub fn clear(&self) {
+        self.0.lock().expect("lock").clear();
+    }
+}
+
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
     type Writer = Captured;
     fn make_writer(&'a self) -> Self::Writer {

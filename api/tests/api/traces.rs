@@ -84,13 +84,6 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
     })
 }
 
-impl Captured {
-    fn lines(&self) -> Vec<Value> {
-        let text = String::from_utf8_lossy(&self.0.lock().expect("lock")).to_string();
-        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
-    }
-}
-
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 

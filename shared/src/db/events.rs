@@ -192,16 +192,21 @@ pub struct OutboxMessage {
     pub destination: Destination,
     pub routing_key: String,
     pub body: Vec<u8>,
+    /// A notification's second destination: the API reply queue of a request waiting for its
+    /// cause (`Envelope::reply_to`), sent a copy through the default exchange.
+    pub reply_to: Option<String>,
 }
 
 pub async fn insert_outbox(conn: &mut MySqlConnection, messages: &[OutboxMessage]) -> sqlx::Result<()> {
     for chunk in messages.chunks(500) {
-        let mut insert = QueryBuilder::new("insert into outbox (message_id, destination, routing_key, body) ");
+        let mut insert =
+            QueryBuilder::new("insert into outbox (message_id, destination, routing_key, body, reply_to) ");
         insert.push_values(chunk, |mut row, m| {
             row.push_bind(m.message_id.hyphenated())
                 .push_bind(m.destination.as_str())
                 .push_bind(m.routing_key.clone())
-                .push_bind(m.body.clone());
+                .push_bind(m.body.clone())
+                .push_bind(m.reply_to.clone());
         });
         insert.build().execute(&mut *conn).await?;
     }
@@ -216,6 +221,7 @@ pub struct OutboxRow {
     pub destination: String,
     pub routing_key: String,
     pub body: Vec<u8>,
+    pub reply_to: Option<String>,
 }
 
 /// Leases up to `limit` rows left unpublished for `min_age_secs` (their writer died before
@@ -231,7 +237,7 @@ pub async fn lease_outbox(
 ) -> sqlx::Result<Vec<OutboxRow>> {
     let mut tx = pool.begin().await?;
     let rows: Vec<OutboxRow> = sqlx::query_as(
-        "select id, message_id, destination, routing_key, body from outbox \
+        "select id, message_id, destination, routing_key, body, reply_to from outbox \
          where (lease_until is null and created_at < now(6) - interval ? second) or lease_until < now(6) \
          order by id limit ? for update skip locked",
     )

@@ -138,6 +138,10 @@ pub struct Envelope {
     /// CloudEvents extensions of the same names.
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
+    /// Where copies of this event's notifications go besides the notifications exchange: the
+    /// AMQP `reply_to` of a message of the system's own (the API sets it when a request waits),
+    /// if it names an API reply queue; never an outside publisher's.
+    pub reply_to: Option<String>,
     pub data: EventData,
     /// `data` as received (unknown fields included): what rules see as `event.data`.
     pub raw_data: Value,
@@ -305,7 +309,17 @@ impl Envelope {
             Origin::External { .. } => ActorType::Service,
         };
         let correlation_id = raw.extension(extension::CORRELATION_ID).unwrap_or_else(|| id.clone());
+        let reply_to = match origin {
+            Origin::System => properties
+                .reply_to()
+                .as_ref()
+                .map(|r| r.as_str())
+                .filter(|r| crate::messaging::looks_like_reply_queue(r))
+                .map(str::to_string),
+            Origin::External { .. } => None,
+        };
         Ok(Envelope {
+            reply_to,
             causation_id: raw.extension(extension::CAUSATION_ID),
             // The header is the latest hop (the producer span); the extension may name the span
             // that built the body, earlier.
@@ -598,6 +612,38 @@ mod tests {
         assert_eq!(e.correlation_id, "c-9");
         assert_eq!(e.source, "/spring/orders");
         assert!(e.time.is_some());
+    }
+
+    #[test]
+    fn reply_to_is_kept_only_from_the_system_and_only_when_it_names_an_api_reply_queue() {
+        let body = json!({
+            "specversion": "1.0", "id": "r-1", "source": "/automation-engine/api", "type": "workflow.created",
+            "data": workflow_data()
+        })
+        .to_string();
+        let queue = "automation.api.0123456789abcdef0123456789abcdef";
+        let read = |properties: BasicProperties| {
+            Envelope::parse("workflow.created", &properties, body.as_bytes(), limits()).map(|e| e.reply_to)
+        };
+        let system = structured_props().with_user_id(ShortString::from("automation"));
+        assert_eq!(read(system.clone().with_reply_to(ShortString::from(queue))), Ok(Some(queue.to_string())));
+        assert_eq!(read(system.clone()), Ok(None));
+        for other in ["automation.commands", "automation.api.nothex", "amq.rabbitmq.reply-to"] {
+            assert_eq!(read(system.clone().with_reply_to(ShortString::from(other))), Ok(None), "{other}");
+        }
+        let outsider = json!({
+            "specversion": "1.0", "id": "r-2", "source": "/spring/orders", "type": "workflow.created",
+            "data": workflow_data()
+        })
+        .to_string();
+        let from_outside = Envelope::parse(
+            "workflow.created",
+            &structured_props().with_reply_to(ShortString::from(queue)),
+            outsider.as_bytes(),
+            limits(),
+        )
+        .expect("valid");
+        assert_eq!(from_outside.reply_to, None, "an outside publisher gets no copies");
     }
 
     /// What Jackson writes for a class generated from the schemas, with nothing optional set.

@@ -276,6 +276,25 @@ impl Publisher {
     }
 }
 
+/// The longest reply destination the worker keeps (the `outbox.reply_to` column).
+pub const MAX_REPLY_TO: usize = 255;
+
+/// Whether `id` is the last part of an API reply queue's name: 32 lowercase hex digits.
+pub fn is_reply_queue_id(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Whether `name` has the shape of an API reply queue, `<prefix>.api.<32 hex digits>`, whatever
+/// the prefix (the relay checks its own prefix too: [`Names::is_api_reply_queue`]).
+pub fn looks_like_reply_queue(name: &str) -> bool {
+    name.len() <= MAX_REPLY_TO
+        && name.rsplit_once(".api.").is_some_and(|(prefix, id)| {
+            !prefix.is_empty()
+                && prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && is_reply_queue_id(id)
+        })
+}
+
 /// Properties of a persistent CloudEvents structured message.
 pub fn cloud_event_properties(id: &str, event_type: &str) -> BasicProperties {
     BasicProperties::default()

@@ -24,6 +24,21 @@ impl Names {
         &self.prefix
     }
 
+    /// A new name for an API process's reply queue, where the worker sends copies of the
+    /// notifications of the events a request there waits for (`Prefer: wait`).
+    pub fn api_reply_queue(&self) -> String {
+        format!("{}.api.{}", self.prefix, uuid::Uuid::new_v4().simple())
+    }
+
+    /// Whether `name` is an API reply queue of this prefix ([`Names::api_reply_queue`]): the only
+    /// destinations the worker sends copies to, so no publisher can make it write into a work
+    /// queue.
+    pub fn is_api_reply_queue(&self, name: &str) -> bool {
+        name.strip_prefix(self.prefix.as_str())
+            .and_then(|rest| rest.strip_prefix(".api."))
+            .is_some_and(crate::messaging::is_reply_queue_id)
+    }
+
     /// Topic exchange: everything that asks the system to do something.
     pub fn events(&self) -> String {
         format!("{}.events", self.prefix)
@@ -273,5 +288,36 @@ mod tests {
         assert_eq!(names.retry_queue(WorkQueue::Tasks, 1000), "acme.tasks.retry.1000ms");
         assert_eq!(names.partition(7), "acme.commands.p7");
         assert_eq!(names.dead_letter_queue(), "acme.dead-letters");
+    }
+
+    #[test]
+    fn only_names_of_the_api_reply_queue_pattern_of_this_prefix_are_reply_queues() {
+        let names = Names::new("acme");
+        let ours = names.api_reply_queue();
+        assert!(names.is_api_reply_queue(&ours), "{ours}");
+        assert!(crate::messaging::looks_like_reply_queue(&ours), "{ours}");
+        let hex = "0123456789abcdef0123456789abcdef";
+        for name in [
+            "acme.commands".to_string(),
+            "acme.events".to_string(),
+            "acme.commands.p0".to_string(),
+            format!("acme.api.{}", &hex[..31]),
+            format!("acme.api.{hex}0"),
+            format!("acme.api.{}", hex.to_uppercase()),
+            format!("acme.api.{hex}.x"),
+            format!("other.api.{hex}"),
+            format!("acmeacme.api.{hex}"),
+            "amq.rabbitmq.reply-to".to_string(),
+            String::new(),
+        ] {
+            assert!(!names.is_api_reply_queue(&name), "{name:?}");
+        }
+        assert!(crate::messaging::looks_like_reply_queue(&format!("other.api.{hex}")), "any prefix's shape");
+        for name in
+            ["acme.commands", ".api.0123456789abcdef0123456789abcdef", "a b.api.0123456789abcdef0123456789abcdef"]
+        {
+            assert!(!crate::messaging::looks_like_reply_queue(name), "{name:?}");
+        }
+        assert!(!crate::messaging::looks_like_reply_queue(&format!("{}.api.{hex}", "a".repeat(250))), "too long");
     }
 }

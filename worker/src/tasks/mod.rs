@@ -156,6 +156,7 @@ pub fn start_message_in(run_id: Uuid, attempt: u32, trace: TraceHeaders) -> Outb
             tracestate: trace.tracestate,
         })
         .unwrap_or_default(),
+        reply_to: None,
     }
 }
 

@@ -13,6 +13,7 @@ mod ordering;
 mod pipeline;
 mod poison;
 mod rejections;
+mod replies;
 mod retries;
 mod rules;
 mod runs;
