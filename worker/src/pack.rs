@@ -119,7 +119,7 @@ pub fn unpack(body: &[u8]) -> Option<Vec<Packed>> {
         let encoded = frame(&mut at)?;
         let properties: BasicProperties = if binary {
             match parse_properties(encoded) {
-                Ok((rest, properties)) if rest.is_empty() => properties,
+                Ok(([], properties)) => properties,
                 _ => return None,
             }
         } else {

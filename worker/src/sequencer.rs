@@ -111,7 +111,7 @@ async fn sequence_on(
     .map_err(|error| anyhow::anyhow!("another instance holds {lock_name}: {error}"))?;
     let publisher = broker.publisher_on(connection.clone()).await?;
     let queue = broker.names.work_queue(WorkQueue::Commands);
-    let chunk_size = (CHUNK_PER_PARTITION * usize::from(partitions)).max(MIN_CHUNK).min(MAX_PREFETCH / 2);
+    let chunk_size = (CHUNK_PER_PARTITION * usize::from(partitions)).clamp(MIN_CHUNK, MAX_PREFETCH / 2);
     let channel = connection.create_channel().await?;
     channel.basic_qos((chunk_size * 2) as u16, BasicQosOptions::default()).await?;
     let tag = format!("automation-worker.sequencer.{}", uuid::Uuid::new_v4().simple());

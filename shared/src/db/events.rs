@@ -276,8 +276,6 @@ pub async fn delete_leased(pool: &MySqlPool, owner: Uuid, ids: &[u64]) -> sqlx::
     query.build().execute(pool).await.map(|_| ())
 }
 
-/// Deletes published rows by message id (the writer's own rows, published right after its
-/// commit).
 /// The outbox as readiness reports it: rows waiting to be published, and the age in seconds of
 /// the oldest.
 pub async fn outbox_backlog(pool: &MySqlPool) -> sqlx::Result<(u64, u64)> {
@@ -288,6 +286,8 @@ pub async fn outbox_backlog(pool: &MySqlPool) -> sqlx::Result<(u64, u64)> {
     Ok((rows.max(0) as u64, oldest.unwrap_or(0).max(0) as u64))
 }
 
+/// Deletes published rows by message id (the writer's own rows, published right after its
+/// commit).
 ///
 /// Through the message id's index, by force: on a small outbox (a few hundred rows, the usual
 /// size) MariaDB and MySQL chose a scan of the table for a hundred ids, and a scanning delete
