@@ -176,10 +176,12 @@ impl Schedules {
                 tick = next;
             }
             match fire(scheduler, &active.schedule, tick).await {
-                Ok(true) => tracing::info!(schedule = %active.schedule.name, tick = %tick, "schedule fired"),
-                Ok(false) => {
+                Ok(Fired::Here) => tracing::info!(schedule = %active.schedule.name, tick = %tick, "schedule fired"),
+                Ok(Fired::Elsewhere) => {
                     tracing::debug!(schedule = %active.schedule.name, tick = %tick, "another worker fired this tick")
                 }
+                // Said as an error already; the tick passes unfired.
+                Ok(Fired::Not) => {}
                 Err(error) => {
                     tracing::debug!(%error, schedule = %active.schedule.name, "could not fire; trying again");
                     continue;
@@ -192,12 +194,22 @@ impl Schedules {
     }
 }
 
-/// Fires one tick: the tick row and its run in one transaction. `false` when another worker did.
-async fn fire(scheduler: &Scheduler, schedule: &ScheduleConfig, tick: DateTime<Utc>) -> sqlx::Result<bool> {
+/// What became of a due tick.
+enum Fired {
+    /// This worker fired it.
+    Here,
+    /// Another worker had.
+    Elsewhere,
+    /// Nobody can: the automation it names is not registered.
+    Not,
+}
+
+/// Fires one tick: the tick row and its run in one transaction.
+async fn fire(scheduler: &Scheduler, schedule: &ScheduleConfig, tick: DateTime<Utc>) -> sqlx::Result<Fired> {
     let tick = tick.trunc_subsecs(0);
     let Some(spec) = scheduler.registry.get(&schedule.automation) else {
-        tracing::error!(schedule = %schedule.name, automation = %schedule.automation, "a schedule names no registered automation");
-        return Ok(true);
+        tracing::error!(schedule = %schedule.name, automation = %schedule.automation, tick = %tick, "a schedule names no registered automation; this tick is not fired");
+        return Ok(Fired::Not);
     };
     let run_id = derived_id(&format!("schedule:{}", schedule.name), &tick.to_rfc3339());
     let mut tx = scheduler.pool.begin().await?;
@@ -211,7 +223,7 @@ async fn fire(scheduler: &Scheduler, schedule: &ScheduleConfig, tick: DateTime<U
             .await;
     match inserted {
         Ok(_) => {}
-        Err(error) if db::classify(&error) == Failure::Duplicate => return Ok(false),
+        Err(error) if db::classify(&error) == Failure::Duplicate => return Ok(Fired::Elsewhere),
         Err(error) => return Err(error),
     }
     let now = Utc::now();
@@ -241,7 +253,7 @@ async fn fire(scheduler: &Scheduler, schedule: &ScheduleConfig, tick: DateTime<U
     event_rows::insert_outbox(&mut tx, &outbox).await?;
     tx.commit().await?;
     let _ = scheduler.outbox.send(outbox).await;
-    Ok(true)
+    Ok(Fired::Here)
 }
 
 #[cfg(test)]
