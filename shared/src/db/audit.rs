@@ -304,7 +304,7 @@ impl Staged {
 
     /// Inserts the staged records with multi-row statements.
     pub async fn write(&self, conn: &mut MySqlConnection) -> sqlx::Result<()> {
-        for chunk in self.rows.chunks(500) {
+        for chunk in super::statement_chunks(&self.rows) {
             let mut insert = QueryBuilder::new(
                 "insert into audit_log (id, entity, entity_id, action, actor_id, actor_type, event_id, correlation_id, \
                  details, created_at, chain_id, chain_seq, prev_hash, hash) ",

@@ -79,7 +79,7 @@ pub async fn already_processed(
 /// Inserts inbox rows. A duplicate key means another worker took one of these events first:
 /// the caller rolls back and looks again.
 pub async fn insert_inbox(conn: &mut MySqlConnection, entries: &[InboxEntry]) -> sqlx::Result<()> {
-    for chunk in entries.chunks(500) {
+    for chunk in super::statement_chunks(entries) {
         let mut insert = QueryBuilder::new(
             "insert into inbox (event_id, type, source, actor_id, actor_type, correlation_id, causation_id, chain_depth, \
              outcome, reason_code, reason, entity, entity_id, rules, received_at, processed_at) ",
@@ -198,7 +198,7 @@ pub struct OutboxMessage {
 }
 
 pub async fn insert_outbox(conn: &mut MySqlConnection, messages: &[OutboxMessage]) -> sqlx::Result<()> {
-    for chunk in messages.chunks(500) {
+    for chunk in super::statement_chunks(messages) {
         let mut insert =
             QueryBuilder::new("insert into outbox (message_id, destination, routing_key, body, reply_to) ");
         insert.push_values(chunk, |mut row, m| {

@@ -23,6 +23,24 @@ use crate::config::DatabaseConfig;
 /// The one migrator: `automation-worker migrate`, `make run` and the tests all use it.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
+/// The rows of a multi-row insert in statements of a few sizes only: hundreds, then the
+/// remainder's powers of two. MySQL prepares each statement text once per connection, and the
+/// text of a multi-row insert is its row count; batches of many sizes (a partition lane's batch is
+/// whole packs) made every batch prepare its inserts again.
+pub fn statement_chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
+    const MOST: usize = 100;
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let take = if rest.len() >= MOST { MOST } else { 1 << rest.len().ilog2() };
+        let (chunk, after) = rest.split_at(take);
+        rest = after;
+        Some(chunk)
+    })
+}
+
 /// A pool that connects on first use, so a service starts (and reports itself not ready) while
 /// MySQL is still down, then recovers by itself when it comes back.
 pub fn lazy_pool(config: &DatabaseConfig) -> anyhow::Result<MySqlPool> {
@@ -211,4 +229,20 @@ pub(crate) fn push_where_ids<T>(
 /// Does the database answer?
 pub async fn ping(pool: &MySqlPool) -> Result<(), sqlx::Error> {
     sqlx::query("select 1").execute(pool).await.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_chunks_come_in_few_sizes_and_keep_every_row_in_order() {
+        for len in [0usize, 1, 2, 3, 73, 100, 134, 250, 1000] {
+            let rows: Vec<usize> = (0..len).collect();
+            let chunks: Vec<&[usize]> = statement_chunks(&rows).collect();
+            assert_eq!(chunks.concat(), rows, "{len} rows");
+            assert!(chunks.iter().all(|c| c.len() == 100 || c.len().is_power_of_two()), "{len}: {chunks:?}");
+        }
+        assert_eq!(statement_chunks(&[0; 134]).map(<[_]>::len).collect::<Vec<_>>(), vec![100, 32, 2]);
+    }
 }
