@@ -133,6 +133,15 @@ pub fn load_event(i: usize) -> (String, Vec<u8>) {
 /// Publishes `audit.recorded` events (id, body) on the publisher's one channel, in order, with
 /// confirms: whether the broker confirmed them all.
 pub async fn publish_audits(env: &TestEnv, exchange: &str, events: &[(String, Vec<u8>)]) -> bool {
+    publish_audits_with(&env.publisher, exchange, events).await
+}
+
+/// The same through `publisher`.
+pub async fn publish_audits_with(
+    publisher: &automation_shared::messaging::Publisher,
+    exchange: &str,
+    events: &[(String, Vec<u8>)],
+) -> bool {
     let messages = events
         .iter()
         .map(|(id, body)| Outgoing {
@@ -143,7 +152,7 @@ pub async fn publish_audits(env: &TestEnv, exchange: &str, events: &[(String, Ve
             mandatory: false,
         })
         .collect();
-    env.publisher.publish_all(messages).await.is_ok()
+    publisher.publish_all(messages).await.is_ok()
 }
 
 /// Publishes load events `range` with confirms; returns how many the broker confirmed.
