@@ -8,6 +8,9 @@ pub mod password;
 pub mod revocations;
 pub mod sessions;
 
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
@@ -39,6 +42,43 @@ impl AuthUser {
     pub fn actor_type(&self) -> &'static str {
         if self.role == Role::Service { "service" } else { "user" }
     }
+}
+
+/// Runs `refresh` every `every` for as long as `target` is in use (a weak reference: the task
+/// ends with the last `Arc`), saying once when reads start failing (and `meanwhile`, what that
+/// means for requests) and once when they work again. The users' snapshot and the revocations are
+/// kept fresh this way.
+pub(crate) fn keep_fresh<T, F, Fut>(
+    target: &Arc<T>,
+    every: Duration,
+    what: &'static str,
+    meanwhile: &'static str,
+    refresh: F,
+) where
+    T: Send + Sync + 'static,
+    F: Fn(Arc<T>) -> Fut + Send + 'static,
+    Fut: Future<Output = sqlx::Result<()>> + Send,
+{
+    let target: Weak<T> = Arc::downgrade(target);
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            let Some(current) = target.upgrade() else { return };
+            match refresh(current).await {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!(what, "read again");
+                }
+                Ok(()) => {}
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, what, meanwhile, "could not read");
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
 }
 
 impl FromRequestParts<AppState> for AuthUser {

@@ -10,7 +10,7 @@
 //! `STALE_AFTER` after the logout, whatever fails.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDateTime;
@@ -29,6 +29,9 @@ const OVERLAP_SECS: u32 = 30;
 const FULL_READ: Duration = Duration::from_secs(600);
 /// A revocation is kept this long past its token's expiry (the verifier's leeway is 5 s).
 const KEEP_PAST_EXPIRY_SECS: i64 = 60;
+/// What failing reads mean for requests, as the log says it.
+const MEANWHILE: &str =
+    "tokens known revoked stay refused; other tokens are answered 503 once the list is 5 s old (STALE_AFTER)";
 /// After a failed read, requests do not try again themselves before this.
 const RETRY_PAUSE: Duration = Duration::from_secs(1);
 
@@ -149,32 +152,13 @@ impl Revocations {
         Ok(())
     }
 
-    /// Refreshes every [`REFRESH`] for as long as the revocations are in use.
+    /// Refreshes every [`REFRESH`] for as long as the revocations are in use. While reads fail,
+    /// tokens known revoked stay refused and other tokens are answered 503 once the list is older
+    /// than [`STALE_AFTER`].
     pub fn keep_fresh(self: &Arc<Self>, pool: MySqlPool) {
-        let revocations: Weak<Revocations> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut failing = false;
-            loop {
-                let Some(current) = revocations.upgrade() else { return };
-                match current.refresh(&pool).await {
-                    Ok(()) if failing => {
-                        failing = false;
-                        tracing::info!("the revoked tokens are read again");
-                    }
-                    Ok(()) => {}
-                    Err(error) if !failing => {
-                        failing = true;
-                        tracing::warn!(
-                            %error,
-                            stale_after_secs = STALE_AFTER.as_secs(),
-                            "could not read the revoked tokens; tokens known revoked stay refused, and other tokens are answered 503 once the list is older than stale_after_secs"
-                        );
-                    }
-                    Err(_) => {}
-                }
-                drop(current);
-                tokio::time::sleep(REFRESH).await;
-            }
+        super::keep_fresh(self, REFRESH, "the revoked tokens", MEANWHILE, move |revocations| {
+            let pool = pool.clone();
+            async move { revocations.refresh(&pool).await }
         });
     }
 

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sqlx::MySqlPool;
@@ -73,26 +73,9 @@ impl Sessions {
 
     /// Refreshes every [`REFRESH`] for as long as the sessions are in use.
     pub fn keep_fresh(self: &Arc<Self>, pool: MySqlPool) {
-        let sessions: Weak<Sessions> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut failing = false;
-            loop {
-                let Some(current) = sessions.upgrade() else { return };
-                match current.refresh(&pool).await {
-                    Ok(()) if failing => {
-                        failing = false;
-                        tracing::info!("the users' state is read again");
-                    }
-                    Ok(()) => {}
-                    Err(error) if !failing => {
-                        failing = true;
-                        tracing::warn!(%error, "could not read the users' state; keeping the last one");
-                    }
-                    Err(_) => {}
-                }
-                drop(current);
-                tokio::time::sleep(REFRESH).await;
-            }
+        super::keep_fresh(self, REFRESH, "the users' state", "keeping the last one", move |sessions| {
+            let pool = pool.clone();
+            async move { sessions.refresh(&pool).await }
         });
     }
 }

@@ -310,24 +310,17 @@ pub fn spring_plain_properties() -> BasicProperties {
         .with_headers(headers)
 }
 
-/// Collects the notifications published under a prefix.
+/// Collects the notifications published under a prefix, or what arrives on one queue.
 pub struct NotificationTap {
+    queue: String,
     received: Arc<Mutex<Vec<Value>>>,
     arrived: Arc<Notify>,
 }
 
 impl NotificationTap {
     async fn start(connection: &Connection, names: &Names) -> NotificationTap {
-        let channel = connection.create_channel().await.expect("channel");
         let queue = format!("{}.tap.{}", names.prefix(), uuid::Uuid::new_v4().simple());
-        channel
-            .queue_declare(
-                queue.clone().into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
-                FieldTable::default(),
-            )
-            .await
-            .expect("tap queue");
+        let channel = Self::declare(connection, &queue).await;
         channel
             .queue_bind(
                 queue.clone().into(),
@@ -338,8 +331,37 @@ impl NotificationTap {
             )
             .await
             .expect("bind tap");
+        Self::consume(channel, queue).await
+    }
+
+    /// What arrives on an exclusive queue named `queue`, bound to nothing: as an API process's
+    /// reply queue, which only what is sent to it by name reaches.
+    pub async fn unbound(connection: &Connection, queue: String) -> NotificationTap {
+        let channel = Self::declare(connection, &queue).await;
+        Self::consume(channel, queue).await
+    }
+
+    /// The queue it reads.
+    pub fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    async fn declare(connection: &Connection, queue: &str) -> lapin::Channel {
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
+                FieldTable::default(),
+            )
+            .await
+            .expect("tap queue");
+        channel
+    }
+
+    async fn consume(channel: lapin::Channel, queue: String) -> NotificationTap {
         let mut consumer = channel
-            .basic_consume(queue.into(), "tap".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(queue.clone().into(), "tap".into(), BasicConsumeOptions::default(), FieldTable::default())
             .await
             .expect("consume");
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -355,7 +377,7 @@ impl NotificationTap {
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
             }
         });
-        NotificationTap { received, arrived }
+        NotificationTap { queue, received, arrived }
     }
 
     pub fn all(&self) -> Vec<Value> {

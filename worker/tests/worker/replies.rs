@@ -3,61 +3,15 @@
 //! default exchange. Only to an API reply queue of this prefix, only for the system's own
 //! events; the notifications exchange gets exactly what it got before.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use automation_shared::messaging::{self, SystemUsers};
-use automation_shared::testing::TestEnv;
-use futures_util::StreamExt;
+use automation_shared::testing::{NotificationTap, TestEnv};
 use lapin::BasicProperties;
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::support::{TestWorker, event};
-
-/// A queue the test declares and reads, as an API process does its reply queue.
-struct Inbox {
-    name: String,
-    received: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Inbox {
-    async fn declare(env: &TestEnv, name: String) -> Inbox {
-        let channel = env.connection.create_channel().await.expect("channel");
-        channel
-            .queue_declare(
-                name.clone().into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() },
-                FieldTable::default(),
-            )
-            .await
-            .expect("queue");
-        let mut consumer = channel
-            .basic_consume(
-                name.clone().into(),
-                "inbox".into(),
-                BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let sink = received.clone();
-        tokio::spawn(async move {
-            let _channel = channel;
-            while let Some(Ok(delivery)) = consumer.next().await {
-                sink.lock().expect("lock").push(serde_json::from_slice(&delivery.data).unwrap_or(Value::Null));
-            }
-        });
-        Inbox { name, received }
-    }
-
-    fn all(&self) -> Vec<Value> {
-        self.received.lock().expect("lock").clone()
-    }
-}
 
 fn structured() -> BasicProperties {
     BasicProperties::default()
@@ -90,10 +44,10 @@ async fn a_waiting_requests_event_is_announced_to_its_reply_queue_and_to_the_exc
     let _worker = TestWorker::start(&env.config).await;
     let tap = env.notifications().await;
     let names = env.names();
-    let waiting = Inbox::declare(&env, names.api_reply_queue()).await;
-    let idle = Inbox::declare(&env, names.api_reply_queue()).await;
+    let waiting = NotificationTap::unbound(&env.connection, names.api_reply_queue()).await;
+    let idle = NotificationTap::unbound(&env.connection, names.api_reply_queue()).await;
 
-    let waited = publish(&env, as_the_api(&env, Some(&waiting.name)), &workflow("waited for")).await;
+    let waited = publish(&env, as_the_api(&env, Some(waiting.queue())), &workflow("waited for")).await;
     let not_waited = publish(&env, as_the_api(&env, None), &workflow("not waited for")).await;
     let from_spring = publish(&env, structured(), &workflow("from a Spring service")).await;
     for id in [&waited, &not_waited, &from_spring] {
@@ -127,18 +81,19 @@ async fn no_publisher_can_have_the_worker_send_copies_anywhere_but_an_api_reply_
     let tap = env.notifications().await;
     let names = env.names();
     let prefix = names.prefix().to_string();
-    let plain_queue = Inbox::declare(&env, format!("{prefix}.victim")).await;
-    let other_prefix = Inbox::declare(&env, format!("other{prefix}.api.{}", Uuid::new_v4().simple())).await;
-    let reply_queue = Inbox::declare(&env, names.api_reply_queue()).await;
+    let plain_queue = NotificationTap::unbound(&env.connection, format!("{prefix}.victim")).await;
+    let other_prefix =
+        NotificationTap::unbound(&env.connection, format!("other{prefix}.api.{}", Uuid::new_v4().simple())).await;
+    let reply_queue = NotificationTap::unbound(&env.connection, names.api_reply_queue()).await;
 
     let commands = names.work_queue(automation_shared::events::WorkQueue::Commands);
     let mut sent = Vec::new();
     // The system's own events, naming queues that are not API reply queues of this prefix.
-    for target in [commands.as_str(), plain_queue.name.as_str(), other_prefix.name.as_str()] {
+    for target in [commands.as_str(), plain_queue.queue(), other_prefix.queue()] {
         sent.push(publish(&env, as_the_api(&env, Some(target)), &workflow(&format!("reply to {target}"))).await);
     }
     // An outside publisher (no user_id the broker vouches for as ours) naming a real one.
-    sent.push(publish(&env, structured().with_reply_to(reply_queue.name.clone().into()), &workflow("outsider")).await);
+    sent.push(publish(&env, structured().with_reply_to(reply_queue.queue().into()), &workflow("outsider")).await);
     for id in &sent {
         assert_eq!(env.wait_processed(id).await, "applied");
         tap.wait_caused_by(id).await;
@@ -146,7 +101,7 @@ async fn no_publisher_can_have_the_worker_send_copies_anywhere_but_an_api_reply_
     tap.settle().await;
 
     for queue in [&plain_queue, &other_prefix, &reply_queue] {
-        assert!(queue.all().is_empty(), "{} got {:?}", queue.name, queue.all());
+        assert!(queue.all().is_empty(), "{} got {:?}", queue.queue(), queue.all());
     }
     // A copy in the commands queue would have been taken as a new workflow.created.
     let workflows: i64 =
