@@ -28,7 +28,7 @@ run: deps build ## run the API and the worker on the local services (migrations 
 	@scripts/run-local.sh
 
 test: deps ## run every test against the real RabbitMQ and MariaDB (the fault suite is make chaos)
-	cargo nextest run --workspace $(TEST_FEATURES) --profile ci -E 'not binary(chaos)'
+	cargo nextest run --workspace $(TEST_FEATURES) --profile ci -E 'not binary(chaos) and not binary(/^drill_/)'
 
 chaos: deps ## the fault suite: kills, crashes and outages under load, with tallies
 	@mkdir -p .local
