@@ -11,7 +11,7 @@ use std::time::Duration;
 use automation_shared::config::Config;
 use automation_shared::events::Notification;
 use automation_shared::messaging::topology::{self, TopologySettings};
-use automation_shared::messaging::{self, Names, Publisher};
+use automation_shared::messaging::{self, Addresses, Names, Publisher};
 use automation_shared::traces::{self, TraceHeaders};
 use futures_util::StreamExt;
 use lapin::Connection;
@@ -33,6 +33,8 @@ pub struct Broker {
     link: RwLock<Option<Link>>,
     config: Arc<Config>,
     names: Names,
+    /// The nodes of `AMQP_URL`; a link that lapin gave up on is made again through them.
+    addresses: Result<Addresses, String>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -44,7 +46,8 @@ impl std::fmt::Debug for Broker {
 impl Broker {
     pub fn new(config: Arc<Config>) -> Broker {
         let names = Names::new(config.amqp.prefix.clone());
-        Broker { link: RwLock::new(None), config, names }
+        let addresses = config.amqp.addresses().map_err(|error| error.to_string());
+        Broker { link: RwLock::new(None), config, names, addresses }
     }
 
     pub fn names(&self) -> &Names {
@@ -101,7 +104,7 @@ impl Broker {
                     }
                     Err(error) => {
                         tracing::warn!(
-                            broker = %messaging::address(&self.config.amqp.url),
+                            broker = %self.addresses.as_ref().map_or_else(|_| "AMQP_URL".to_string(), Addresses::describe),
                             error = format!("{error:#}"),
                             retry.in_ms = delay.as_millis() as u64,
                             "RabbitMQ is not reachable; writes answer 503 meanwhile"
@@ -118,11 +121,11 @@ impl Broker {
     }
 
     async fn connect(&self, waiters: &Arc<Waiters>) -> anyhow::Result<Link> {
-        let connection = Arc::new(messaging::connect(&self.config.amqp.url, "automation-api").await?);
-        let channel = connection.create_channel().await?;
-        let settings = TopologySettings::of(&self.config.worker);
-        topology::declare(&channel, &self.names, &settings).await?;
-        let _ = channel.close(200, "topology declared".into()).await;
+        // Config::load checked AMQP_URL; a configuration built otherwise says what is wrong here.
+        let addresses = self.addresses.as_ref().map_err(|error| anyhow::anyhow!("{error}"))?;
+        let connection = Arc::new(messaging::connect(addresses, "automation-api").await?);
+        let settings = TopologySettings::of_config(&self.config);
+        topology::declare(&connection, &self.names, &settings).await?;
         let publisher =
             Publisher::new(connection.clone(), Duration::from_millis(self.config.amqp.publish_timeout_ms)).await?;
         let reply_queue = self.listen(&connection, waiters.clone()).await?;

@@ -10,7 +10,7 @@ use automation_shared::config::Config;
 use automation_shared::events::WorkQueue;
 use automation_shared::events::envelope::Limits;
 use automation_shared::messaging::topology::{self, TopologySettings};
-use automation_shared::messaging::{self, Names, Publisher, SystemUsers};
+use automation_shared::messaging::{self, Addresses, Names, Publisher, SystemUsers};
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 
@@ -29,8 +29,8 @@ pub struct Broker {
     pub system_users: SystemUsers,
     max_message_bytes: usize,
     publishers: Arc<BTreeMap<String, Vec<String>>>,
-    /// For a connection of its own (the sequencer's); holds a password, so never logged.
-    url: Arc<str>,
+    /// For a connection of its own (the sequencer's), to the node the others found up.
+    addresses: Addresses,
     publish_timeout: Duration,
 }
 
@@ -50,8 +50,9 @@ impl Broker {
         stop: &CancellationToken,
         starting: &Starting,
     ) -> anyhow::Result<Option<Broker>> {
-        let Some(connection) = messaging::connect_until(&config.amqp.url, "automation-worker", stop, |error| {
-            starting.broker_failed(format!("{} is not reachable: {error}", messaging::address(&config.amqp.url)))
+        let addresses = config.amqp.addresses()?;
+        let Some(connection) = messaging::connect_until(&addresses, "automation-worker", stop, |error| {
+            starting.broker_failed(format!("{} is not reachable: {error}", addresses.describe()))
         })
         .await
         else {
@@ -75,7 +76,7 @@ impl Broker {
             system_users: SystemUsers::of(&config.amqp),
             max_message_bytes: config.worker.max_message_bytes,
             publishers: Arc::new(config.worker.publishers.clone()),
-            url: config.amqp.url.as_str().into(),
+            addresses,
             publish_timeout,
         }))
     }
@@ -87,7 +88,7 @@ impl Broker {
 
     /// A connection of its own to the same broker, which does not recover by itself.
     pub async fn connect_once(&self, name: &str) -> lapin::Result<Connection> {
-        messaging::connect_once(&self.url, name).await
+        messaging::connect_once(&self.addresses, name).await
     }
 
     /// A publisher with confirms on `connection`, with the worker's publish timeout.
@@ -97,11 +98,9 @@ impl Broker {
 }
 
 pub async fn declare_topology(connection: &Connection, names: &Names, config: &Config) -> anyhow::Result<()> {
-    let channel = connection.create_channel().await?;
-    let settings = TopologySettings::of(&config.worker);
-    topology::declare(&channel, names, &settings).await.context(
+    let settings = TopologySettings::of_config(config);
+    topology::declare(connection, names, &settings).await.context(
         "could not declare the RabbitMQ topology; if a queue exists with other arguments, see docs/operations.md",
     )?;
-    let _ = channel.close(200, "topology declared".into()).await;
     Ok(())
 }

@@ -121,6 +121,9 @@ pub struct TopologySettings<'a> {
     pub delivery_limit: u32,
     /// Partition queues behind `commands` (see [`Names::partition`]).
     pub partitions: u16,
+    /// `x-quorum-initial-group-size` for the quorum queues this creates; `None`: the broker's
+    /// default (3 in RabbitMQ 3.10), capped by the cluster's nodes.
+    pub quorum_initial_group_size: Option<u16>,
 }
 
 impl<'a> TopologySettings<'a> {
@@ -130,13 +133,88 @@ impl<'a> TopologySettings<'a> {
             retry_delays_ms: &worker.retry_delays_ms,
             delivery_limit: worker.delivery_limit,
             partitions: worker.partitions,
+            quorum_initial_group_size: None,
+        }
+    }
+
+    /// The settings of a whole configuration: the worker's, and the quorum queues' group size.
+    pub fn of_config(config: &'a crate::config::Config) -> TopologySettings<'a> {
+        TopologySettings {
+            quorum_initial_group_size: config.amqp.quorum_initial_group_size,
+            ..Self::of(&config.worker)
         }
     }
 }
 
-/// Declares every exchange, queue and binding. Safe to run any number of times, from any
-/// number of processes at once.
-pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettings<'_>) -> lapin::Result<()> {
+/// The argument that sets how many nodes a new quorum queue gets.
+const GROUP_SIZE: &str = "x-quorum-initial-group-size";
+
+/// Declares a quorum queue, with `x-quorum-initial-group-size` when one is configured. RabbitMQ
+/// reads that argument only when it creates the queue, yet refuses a redeclaration whose value
+/// differs from the one the queue was created with (PRECONDITION_FAILED, which closes the
+/// channel), so an upgrade that sets it must not break on the queues that exist: a queue from
+/// before (created without it) is declared again without it; one created with another size is
+/// left as it is, with a warning. Every other argument is still compared by the broker.
+async fn declare_quorum_queue(
+    connection: &lapin::Connection,
+    channel: &mut Channel,
+    name: &str,
+    options: QueueDeclareOptions,
+    arguments: FieldTable,
+    group_size: Option<u16>,
+) -> lapin::Result<()> {
+    let Some(size) = group_size else {
+        return channel.queue_declare(name.into(), options, arguments).await.map(drop);
+    };
+    let mut sized = arguments.clone();
+    sized.insert(ShortString::from(GROUP_SIZE), AMQPValue::LongInt(i32::from(size)));
+    let error = match channel.queue_declare(name.into(), options, sized).await {
+        Ok(_) => return Ok(()),
+        Err(error) if names_group_size(&error) => error,
+        Err(error) => return Err(error),
+    };
+    tracing::debug!(queue = name, %error, "the queue exists with another initial group size");
+    *channel = connection.create_channel().await?;
+    let error = match channel.queue_declare(name.into(), options, arguments).await {
+        Ok(_) => return Ok(()),
+        Err(error) if names_group_size(&error) => error,
+        Err(error) => return Err(error),
+    };
+    *channel = connection.create_channel().await?;
+    channel.queue_declare(name.into(), QueueDeclareOptions { passive: true, ..options }, FieldTable::default()).await?;
+    tracing::warn!(
+        queue = name,
+        configured = size,
+        %error,
+        "the queue was created with another x-quorum-initial-group-size, which applies only at creation: left as it is (rabbitmq-queues grow/shrink change its members)"
+    );
+    Ok(())
+}
+
+fn names_group_size(error: &lapin::Error) -> bool {
+    error.to_string().contains(GROUP_SIZE)
+}
+
+/// Declares every exchange, queue and binding, on channels of its own on `connection`. Safe to
+/// run any number of times, from any number of processes at once.
+pub async fn declare(
+    connection: &lapin::Connection,
+    names: &Names,
+    settings: &TopologySettings<'_>,
+) -> lapin::Result<()> {
+    let mut channel = connection.create_channel().await?;
+    let result = declare_on(connection, &mut channel, names, settings).await;
+    let _ = channel.close(200, "topology declared".into()).await;
+    result
+}
+
+async fn declare_on(
+    connection: &lapin::Connection,
+    channel: &mut Channel,
+    names: &Names,
+    settings: &TopologySettings<'_>,
+) -> lapin::Result<()> {
+    let group_size = settings.quorum_initial_group_size;
     let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     channel.exchange_declare(names.unrouted().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
     channel
@@ -153,19 +231,21 @@ pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettin
     let queue_options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     for queue in WorkQueue::ALL {
         let name = names.work_queue(queue);
-        channel
-            .queue_declare(
-                name.clone().into(),
-                queue_options,
-                quorum(&[
-                    // What the worker cannot dead-letter itself (a message that kills it every
-                    // time) still ends in the store.
-                    ("x-dead-letter-exchange", string(&names.dead())),
-                    // Our own attempt counter decides retries; this only stops crash loops.
-                    ("x-delivery-limit", AMQPValue::LongInt(settings.delivery_limit as i32)),
-                ]),
-            )
-            .await?;
+        declare_quorum_queue(
+            connection,
+            channel,
+            &name,
+            queue_options,
+            quorum(&[
+                // What the worker cannot dead-letter itself (a message that kills it every
+                // time) still ends in the store.
+                ("x-dead-letter-exchange", string(&names.dead())),
+                // Our own attempt counter decides retries; this only stops crash loops.
+                ("x-delivery-limit", AMQPValue::LongInt(settings.delivery_limit as i32)),
+            ]),
+            group_size,
+        )
+        .await?;
         for event_type in EventType::ALL.iter().filter(|t| t.queue() == queue) {
             channel
                 .queue_bind(
@@ -178,18 +258,20 @@ pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettin
                 .await?;
         }
         for delay in settings.retry_delays_ms {
-            channel
-                .queue_declare(
-                    names.retry_queue(queue, *delay).into(),
-                    queue_options,
-                    quorum(&[
-                        // Expired messages go back to the work queue through the default exchange.
-                        ("x-message-ttl", AMQPValue::LongLongInt(*delay as i64)),
-                        ("x-dead-letter-exchange", string("")),
-                        ("x-dead-letter-routing-key", string(&name)),
-                    ]),
-                )
-                .await?;
+            declare_quorum_queue(
+                connection,
+                channel,
+                &names.retry_queue(queue, *delay),
+                queue_options,
+                quorum(&[
+                    // Expired messages go back to the work queue through the default exchange.
+                    ("x-message-ttl", AMQPValue::LongLongInt(*delay as i64)),
+                    ("x-dead-letter-exchange", string("")),
+                    ("x-dead-letter-routing-key", string(&name)),
+                ]),
+                group_size,
+            )
+            .await?;
         }
     }
     // Automation events moved from `tasks` to `commands` (they are short transactions, and
@@ -205,18 +287,20 @@ pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettin
             .await?;
     }
     for index in 0..settings.partitions {
-        channel
-            .queue_declare(
-                names.partition(index).into(),
-                queue_options,
-                quorum(&[
-                    // One consumer at a time, the others wait: per-entity order by construction.
-                    ("x-single-active-consumer", AMQPValue::Boolean(true)),
-                    ("x-dead-letter-exchange", string(&names.dead())),
-                    ("x-delivery-limit", AMQPValue::LongInt(settings.delivery_limit as i32)),
-                ]),
-            )
-            .await?;
+        declare_quorum_queue(
+            connection,
+            channel,
+            &names.partition(index),
+            queue_options,
+            quorum(&[
+                // One consumer at a time, the others wait: per-entity order by construction.
+                ("x-single-active-consumer", AMQPValue::Boolean(true)),
+                ("x-dead-letter-exchange", string(&names.dead())),
+                ("x-delivery-limit", AMQPValue::LongInt(settings.delivery_limit as i32)),
+            ]),
+            group_size,
+        )
+        .await?;
     }
     channel
         .queue_bind(
@@ -228,7 +312,8 @@ pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettin
         )
         .await?;
 
-    channel.queue_declare(names.dead_letter_queue().into(), queue_options, quorum(&[])).await?;
+    declare_quorum_queue(connection, channel, &names.dead_letter_queue(), queue_options, quorum(&[]), group_size)
+        .await?;
     channel
         .queue_bind(
             names.dead_letter_queue().into(),
