@@ -152,9 +152,9 @@ const GROUP_SIZE: &str = "x-quorum-initial-group-size";
 /// Declares a quorum queue, with `x-quorum-initial-group-size` when one is configured. RabbitMQ
 /// reads that argument only when it creates the queue, yet refuses a redeclaration whose value
 /// differs from the one the queue was created with (PRECONDITION_FAILED, which closes the
-/// channel), so an upgrade that sets it must not break on the queues that exist: a queue from
-/// before (created without it) is declared again without it; one created with another size is
-/// left as it is, with a warning. Every other argument is still compared by the broker.
+/// channel, and names the value the queue has). So that setting, changing or unsetting it does
+/// not break on the queues that exist, a queue that refuses the configured value is declared
+/// again with the value it has: every other argument is still compared by the broker.
 async fn declare_quorum_queue(
     connection: &lapin::Connection,
     channel: &mut Channel,
@@ -163,36 +163,43 @@ async fn declare_quorum_queue(
     arguments: FieldTable,
     group_size: Option<u16>,
 ) -> lapin::Result<()> {
-    let Some(size) = group_size else {
-        return channel.queue_declare(name.into(), options, arguments).await.map(drop);
-    };
-    let mut sized = arguments.clone();
-    sized.insert(ShortString::from(GROUP_SIZE), AMQPValue::LongInt(i32::from(size)));
-    let error = match channel.queue_declare(name.into(), options, sized).await {
+    let error = match channel.queue_declare(name.into(), options, with_group_size(&arguments, group_size)).await {
         Ok(_) => return Ok(()),
-        Err(error) if names_group_size(&error) => error,
+        Err(error) if error.to_string().contains(GROUP_SIZE) => error,
         Err(error) => return Err(error),
     };
-    tracing::debug!(queue = name, %error, "the queue exists with another initial group size");
-    *channel = connection.create_channel().await?;
-    let error = match channel.queue_declare(name.into(), options, arguments).await {
-        Ok(_) => return Ok(()),
-        Err(error) if names_group_size(&error) => error,
-        Err(error) => return Err(error),
+    let Some(current) = current_group_size(&error.to_string()) else {
+        return Err(error);
     };
-    *channel = connection.create_channel().await?;
-    channel.queue_declare(name.into(), QueueDeclareOptions { passive: true, ..options }, FieldTable::default()).await?;
-    tracing::warn!(
+    tracing::info!(
         queue = name,
-        configured = size,
-        %error,
-        "the queue was created with another x-quorum-initial-group-size, which applies only at creation: left as it is (rabbitmq-queues grow/shrink change its members)"
+        configured = group_size,
+        current,
+        "the queue keeps the x-quorum-initial-group-size it was created with (only creation reads it; rabbitmq-queues grow/shrink change its members)"
     );
-    Ok(())
+    *channel = connection.create_channel().await?;
+    channel.queue_declare(name.into(), options, with_group_size(&arguments, current)).await.map(drop)
 }
 
-fn names_group_size(error: &lapin::Error) -> bool {
-    error.to_string().contains(GROUP_SIZE)
+fn with_group_size(arguments: &FieldTable, size: Option<u16>) -> FieldTable {
+    let mut arguments = arguments.clone();
+    if let Some(size) = size {
+        arguments.insert(ShortString::from(GROUP_SIZE), AMQPValue::LongInt(i32::from(size)));
+    }
+    arguments
+}
+
+/// The group size a queue has, from RabbitMQ's refusal: `... but current is none`, `... but
+/// current is '3'` or `... but current is the value '3' of type 'signedint'`. `None` when the
+/// text says none of these.
+fn current_group_size(refusal: &str) -> Option<Option<u16>> {
+    let current = refusal.rsplit_once("but current is ")?.1;
+    if current.starts_with("none") {
+        return Some(None);
+    }
+    let quoted = current.strip_prefix("the value ").unwrap_or(current);
+    let value = quoted.strip_prefix('\'')?.split('\'').next()?;
+    value.parse().ok().map(Some)
 }
 
 /// Declares every exchange, queue and binding, on channels of its own on `connection`. Safe to
@@ -361,6 +368,20 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_group_size_a_queue_has_is_read_from_the_brokers_refusal() {
+        let refusal = |current: &str| {
+            format!(
+                "PRECONDITION_FAILED - inequivalent arg 'x-quorum-initial-group-size' for queue 'q' in vhost '/': received the value '3' of type 'signedint' but current is {current}"
+            )
+        };
+        assert_eq!(current_group_size(&refusal("none")), Some(None));
+        assert_eq!(current_group_size(&refusal("the value '5' of type 'signedint'")), Some(Some(5)));
+        assert_eq!(current_group_size(&refusal("'3'")), Some(Some(3)));
+        assert_eq!(current_group_size(&refusal("something else")), None);
+        assert_eq!(current_group_size("connection reset"), None);
+    }
 
     #[test]
     fn every_name_takes_the_prefix() {

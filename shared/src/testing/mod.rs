@@ -36,6 +36,16 @@ pub fn addresses(url: &str) -> messaging::Addresses {
     messaging::Addresses::parse(url).expect("a valid AMQP_URL")
 }
 
+/// `url` with a node where nothing listens put first: `(the list, the dead node's port)`. With
+/// `shorthand` the live node follows as `host:port`, else as a full URL.
+pub fn dead_node_first(url: &str, shorthand: bool) -> (String, u16) {
+    let live: lapin::uri::AMQPUri = url.parse().expect("a single AMQP URL");
+    let mut dead = live.clone();
+    dead.authority.port = private_rabbitmq::free_port();
+    let second = if shorthand { format!("{}:{}", live.authority.host, live.authority.port) } else { url.to_string() };
+    (format!("{dead},{second}"), dead.authority.port)
+}
+
 /// Short retry delays, so retry paths run in seconds.
 pub const TEST_RETRY_DELAYS_MS: [u64; 3] = [200, 400, 800];
 

@@ -4,6 +4,7 @@
 
 mod audit;
 mod automations;
+mod cluster_addresses;
 mod concurrency;
 mod dlq;
 mod generated_classes;
@@ -12,6 +13,7 @@ mod insights;
 mod ordering;
 mod pipeline;
 mod poison;
+mod quorum_group_size;
 mod rejections;
 mod replies;
 mod retries;
