@@ -8,7 +8,7 @@ TEST_FEATURES := --features automation-worker/fault-injection
 # The advisory checker, installed into the cargo bin directory on first use.
 CARGO_DENY_VERSION := 0.20.2
 
-.PHONY: help deps build run test chaos fuzz-api check check-advisories check-deploy check-interfaces bench bench-compare schemas
+.PHONY: help deps build run test chaos drill-rabbitmq-cluster fuzz-api check check-advisories check-deploy check-interfaces bench bench-compare schemas
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test: deps ## run every test against the real RabbitMQ and MariaDB (the fault su
 chaos: deps ## the fault suite: kills, crashes and outages under load, with tallies
 	@mkdir -p .local
 	@scripts/chaos.sh
+
+drill-rabbitmq-cluster: deps ## a 3-node RabbitMQ cluster of its own: the commands leader SIGKILLed, then a rolling restart, under API and Spring-style load (~2 min)
+	cargo nextest run --workspace $(TEST_FEATURES) --profile drill -E 'binary(drill_rabbitmq_cluster)'
 
 fuzz-api: deps ## schemathesis against the API's OpenAPI document
 	@scripts/fuzz-api.sh

@@ -21,6 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::waiters::Waiters;
 
+/// How long a link may be recovering before a new one is made beside it: longer than lapin's
+/// longest pause between attempts (5 s), so a recovery under way is not cut short.
+const RECOVERY_PATIENCE: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 struct Link {
     connection: Arc<Connection>,
@@ -74,14 +78,24 @@ impl Broker {
         self.current().is_some_and(|l| l.publisher.is_ready())
     }
 
-    /// Keeps the link up until `stop`: connects (and reconnects if recovery ever gives up).
+    /// Keeps the link up until `stop`: connects, and connects again if recovery ever gives up or
+    /// has not brought the link back within [`RECOVERY_PATIENCE`] (the cluster drill saw lapin's
+    /// recovery of a connection stall while the other nodes took connections: writes answered
+    /// 503 for good). A new link goes through the same node list; while no node answers, the old
+    /// one is kept and the attempts go on.
     pub async fn maintain(self: Arc<Self>, waiters: Arc<Waiters>, stop: CancellationToken) {
         let mut delay = Duration::from_millis(250);
+        let mut down_since: Option<tokio::time::Instant> = None;
         loop {
-            let healthy = self.current().is_some_and(|l| {
+            let (connected, recovering) = self.current().map_or((false, false), |l| {
                 let status = l.connection.status();
-                status.connected() || status.reconnecting() || status.connecting()
+                (status.connected(), status.reconnecting() || status.connecting())
             });
+            if connected {
+                down_since = None;
+            }
+            let waited = down_since.get_or_insert_with(tokio::time::Instant::now).elapsed();
+            let healthy = connected || (recovering && waited < RECOVERY_PATIENCE);
             if !healthy {
                 // Each attempt is bounded (messaging::CONNECT_TIMEOUT), and SIGTERM ends it.
                 let attempt = tokio::select! {
@@ -90,6 +104,12 @@ impl Broker {
                 };
                 match attempt {
                     Ok(link) => {
+                        if recovering {
+                            tracing::warn!(
+                                down_ms = waited.as_millis() as u64,
+                                "the RabbitMQ connection had not recovered; replaced it with a new one"
+                            );
+                        }
                         tracing::info!("connected to RabbitMQ");
                         let old = self.link.write().unwrap_or_else(std::sync::PoisonError::into_inner).replace(link);
                         // A link given up on is closed, or lapin would keep reconnecting it.
@@ -101,6 +121,7 @@ impl Broker {
                             .await;
                         }
                         delay = Duration::from_millis(250);
+                        down_since = None;
                     }
                     Err(error) => {
                         tracing::warn!(

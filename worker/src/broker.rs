@@ -97,6 +97,56 @@ impl Broker {
     }
 }
 
+/// How long the worker's connection may stay down before it asks whether the broker is away or
+/// only its connection is stuck.
+const RECOVERY_PATIENCE: Duration = Duration::from_secs(30);
+/// How long a node must have taken fresh connections, with ours still down, before the worker
+/// gives up on lapin's recovery: longer than lapin's longest pause between attempts (5 s).
+const STUCK_AFTER: Duration = Duration::from_secs(10);
+
+/// Watches lapin's recovery of the worker's connection until `stop`. lapin recovers by itself
+/// after a node is lost (to the next node of `AMQP_URL`), but the cluster drill saw a
+/// connection that never came back while the other nodes took connections: the worker then
+/// consumed nothing and kept its partitions. When the connection has been down for
+/// [`RECOVERY_PATIENCE`] while a fresh connection has worked for [`STUCK_AFTER`], this returns
+/// an error: the worker stops (exit code 1) and its orchestrator starts a fresh process, while
+/// the others take its partitions over. With the broker away (no fresh connection either) it
+/// waits without end, as before.
+pub async fn watch_recovery(broker: Broker, stop: CancellationToken) -> anyhow::Result<()> {
+    let mut down_since: Option<tokio::time::Instant> = None;
+    let mut reachable_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if broker.connection.status().connected() {
+            (down_since, reachable_since) = (None, None);
+            continue;
+        }
+        if down_since.get_or_insert_with(tokio::time::Instant::now).elapsed() < RECOVERY_PATIENCE {
+            continue;
+        }
+        let probe = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            probe = broker.connect_once("automation-worker recovery probe") => probe,
+        };
+        match probe {
+            Ok(connection) => {
+                let _ = connection.close(200, "probe".into()).await;
+                if reachable_since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= STUCK_AFTER {
+                    anyhow::bail!(
+                        "the RabbitMQ connection has been down for {} s while {} takes new connections: lapin's recovery is stuck; exiting so that a fresh process starts",
+                        down_since.map_or(0, |d| d.elapsed().as_secs()),
+                        broker.addresses.describe()
+                    );
+                }
+            }
+            Err(_) => reachable_since = None,
+        }
+    }
+}
+
 pub async fn declare_topology(connection: &Connection, names: &Names, config: &Config) -> anyhow::Result<()> {
     let settings = TopologySettings::of_config(config);
     topology::declare(connection, names, &settings).await.context(

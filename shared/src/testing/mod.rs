@@ -426,6 +426,7 @@ impl NotificationTap {
 pub mod private_mariadb;
 pub mod private_rabbitmq;
 pub mod publisher_user;
+pub mod rabbitmq_cluster;
 
 /// What `promtool check metrics` says about a scrape: nothing, if it is clean.
 pub fn promtool_check(scrape: &str) -> String {
