@@ -99,7 +99,7 @@ impl Broker {
 
 /// How long the worker's connection may stay down before it asks whether the broker is away or
 /// only its connection is stuck.
-const RECOVERY_PATIENCE: Duration = Duration::from_secs(30);
+const RECOVERY_PATIENCE: Duration = Duration::from_secs(15);
 /// How long a node must have taken fresh connections, with ours still down, before the worker
 /// gives up on lapin's recovery: longer than lapin's longest pause between attempts (5 s).
 const STUCK_AFTER: Duration = Duration::from_secs(10);

@@ -63,12 +63,12 @@ async fn spring_publisher(env: &TestEnv, stop: &tokio_util::sync::CancellationTo
             json!({"entity": "ordered", "entityId": format!("o-{entity}"), "action": "step", "details": {"seq": seq}})
                 .to_string();
         loop {
-            if publisher.is_none() {
-                if let Ok(connection) = messaging::connect(&nodes, "spring-style publisher").await {
-                    let connection = Arc::new(connection);
-                    if let Ok(p) = Publisher::new(connection.clone(), Duration::from_secs(5)).await {
-                        publisher = Some((connection, p));
-                    }
+            if publisher.is_none()
+                && let Ok(connection) = messaging::connect(&nodes, "spring-style publisher").await
+            {
+                let connection = Arc::new(connection);
+                if let Ok(p) = Publisher::new(connection.clone(), Duration::from_secs(5)).await {
+                    publisher = Some((connection, p));
                 }
             }
             let through = match &publisher {
@@ -173,10 +173,16 @@ async fn the_commands_leader_killed_then_a_rolling_restart_lose_nothing_and_appl
     let replicas = cluster.members_of(&commands).await;
     assert_eq!(replicas, 3, "a quorum queue gets a member on each of 3 nodes by default");
 
-    let first = WorkerProcess::start(&env.config, &LAYOUT);
-    let second = WorkerProcess::start(&env.config, &LAYOUT);
-    first.wait_ready().await;
-    second.wait_ready().await;
+    let workers = tokio::sync::Mutex::new(vec![
+        WorkerProcess::start(&env.config, &LAYOUT),
+        WorkerProcess::start(&env.config, &LAYOUT),
+    ]);
+    for worker in workers.lock().await.iter() {
+        worker.wait_ready().await;
+    }
+    // What Kubernetes does: a worker that exits is started again (its exit and the log lines
+    // before it are kept).
+    let mut exits: Vec<String> = Vec::new();
     let api = TestApi::start(&env.config).await;
     let service = api.user(Role::Service).await;
 
@@ -222,26 +228,51 @@ async fn the_commands_leader_killed_then_a_rolling_restart_lose_nothing_and_appl
         tokio::time::sleep(Duration::from_secs(5)).await;
         stop.cancel();
     };
-    let (outcomes, (spring_sent, spring_confirms), ()) = tokio::join!(clients, spring, faults);
-    let ended = Instant::now();
-    let outcomes: Vec<(String, u16, Instant)> = outcomes.into_iter().flatten().collect();
+    let drained = tokio_util::sync::CancellationToken::new();
+    let supervise = async {
+        while !drained.is_cancelled() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let mut workers = workers.lock().await;
+            for worker in workers.iter_mut() {
+                if let Some(status) = worker.wait_exit(Duration::ZERO).await {
+                    let said = worker.log();
+                    let reason = said.lines().rev().find(|l| l.contains("ERROR")).unwrap_or("").to_string();
+                    exits.push(format!(
+                        "{:.1}s {status}: {}",
+                        since(Instant::now()),
+                        reason.chars().take(400).collect::<String>()
+                    ));
+                    let _ = std::fs::write(kept.join(format!("worker-exited-{}.log", exits.len())), said);
+                    *worker = WorkerProcess::start(&env.config, &LAYOUT);
+                }
+            }
+        }
+    };
+    let load_and_drain = async {
+        let (outcomes, (spring_sent, spring_confirms), ()) = tokio::join!(clients, spring, faults);
+        let ended = Instant::now();
+        let outcomes: Vec<(String, u16, Instant)> = outcomes.into_iter().flatten().collect();
+        // Drain: every 202 and every confirmed Spring message applied.
+        let accepted = outcomes.iter().filter(|(_, s, _)| *s == 202).count();
+        env.wait_count(
+            "select count(distinct entity_id) from audit_log where entity = 'chaos'",
+            accepted as i64,
+            Duration::from_secs(120),
+        )
+        .await;
+        env.wait_count(
+            "select count(distinct concat(entity_id, '/', json_value(details, '$.seq'))) from audit_log where entity = 'ordered'",
+            spring_confirms.len() as i64,
+            Duration::from_secs(120),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        drained.cancel();
+        (outcomes, spring_sent, spring_confirms, ended)
+    };
+    let ((outcomes, spring_sent, spring_confirms, ended), ()) = tokio::join!(load_and_drain, supervise);
     let accepted: Vec<&String> = outcomes.iter().filter(|(_, s, _)| *s == 202).map(|(e, _, _)| e).collect();
-
-    // Drain: every 202 and every confirmed Spring message applied.
-    env.wait_count(
-        "select count(distinct entity_id) from audit_log where entity = 'chaos'",
-        accepted.len() as i64,
-        Duration::from_secs(120),
-    )
-    .await;
     let spring_confirmed = spring_confirms.len();
-    env.wait_count(
-        "select count(distinct concat(entity_id, '/', json_value(details, '$.seq'))) from audit_log where entity = 'ordered'",
-        spring_confirmed as i64,
-        Duration::from_secs(120),
-    )
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The API's commands.
     let rows: Vec<(String, i64)> =
@@ -313,14 +344,18 @@ async fn the_commands_leader_killed_then_a_rolling_restart_lose_nothing_and_appl
         out_of_order: Some(out_of_order),
         notes: Vec::new(),
     }
-    .note(format!("entities={}", per_entity.len()));
+    .note(format!("entities={} worker-restarts={}", per_entity.len(), exits.len()));
     println!("RECOVERY {} total={:.1}s", recovery.join(" "), since(ended));
     // The workers' logs stay too (the processes' own are removed on drop).
-    for (n, worker) in [&first, &second].into_iter().enumerate() {
+    let workers = workers.into_inner();
+    for exit in &exits {
+        println!("worker exited and was started again: {exit}");
+    }
+    for (n, worker) in workers.iter().enumerate() {
         println!("worker {n}: readiness {}", worker.readiness().await);
         let _ = std::fs::write(kept.join(format!("worker-{n}.log")), worker.log());
     }
-    let logs = format!("{}\n{}", first.log_tail(), second.log_tail());
+    let logs = workers.iter().map(WorkerProcess::log_tail).collect::<Vec<_>>().join("\n");
     api_tally.check();
     spring_tally.check();
     assert_eq!(api_tally.dead_lettered, 0, "a node loss costs no message its life: {api_tally}\n{logs}");
