@@ -37,6 +37,10 @@ const ENTITIES: usize = 20;
 const LAYOUT: [(&str, &str); 2] =
     [("AUTOMATION_WORKER__ORDERING", "partitioned"), ("AUTOMATION_WORKER__CONSUMERS", "2")];
 
+/// How long after a node's loss the API may answer 503: its link's recovery, or a new link when
+/// lapin's stalls (10 s), plus the connection itself.
+const REFUSALS_WITHIN: f64 = 20.0;
+
 /// What happened when, relative to the start of the load.
 #[derive(Default)]
 struct Timeline {
@@ -314,11 +318,12 @@ async fn the_commands_leader_killed_then_a_rolling_restart_lose_nothing_and_appl
             longest_gap(&spring_confirms, from_instant, to_instant)
         ));
     }
-    // A 503 is right only while a fault is under way (or just after, while clients reconnect).
+    // A 503 is right only while no node can confirm: from a node's loss until the API's link is
+    // on another node (lapin's reconnection, or a new link after 10 s when it stalls).
     let outside: Vec<f64> = refused
         .iter()
         .copied()
-        .filter(|t| !timeline.faults.iter().any(|(_, from, to)| *t >= *from && *t <= *to + 15.0))
+        .filter(|t| !timeline.faults.iter().any(|(_, from, _)| *t >= *from && *t <= *from + REFUSALS_WITHIN))
         .collect();
 
     let api_tally = Tally {
