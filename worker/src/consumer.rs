@@ -123,12 +123,12 @@ pub async fn run(context: ApplyContext, queue: WorkQueue, shutdown: Cancellation
                 continue;
             }
         };
-        let mut batch = vec![Incoming { delivery: first, channel: 0 }];
+        let mut batch = vec![Incoming::whole(first, 0)];
         let mut pending_error = None;
         let deadline = Instant::now() + settings.batch_timeout();
         while batch.len() < batch_size {
             match tokio::time::timeout_at(deadline, consumer.next()).await {
-                Ok(Some(Ok(delivery))) => batch.push(Incoming { delivery, channel: 0 }),
+                Ok(Some(Ok(delivery))) => batch.push(Incoming::whole(delivery, 0)),
                 Ok(Some(Err(error))) => {
                     pending_error = Some(error);
                     break;
@@ -151,8 +151,53 @@ pub async fn run(context: ApplyContext, queue: WorkQueue, shutdown: Cancellation
 /// A delivery and the channel it came on: its partition in the partitioned layout, 0 otherwise.
 /// Delivery tags, and so `multiple` acks, are per channel.
 pub struct Incoming {
-    pub delivery: Delivery,
+    /// Shared by the parts of a pack split across batches.
+    pub delivery: Arc<Delivery>,
     pub channel: u16,
+    /// Which of its events this batch takes.
+    pub part: Part,
+}
+
+impl Incoming {
+    /// A delivery taken whole.
+    pub fn whole(delivery: Delivery, channel: u16) -> Incoming {
+        Incoming { delivery: Arc::new(delivery), channel, part: Part::default() }
+    }
+
+    /// How many events this batch takes of it.
+    pub fn events(&self) -> usize {
+        let all = pack::events_in(&self.delivery.properties);
+        self.part.take.unwrap_or(all.saturating_sub(self.part.skip))
+    }
+
+    /// Splits off what comes after the first `n` events this takes: a partition's consumer fills
+    /// each batch to exactly its size, whatever the size of the packs (a pack is acked with its
+    /// last part; a part that goes back to the broker takes the pack with it, and what of it was
+    /// applied is skipped as a duplicate, as after a crash between commit and ack).
+    pub fn split_off(&mut self, n: usize) -> Incoming {
+        let rest = Incoming {
+            delivery: self.delivery.clone(),
+            channel: self.channel,
+            part: Part { skip: self.part.skip + n, take: self.part.take.map(|t| t.saturating_sub(n)) },
+        };
+        self.part.take = Some(n);
+        rest
+    }
+}
+
+/// The events of a delivery a batch takes: after the first `skip`, `take` of them (`None`: all
+/// the rest). A single event's delivery is always taken whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Part {
+    pub skip: usize,
+    pub take: Option<usize>,
+}
+
+impl Part {
+    /// Does this part end its delivery (so the delivery is settled with it)?
+    fn completes(&self) -> bool {
+        self.take.is_none()
+    }
 }
 
 /// One event of a batch, read into an envelope. A delivery carries one event, or a pack of
@@ -310,11 +355,15 @@ impl Applier {
         let mut parsed = Vec::new();
         for (index, delivery) in incoming.iter().enumerate() {
             let Some(events) = events_of(&delivery.delivery, &self.context.broker.system_users) else {
-                let result = self.bury_unreadable_pack(&delivery.delivery).await;
-                settled[index] = result.is_ok();
+                // Buried whole with its first part.
+                if delivery.part.skip == 0 {
+                    let result = self.bury_unreadable_pack(&delivery.delivery).await;
+                    settled[index] = result.is_ok();
+                }
                 continue;
             };
-            for event in events {
+            let part = delivery.part;
+            for event in events.into_iter().skip(part.skip).take(part.take.unwrap_or(usize::MAX)) {
                 match Envelope::parse(&event.routing_key, &event.properties, &event.body, limits) {
                     Ok(mut envelope) => {
                         let span =
@@ -412,7 +461,10 @@ impl Applier {
                     continue;
                 }
                 if *ok {
-                    acks.push(delivery);
+                    // A pack's earlier part: settled with its last.
+                    if delivery.part.completes() {
+                        acks.push(delivery);
+                    }
                 } else {
                     let _ = delivery
                         .delivery

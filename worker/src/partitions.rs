@@ -4,6 +4,9 @@
 //! single-active-consumer, and a lane gives a partition up only between batches, by closing its
 //! channel: the broker then hands the unacked deliveries, in order, to the next consumer before
 //! anything newer. So at any moment one consumer applies a partition's events, in queue order.
+//! A batch holds exactly the configured number of events when that many are there: a pack that
+//! does not fit is split, and its rest opens the next batch (a batch of a steady size keeps the
+//! database's statements few and prepared once).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -22,7 +25,6 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::Broker;
 use crate::consumer::{Applier, ApplyContext, Incoming};
 use crate::membership::Assignment;
-use crate::pack;
 
 /// Deliveries a partition's consumer holds: packs of up to a hundred events each, so a few
 /// batches' worth.
@@ -58,6 +60,8 @@ pub async fn run(
     let mut generation = 0u64;
     let mut applier = Applier::new(context, WorkQueue::Commands, true);
     let mut failed: BTreeSet<u16> = BTreeSet::new();
+    // The rest of a pack split at the end of a batch: partition, channel generation, part.
+    let mut carry: Option<(u16, u64, Incoming)> = None;
     loop {
         let wanted = assignment.borrow_and_update().lane(lane, lanes);
         for partition in open.keys().copied().filter(|p| !wanted.contains(p)).collect::<Vec<_>>() {
@@ -77,27 +81,55 @@ pub async fn run(
                 }
             }
         }
-        let retry = if failed.is_empty() { Duration::from_secs(3600) } else { REOPEN_AFTER };
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            changed = assignment.changed() => {
-                if changed.is_err() { break; }
+        // What did not fit into the last batch of a pack comes first in this one, if its
+        // partition is still this lane's (else the pack went back to the broker with its channel).
+        if let Some((partition, generation, _)) = &carry
+            && open.get(partition).is_none_or(|o| o.generation != *generation)
+        {
+            carry = None;
+        }
+        let mut batch = Vec::new();
+        if carry.is_some() {
+            // Under load a batch may end on a split pack every time: look here too.
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if assignment.has_changed().unwrap_or(true) {
                 continue;
             }
-            _ = tokio::time::sleep(retry) => continue,
-            next = received.recv() => match next {
-                Some(forwarded) => forwarded,
-                None => break,
-            },
-        };
-        let mut batch = Vec::new();
-        take(&mut open, &mut applier, &mut failed, &mut batch, first).await;
+        }
+        if let Some((_, generation, incoming)) = carry.take() {
+            carry = fill(&mut batch, incoming, generation, settings.batch_size);
+        } else {
+            let retry = if failed.is_empty() { Duration::from_secs(3600) } else { REOPEN_AFTER };
+            let first = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                changed = assignment.changed() => {
+                    if changed.is_err() { break; }
+                    continue;
+                }
+                _ = tokio::time::sleep(retry) => continue,
+                next = received.recv() => match next {
+                    Some(forwarded) => forwarded,
+                    None => break,
+                },
+            };
+            if let Some((incoming, generation)) = take(&mut open, &mut applier, &mut failed, &mut batch, first).await {
+                carry = fill(&mut batch, incoming, generation, settings.batch_size);
+            }
+        }
         let deadline = Instant::now() + settings.batch_timeout();
         // Up to N events, not deliveries: a delivery is a pack of events.
-        while batch.iter().map(|i| pack::events_in(&i.delivery.properties)).sum::<usize>() < settings.batch_size {
+        while carry.is_none() && batch.iter().map(Incoming::events).sum::<usize>() < settings.batch_size {
             match tokio::time::timeout_at(deadline, received.recv()).await {
-                Ok(Some(forwarded)) => take(&mut open, &mut applier, &mut failed, &mut batch, forwarded).await,
+                Ok(Some(forwarded)) => {
+                    if let Some((incoming, generation)) =
+                        take(&mut open, &mut applier, &mut failed, &mut batch, forwarded).await
+                    {
+                        carry = fill(&mut batch, incoming, generation, settings.batch_size);
+                    }
+                }
                 Ok(None) | Err(_) => break,
             }
         }
@@ -119,20 +151,21 @@ pub async fn run(
     Ok(())
 }
 
-/// Adds a forwarded delivery to the batch, unless it belongs to a channel closed since.
+/// A forwarded delivery for the batch, with its channel's generation, unless it belongs to a
+/// channel closed since. A failed channel is closed, and what the batch has of it dropped.
 async fn take(
     open: &mut BTreeMap<u16, Open>,
     applier: &mut Applier,
     failed: &mut BTreeSet<u16>,
     batch: &mut Vec<Incoming>,
     (partition, generation, delivery): Forwarded,
-) {
+) -> Option<(Incoming, u64)> {
     if open.get(&partition).is_none_or(|o| o.generation != generation) {
         // Its channel is closed: the broker has it back.
-        return;
+        return None;
     }
     match delivery {
-        Some(Ok(delivery)) => batch.push(Incoming { delivery, channel: partition }),
+        Some(Ok(delivery)) => Some((Incoming::whole(delivery, partition), generation)),
         other => {
             let error = other
                 .and_then(Result::err)
@@ -142,8 +175,23 @@ async fn take(
             // What it delivered goes back to the broker with the channel: not applied here.
             batch.retain(|incoming| incoming.channel != partition);
             failed.insert(partition);
+            None
         }
     }
+}
+
+/// Adds `incoming` to the batch, as much of it as fits into `batch_size` events; returns the rest
+/// of a pack that did not fit, for the next batch.
+fn fill(
+    batch: &mut Vec<Incoming>,
+    mut incoming: Incoming,
+    generation: u64,
+    batch_size: usize,
+) -> Option<(u16, u64, Incoming)> {
+    let room = batch_size.saturating_sub(batch.iter().map(Incoming::events).sum::<usize>()).max(1);
+    let rest = (incoming.events() > room).then(|| (incoming.channel, generation, incoming.split_off(room)));
+    batch.push(incoming);
+    rest
 }
 
 async fn subscribe(

@@ -56,11 +56,11 @@ pub struct TaskRunner {
 pub async fn execute_all(
     runner: &TaskRunner,
     chain: &mut AuditChain,
-    deliveries: Vec<Delivery>,
+    deliveries: Vec<Arc<Delivery>>,
     shutdown: &CancellationToken,
 ) -> bool {
     let mut left = false;
-    let spans: Vec<tracing::Span> = deliveries.iter().map(spans::run_attempt).collect();
+    let spans: Vec<tracing::Span> = deliveries.iter().map(|d| spans::run_attempt(d)).collect();
     let outcomes =
         join_all(deliveries.iter().zip(&spans).map(|(d, span)| attempt(runner, d, shutdown).instrument(span.clone())))
             .await;

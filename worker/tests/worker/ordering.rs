@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::retries::{create_workflow, lock_workflow};
-use crate::support::{TestWorker, event, plain_event_id};
+use crate::support::{TestWorker, event, http_get, plain_event_id};
 
 /// The longest any of these tests waits for the workers to catch up.
 const DRAIN: Duration = Duration::from_secs(120);
@@ -172,28 +172,74 @@ async fn a_thousand_request_and_decision_pairs_end_approved() {
 #[tokio::test]
 async fn workflow_status_sequences_are_applied_in_order() {
     const WORKFLOWS: usize = 200;
-    // The PAUSED → COMPLETED is not a move the contract allows (a paused workflow is
-    // resumed before it completes), so the sequence resumes first.
-    const STEPS: [&str; 5] = ["PAUSED", "ACTIVE", "PAUSED", "ACTIVE", "COMPLETED"];
     let env = TestEnv::with_partitions(8).await;
     let first = TestWorker::start(&env.config).await;
     let second = TestWorker::start(&env.config).await;
 
-    // Each workflow's five events, in order; the workflows interleaved at random so that one
-    // workflow's events sometimes follow each other closely and sometimes lie far apart.
-    let workflows: Vec<Uuid> = (0..WORKFLOWS).map(|_| Uuid::new_v4()).collect();
-    let mut next_step = vec![0_usize; WORKFLOWS];
-    let mut open: Vec<usize> = (0..WORKFLOWS).collect();
+    publish_in_order(&env, &status_sequences(WORKFLOWS)).await;
+
+    wait_inbox(&env, (WORKFLOWS * (1 + STEPS.len())) as i64).await;
+    assert_every_sequence_applied_in_order(&env, WORKFLOWS).await;
+    first.stop().await.expect("clean stop");
+    second.stop().await.expect("clean stop");
+}
+
+/// Batches smaller than the sequencer's packs: nearly every pack is split across batches, its
+/// rest opening the next one; and a worker stopped mid-stream hands its partitions over with
+/// packs half applied (their rest comes to the next consumer, what was applied is skipped).
+#[tokio::test]
+async fn packs_split_across_small_batches_keep_order_and_lose_nothing() {
+    const WORKFLOWS: usize = 150;
+    let mut env = TestEnv::with_partitions(4).await;
+    env.config.worker.batch_size = 7;
+    let first = TestWorker::start(&env.config).await;
+    let second = TestWorker::start(&env.config).await;
+
+    let messages = status_sequences(WORKFLOWS);
+    let total = messages.len() as i64;
+    publish_in_order(&env, &messages).await;
+    env.wait_count("select count(*) from inbox", total / 4, DRAIN).await;
+    first.stop().await.expect("clean stop");
+    let third = TestWorker::start(&env.config).await;
+
+    wait_inbox(&env, total).await;
+    assert_every_sequence_applied_in_order(&env, WORKFLOWS).await;
+    // The workers of this test share one metrics registry (one process).
+    let (_, scrape) = http_get(&second.url("/metrics")).await;
+    let sample = |name: &str| -> f64 {
+        scrape
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in the scrape:\n{scrape}"))
+    };
+    let (batches, up_to_ten) =
+        (sample("automation_worker_batch_size_count"), sample("automation_worker_batch_size_bucket{le=\"10\"}"));
+    assert!(batches > 0.0 && batches == up_to_ten, "{batches} batches, {up_to_ten} of them of at most 10 events");
+    second.stop().await.expect("clean stop");
+    third.stop().await.expect("clean stop");
+}
+
+/// Each workflow's moves after `workflow.created`. The PAUSED → COMPLETED is not a move
+/// the contract allows (a paused workflow is resumed before it completes), so it resumes first.
+const STEPS: [&str; 5] = ["PAUSED", "ACTIVE", "PAUSED", "ACTIVE", "COMPLETED"];
+
+/// `workflows` workflows' creation and five moves each, in order per workflow; the workflows
+/// interleaved at random so that one workflow's events sometimes follow each other closely and
+/// sometimes lie far apart.
+fn status_sequences(workflows: usize) -> Vec<Message> {
+    let ids: Vec<Uuid> = (0..workflows).map(|_| Uuid::new_v4()).collect();
+    let mut next_step = vec![0_usize; workflows];
+    let mut open: Vec<usize> = (0..workflows).collect();
     let mut shuffle = Shuffle(0x9e37_79b9_7f4a_7c15);
-    let mut messages = Vec::with_capacity(WORKFLOWS * (1 + STEPS.len()));
+    let mut messages = Vec::with_capacity(workflows * (1 + STEPS.len()));
     while !open.is_empty() {
         let pick = shuffle.below(open.len());
         let w = open[pick];
         let step = next_step[w];
         let e = if step == 0 {
-            event("workflow.created", json!({"workflowId": workflows[w], "name": format!("sequence {w}")}))
+            event("workflow.created", json!({"workflowId": ids[w], "name": format!("sequence {w}")}))
         } else {
-            event("workflow.status_changed", json!({"workflowId": workflows[w], "status": STEPS[step - 1]}))
+            event("workflow.status_changed", json!({"workflowId": ids[w], "status": STEPS[step - 1]}))
         };
         messages.push(structured(&e));
         next_step[w] += 1;
@@ -201,19 +247,20 @@ async fn workflow_status_sequences_are_applied_in_order() {
             open.swap_remove(pick);
         }
     }
-    publish_in_order(&env, &messages).await;
+    messages
+}
 
-    wait_inbox(&env, (WORKFLOWS * (1 + STEPS.len())) as i64).await;
-    let refused = refusals(&env).await;
+/// No refusal, every workflow COMPLETED after all five moves, and each one's audit trail shows
+/// its moves once each, in the order they were sent.
+async fn assert_every_sequence_applied_in_order(env: &TestEnv, workflows: usize) {
+    let refused = refusals(env).await;
     assert!(refused.is_empty(), "no status change was applied out of its order; refused: {refused:?}");
-    assert_eq!(env.count("select count(*) from workflows").await, WORKFLOWS as i64);
+    assert_eq!(env.count("select count(*) from workflows").await, workflows as i64);
     assert_eq!(
         env.count("select count(*) from workflows where status = 'COMPLETED' and version = 6").await,
-        WORKFLOWS as i64,
+        workflows as i64,
         "every workflow went through all five moves and ended COMPLETED"
     );
-
-    // The audit trail of each workflow shows the moves in the order they were sent.
     let rows: Vec<(String, String, Option<String>)> =
         sqlx::query_as("select entity_id, action, details from audit_log where entity = 'workflow' order by seq")
             .fetch_all(&env.pool)
@@ -232,11 +279,9 @@ async fn workflow_status_sequences_are_applied_in_order() {
     let expected: Vec<String> =
         std::iter::once("workflow.created").chain(STEPS).map(str::to_string).collect::<Vec<_>>();
     let wrong: Vec<_> = trails.iter().filter(|(_, trail)| **trail != expected).take(5).collect();
-    assert_eq!(trails.len(), WORKFLOWS, "every workflow has an audit trail");
-    assert!(wrong.is_empty(), "audit trails out of order (first 5): {wrong:?}");
+    assert_eq!(trails.len(), workflows, "every workflow has an audit trail");
+    assert!(wrong.is_empty(), "audit trails out of order or applied twice (first 5): {wrong:?}");
     assert_eq!(env.count("select count(*) from dead_letters").await, 0);
-    first.stop().await.expect("clean stop");
-    second.stop().await.expect("clean stop");
 }
 
 #[tokio::test]
