@@ -7,7 +7,8 @@ JSON summary on stdout; progress goes to stderr. What is compared and how to rea
 docs/benchmarks.md. Started by bench/compare.sh, which builds the release binaries and the peers'
 virtualenv and runs this with that virtualenv's Python.
 
-1. Worker: N `approval.decided` events on N seeded PENDING approvals. The project's worker (the
+1. Worker: N `approval.decided` events on N seeded PENDING approvals, and N `approval.requested`
+   events on one seeded workflow (each creates a PENDING approval). The project's worker (the
    release build, default settings: partitioned layout, batch 100, two lanes) drains them from
    `<prefix>.events`, published as Spring's RabbitTemplate sends plain JSON; the peer is a Celery 5
    worker (bench/peers/celery_worker.py: prefork, concurrency 2, prefetch x4, acks late) applying
@@ -32,6 +33,7 @@ Environment (all optional):
   BENCH_COMPARE_THREADS / BENCH_COMPARE_CONNECTIONS   wrk -t and -c (2, 64)
   BENCH_COMPARE_APPROVALS    approvals the API runs spread their PATCHes over (1000)
   BENCH_COMPARE_PARTS        "worker,api" (both), or one of them
+  BENCH_COMPARE_WORKER_EVENTS   "approval.decided,approval.requested" (both), or one of them
   BENCH_COMPARE_TAG          the name of this run's databases and queues (set by compare.sh)
 
 `compare.py cleanup` removes what a run with BENCH_COMPARE_TAG left (compare.sh's trap calls it).
@@ -93,6 +95,12 @@ DURATION = env_int("BENCH_COMPARE_DURATION", 15)
 THREADS = env_int("BENCH_COMPARE_THREADS", 2)
 CONNECTIONS = env_int("BENCH_COMPARE_CONNECTIONS", 64)
 API_APPROVALS = env_int("BENCH_COMPARE_APPROVALS", 1000)
+# The worker part's event types: a decision on a seeded approval, and a request that creates one.
+WORKER_EVENTS = [t.strip() for t in os.environ.get("BENCH_COMPARE_WORKER_EVENTS", "approval.decided,approval.requested")
+                 .split(",") if t.strip()]
+for event_type in WORKER_EVENTS:
+    if event_type not in ("approval.decided", "approval.requested"):
+        sys.exit(f"BENCH_COMPARE_WORKER_EVENTS: `{event_type}` is neither `approval.decided` nor `approval.requested`")
 PARTS = [p.strip() for p in os.environ.get("BENCH_COMPARE_PARTS", "worker,api").split(",") if p.strip()]
 for part in PARTS:
     if part not in ("worker", "api"):
@@ -332,6 +340,32 @@ def seed_approvals(conn, table_columns, count, with_workflow):
     return ids
 
 
+def seed_workflow(conn):
+    """One ACTIVE workflow for requests; returns its id."""
+    workflow = str(uuid.uuid4())
+    with conn.cursor() as cur:
+        cur.execute("insert into workflows (id, name, status, version) values (%s, 'bench-compare', 'ACTIVE', 1)",
+                    (workflow,))
+    conn.commit()
+    return workflow
+
+
+def request(workflow_id, n):
+    """An approval.requested's data as Jackson writes it; the approval's id is the publisher's."""
+    return {"approvalId": str(uuid.uuid4()), "workflowId": workflow_id, "title": f"request {n}", "amount": 100.5,
+            "currency": "EUR", "requesterId": str(uuid.uuid4()), "details": {"bench": "compare"}}
+
+
+def worker_events(db, event_type, with_workflow_row):
+    """Seeds what `event_type` acts on; returns the data of the N events to send."""
+    if event_type == "approval.decided":
+        columns = "id, workflow_id, title, amount, currency, requester_id, status, version"
+        ids = seed_approvals(db, columns, EVENTS, with_workflow_row)
+        return [decision(approval_id, n) for n, approval_id in enumerate(ids)]
+    workflow = seed_workflow(db)
+    return [request(workflow, n) for n in range(EVENTS)]
+
+
 def decision(approval_id, n):
     return {"approvalId": approval_id, "status": "APPROVED" if n % 2 == 0 else "REJECTED", "reason": "bench-compare"}
 
@@ -417,57 +451,66 @@ def drain(label, database, count_sql, process, events, pending_sql=None):
     return seconds, cpu.per_item(cpu_first, cpu_last, events - before), pss
 
 
-def worker_ours(run):
-    label = f"worker project #{run}"
+def worker_ours(run, event_type):
+    label = f"worker project {event_type} #{run}"
     ours_reset()
     db = mysql(OURS_DB, autocommit=False)
-    ids = seed_approvals(db, "id, workflow_id, title, amount, currency, requester_id, status, version", EVENTS, True)
-    say(f"{label}: {EVENTS} approvals seeded; publishing {EVENTS} approval.decided as plain Spring JSON…")
+    events = worker_events(db, event_type, True)
+    say(f"{label}: seeded; publishing {EVENTS} {event_type} as plain Spring JSON…")
     conn = amqp_connection()
     channel = conn.channel()
     properties = dict(
         content_type="application/json", content_encoding="UTF-8", delivery_mode=2,
-        application_headers={"__TypeId__": "com.example.ApprovalDecided"},
+        application_headers={"__TypeId__": "com.example." + "".join(w.title() for w in event_type.split("."))},
     )
-    for n, approval_id in enumerate(ids):
-        body = json.dumps(decision(approval_id, n), separators=(",", ":"))
-        channel.basic_publish(amqp.Message(body, **properties), exchange=f"{PREFIX}.events", routing_key="approval.decided")
+    for data in events:
+        body = json.dumps(data, separators=(",", ":"))
+        channel.basic_publish(amqp.Message(body, **properties), exchange=f"{PREFIX}.events", routing_key=event_type)
     wait_depth(channel, f"{PREFIX}.commands", EVENTS)
     conn.close()
     process = start("automation-worker", [os.path.join(BIN, "automation-worker")],
                     ours_env({"WORKER_PORT": str(free_port())}), RUN_DIR)
     try:
         # The clock stops when every notification has left the outbox too, as in `make bench`.
-        seconds, cpu, pss = drain(label, OURS_DB, "select count(*) from inbox where type = 'approval.decided'",
+        seconds, cpu, pss = drain(label, OURS_DB, f"select count(*) from inbox where type = '{event_type}'",
                                   process, EVENTS, pending_sql="select count(*) from outbox")
     finally:
         code = stop(process)
     if code not in (0, None):
         say(f"    warning: the worker exited with {code} after the drain")
-    verify_ours(label, db)
+    verify_ours(label, db, event_type)
     db.close()
     return {"seconds": seconds, "eventsPerSecond": EVENTS / seconds, "cpuMsPerEvent": cpu, "pssMiB": pss}
 
 
-def verify_ours(label, db):
+# The approvals an event type's N events must leave, on both sides.
+APPLIED_APPROVALS = {
+    "approval.decided": "select count(*) from approvals where status in ('APPROVED', 'REJECTED') and version = 2",
+    "approval.requested": "select count(*) from approvals where status = 'PENDING' and version = 1",
+}
+APPLIED_WORDS = {"approval.decided": "decided at version 2", "approval.requested": "created PENDING at version 1"}
+
+
+def verify_ours(label, db, event_type):
     db.commit()
-    inbox = scalar(db, "select count(*) from inbox where type = 'approval.decided'")
-    applied = scalar(db, "select count(*) from inbox where type = 'approval.decided' and outcome = 'applied'")
-    decided = scalar(db, "select count(*) from approvals where status in ('APPROVED', 'REJECTED') and version = 2")
+    inbox = scalar(db, "select count(*) from inbox where type = %s", (event_type,))
+    applied = scalar(db, "select count(*) from inbox where type = %s and outcome = 'applied'", (event_type,))
+    decided = scalar(db, APPLIED_APPROVALS[event_type])
     audited, audited_events = (
         scalar(db, "select count(*) from audit_log a join inbox i on i.event_id = a.event_id "
-                   "where i.type = 'approval.decided'"),
+                   "where i.type = %s", (event_type,)),
         scalar(db, "select count(distinct a.event_id) from audit_log a join inbox i on i.event_id = a.event_id "
-                   "where i.type = 'approval.decided'"),
+                   "where i.type = %s", (event_type,)),
     )
     unsent = scalar(db, "select count(*) from outbox")
     if (inbox, applied, decided, audited, audited_events, unsent) != (EVENTS, EVENTS, EVENTS, EVENTS, EVENTS, 0):
         raise BenchFailure(
             f"{label}: not every event was applied exactly once: sent {EVENTS}; inbox {inbox} ({applied} applied); "
-            f"approvals decided at version 2: {decided}; audit records {audited} for {audited_events} events; "
+            f"approvals {APPLIED_WORDS[event_type]}: {decided}; audit records {audited} for {audited_events} events; "
             f"outbox {unsent}"
         )
-    say(f"    verified: {EVENTS} in the inbox, applied, approvals at version 2, one audit record each, outbox empty")
+    say(f"    verified: {EVENTS} in the inbox, applied, approvals {APPLIED_WORDS[event_type]}, one audit record each, "
+        "outbox empty")
 
 
 def peer_env():
@@ -502,17 +545,16 @@ def celery_app():
     return celery_worker.app
 
 
-def worker_peer(run):
-    label = f"worker peer #{run}"
+def worker_peer(run, event_type):
+    label = f"worker peer {event_type} #{run}"
     peer_reset()
     db = mysql(PEER_DB, autocommit=False)
-    ids = seed_approvals(db, "id, workflow_id, title, amount, currency, requester_id, status, version", EVENTS, False)
-    say(f"{label}: {EVENTS} approvals seeded; sending {EVENTS} approval.decided Celery tasks…")
+    events = worker_events(db, event_type, False)
+    say(f"{label}: seeded; sending {EVENTS} {event_type} Celery tasks…")
     app = celery_app()
     with app.producer_or_acquire() as producer:
-        for n, approval_id in enumerate(ids):
-            app.send_task("approval.decided", args=[decision(approval_id, n)], task_id=str(uuid.uuid4()),
-                          producer=producer)
+        for data in events:
+            app.send_task(event_type, args=[data], task_id=str(uuid.uuid4()), producer=producer)
     conn = amqp_connection()
     channel = conn.channel()
     wait_depth(channel, PEER_QUEUE, EVENTS)
@@ -527,25 +569,25 @@ def worker_peer(run):
         code = stop(process)
     if code not in (0, None):
         say(f"    warning: celery exited with {code} after the drain")
-    verify_peer(label, db)
+    verify_peer(label, db, event_type)
     db.close()
     return {"seconds": seconds, "eventsPerSecond": EVENTS / seconds, "cpuMsPerEvent": cpu, "pssMiB": pss}
 
 
-def verify_peer(label, db):
+def verify_peer(label, db, event_type):
     db.commit()
     processed = scalar(db, "select count(*) from processed_events")
     applied = scalar(db, "select count(*) from processed_events where outcome = 'applied'")
-    decided = scalar(db, "select count(*) from approvals where status in ('APPROVED', 'REJECTED') and version = 2")
+    decided = scalar(db, APPLIED_APPROVALS[event_type])
     audited = scalar(db, "select count(*) from audit_log")
     audited_events = scalar(db, "select count(distinct event_id) from audit_log")
     if (processed, applied, decided, audited, audited_events) != (EVENTS,) * 5:
         raise BenchFailure(
             f"{label}: not every event was applied exactly once: sent {EVENTS}; processed {processed} "
-            f"({applied} applied); approvals decided at version 2: {decided}; audit rows {audited} for "
+            f"({applied} applied); approvals {APPLIED_WORDS[event_type]}: {decided}; audit rows {audited} for "
             f"{audited_events} events"
         )
-    say(f"    verified: {EVENTS} processed once, applied, approvals at version 2, one audit row each")
+    say(f"    verified: {EVENTS} processed once, applied, approvals {APPLIED_WORDS[event_type]}, one audit row each")
 
 
 # ---------------------------------------------------------------- part 2: the API
@@ -713,6 +755,10 @@ def median_of(runs, *path):
     return statistics.median(values)
 
 
+def worker_key(event_type):
+    return "worker" if event_type == "approval.decided" else "worker requested"
+
+
 def report(results, load_start):
     lines, summary = [], {"bench": "compare", "repeat": REPEAT, "ratios": {}, "sides": {}}
 
@@ -723,14 +769,19 @@ def report(results, load_start):
         lines.append(line)
         summary["ratios"][figure] = None if value is None else round(value, 3)
 
-    if "worker" in results:
-        add("worker", "worker throughput", ["eventsPerSecond"], "ev/s")
+    for event_type in WORKER_EVENTS:
+        # `worker …` is approval.decided's (the figures' names of earlier runs); `worker requested …`
+        # approval.requested's.
+        key = worker_key(event_type)
+        if key not in results:
+            continue
+        add(key, f"{key} throughput", ["eventsPerSecond"], "ev/s")
         for part in ("server", "mysqld", "rabbitmq", "total"):
-            if part in results["worker"]["project"][0]["cpuMsPerEvent"]:
+            if part in results[key]["project"][0]["cpuMsPerEvent"]:
                 name = "worker process" if part == "server" else part
-                add("worker", f"worker CPU/event {name}", ["cpuMsPerEvent", part], "ms", 3)
-        add("worker", "worker PSS", ["pssMiB"], "MiB", 1)
-        summary["sides"]["worker"] = results["worker"]
+                add(key, f"{key} CPU/event {name}", ["cpuMsPerEvent", part], "ms", 3)
+        add(key, f"{key} PSS", ["pssMiB"], "MiB", 1)
+        summary["sides"][key] = results[key]
         summary["events"] = EVENTS
     if "api" in results:
         add("api", "api throughput", ["requestsPerSecond"], "req/s")
@@ -819,14 +870,17 @@ def main():
     results, succeeded = {}, False
     try:
         if "worker" in PARTS:
-            results["worker"] = {"project": [], "peer": []}
+            for event_type in WORKER_EVENTS:
+                results[worker_key(event_type)] = {"project": [], "peer": []}
             for run in range(1, REPEAT + 1):
-                for side, fn in (("project", worker_ours), ("peer", worker_peer)):
-                    measured = fn(run)
-                    cpu = measured["cpuMsPerEvent"]
-                    say(f"    {measured['eventsPerSecond']:.0f} ev/s, CPU/event " +
-                        ", ".join(f"{k} {v:.3f} ms" for k, v in cpu.items()) + f", PSS {measured['pssMiB']:.1f} MiB")
-                    results["worker"][side].append(measured)
+                for event_type in WORKER_EVENTS:
+                    for side, fn in (("project", worker_ours), ("peer", worker_peer)):
+                        measured = fn(run, event_type)
+                        cpu = measured["cpuMsPerEvent"]
+                        say(f"    {measured['eventsPerSecond']:.0f} ev/s, CPU/event " +
+                            ", ".join(f"{k} {v:.3f} ms" for k, v in cpu.items()) +
+                            f", PSS {measured['pssMiB']:.1f} MiB")
+                        results[worker_key(event_type)][side].append(measured)
         if "api" in PARTS:
             sides = api_setup()
             results["api"] = {"project": [], "peer": []}

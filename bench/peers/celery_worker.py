@@ -1,7 +1,8 @@
-"""The Celery peer of `make bench-compare`: what the FastAPI + Celery backend did with a decision.
+"""The Celery peer of `make bench-compare`: what the FastAPI + Celery backend did with a decision
+and with a request.
 
-One task, `approval.decided`, applied in ONE MySQL transaction per event, as a careful Celery
-deployment does it:
+Two tasks, each applied in ONE MySQL transaction per event, as a careful Celery deployment does
+it. `approval.decided`:
 
 1. insert the event id into `processed_events` (the inbox): a redelivered task (acks late, a
    worker killed after the commit) fails on the primary key and is skipped;
@@ -10,6 +11,10 @@ deployment does it:
 3. update it with a version bump;
 4. insert an audit row;
 5. commit, then Celery acks (task_acks_late).
+
+`approval.requested`: the inbox row as above; the workflow read with a shared lock (it must exist
+and be ACTIVE, or the request is refused `not_found` / `invalid_state`); the approval inserted
+PENDING (an id taken already is refused `duplicate`); an audit row; commit.
 
 Settings are the ones the brief names: prefork, concurrency 2 (given on the command line by the
 driver), prefetch multiplier 4, acks late, a quorum queue like automation-engine's work queues, no
@@ -130,7 +135,72 @@ def approval_decided(self, data, actor_id=None):
         raise self.retry(countdown=1, max_retries=5)
 
 
+@app.task(name="approval.requested", bind=True, acks_late=True)
+def approval_requested(self, data, actor_id=None):
+    """Create one approval: `data` is `{approvalId, workflowId, title, amount?, currency?, requesterId, details?}`."""
+    event_id = self.request.id
+    db = _db()
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    try:
+        with db.cursor() as cur:
+            try:
+                cur.execute(
+                    "insert into processed_events (event_id, type, outcome, processed_at) values (%s, %s, %s, %s)",
+                    (event_id, "approval.requested", "applied", now),
+                )
+            except pymysql.err.IntegrityError:
+                db.rollback()
+                return "duplicate"
+            cur.execute("select status from workflows where id = %s lock in share mode", (data["workflowId"],))
+            workflow = cur.fetchone()
+            refusal = None
+            if workflow is None:
+                refusal = "not_found"
+            elif workflow[0] != "ACTIVE":
+                refusal = "invalid_state"
+            else:
+                try:
+                    cur.execute(
+                        "insert into approvals (id, workflow_id, title, amount, currency, requester_id, status, "
+                        "version, created_at, updated_at) values (%s, %s, %s, %s, %s, %s, 'PENDING', 1, %s, %s)",
+                        (data["approvalId"], data["workflowId"], data["title"], data.get("amount"),
+                         data.get("currency"), data["requesterId"], now, now),
+                    )
+                except pymysql.err.IntegrityError:
+                    refusal = "duplicate"
+            if refusal:
+                cur.execute(
+                    "update processed_events set outcome = 'rejected', reason_code = %s where event_id = %s",
+                    (refusal, event_id),
+                )
+                action, details = "rejected", {"reason": refusal}
+            else:
+                action = "requested"
+                details = {"workflowId": data["workflowId"], "title": data["title"], "amount": data.get("amount"),
+                           "currency": data.get("currency"), "details": data.get("details")}
+            cur.execute(
+                "insert into audit_log (entity, entity_id, action, actor_id, event_id, details, created_at) "
+                "values ('approval', %s, %s, %s, %s, %s, %s)",
+                (data["approvalId"], action, actor_id, event_id, json.dumps(details), now),
+            )
+        db.commit()
+        return refusal or "applied"
+    except pymysql.err.OperationalError:
+        try:
+            db.rollback()
+        except Exception:  # noqa: BLE001 - the connection may be gone; the retry reconnects
+            pass
+        raise self.retry(countdown=1, max_retries=5)
+
+
 SCHEMA = [
+    """create table workflows (
+        id char(36) character set ascii not null,
+        name varchar(200) not null,
+        status varchar(16) character set ascii not null,
+        version int unsigned not null default 1,
+        primary key (id)
+    ) engine = InnoDB default charset = utf8mb4""",
     """create table approvals (
         id char(36) character set ascii not null,
         workflow_id char(36) character set ascii not null,
