@@ -283,6 +283,8 @@ impl GaleraCluster {
              \x20   timeout client 1h\n\
              \x20   timeout server 1h\n\
              \x20   timeout check 3s\n\
+             \x20   retries 3\n\
+             \x20   option redispatch\n\
              listen galera\n\
              \x20   bind 127.0.0.1:{port}\n\
              \x20   option external-check\n\
