@@ -184,6 +184,10 @@ impl IntoResponse for ApiError {
                 let transient =
                     matches!(automation_shared::db::classify(error), Failure::Unavailable | Failure::Conflict);
                 if transient {
+                    if automation_shared::db::classify(error) == Failure::Unavailable {
+                        // Its connection may lead to a read-only former primary: open new ones.
+                        automation_shared::db::distrust_connections();
+                    }
                     tracing::warn!(error = %error, "the database could not answer a request; answering 503");
                 } else {
                     tracing::error!(error = %error, "database error while answering a request");

@@ -63,6 +63,11 @@ fn pool_options(config: &DatabaseConfig) -> MySqlPoolOptions {
         // that died with the server fails its first statement, which is classified as
         // `Unavailable` and retried on a fresh connection.
         .test_before_acquire(false)
+        // After an outage no connection opened before it is used again: after a failover a
+        // connection may still be open to the old primary, now read-only (a managed service's
+        // DNS name moved, a proxy that does not cut sessions), or to a node outside the primary
+        // component, and would fail every statement without ever breaking.
+        .before_acquire(|_, meta| Box::pin(async move { Ok(!opened_before_distrust(meta.age)) }))
         .after_connect(move |conn, _| {
             Box::pin(async move {
                 // READ COMMITTED takes no gap locks: fewer deadlocks between workers inserting
@@ -73,6 +78,28 @@ fn pool_options(config: &DatabaseConfig) -> MySqlPoolOptions {
                 Ok(())
             })
         })
+}
+
+/// The process's clock for [`distrust_connections`]: milliseconds since its first use.
+fn process_millis() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+}
+
+/// When connections were last distrusted, in [`process_millis`]; 0 for never.
+static DISTRUSTED_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Marks every connection opened until now as not to be used again: the pools close them when
+/// they would hand them out, and open new ones (through the proxy, or the DNS name, to wherever
+/// the writable primary is now). Called when the database was found unavailable.
+pub fn distrust_connections() {
+    DISTRUSTED_AT.store(process_millis().max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether a connection of `age` was opened before the last [`distrust_connections`].
+fn opened_before_distrust(age: Duration) -> bool {
+    let opened = process_millis().saturating_sub(age.as_millis() as u64);
+    opened < DISTRUSTED_AT.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// What a database error means for the message being processed.

@@ -15,8 +15,8 @@ use serde_json::json;
 use crate::support::{Tally, WorkerProcess, load_event, publish_audits};
 
 const WORKFLOWS: usize = 8;
-const EVENTS: usize = 3000;
-const STATUS_CHANGES: usize = 480;
+const EVENTS: usize = 6000;
+const STATUS_CHANGES: usize = 960;
 
 /// Certification failures and brute-force aborts node `n` counted.
 async fn conflicts_on(cluster: &GaleraCluster, n: usize) -> i64 {
