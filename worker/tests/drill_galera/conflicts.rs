@@ -88,7 +88,7 @@ async fn two_workers_through_two_galera_nodes_conflict_on_purpose_and_apply_ever
         // Status changes on the same few workflows, in between.
         for _ in 0..STATUS_CHANGES * 250 / EVENTS {
             let workflow = workflows[status_sent % WORKFLOWS];
-            let status = if (status_sent / WORKFLOWS) % 2 == 0 { "ACTIVE" } else { "PAUSED" };
+            let status = if (status_sent / WORKFLOWS).is_multiple_of(2) { "ACTIVE" } else { "PAUSED" };
             let id = format!("status-{status_sent}");
             env.publish_structured(&structured(
                 &id,
