@@ -43,7 +43,7 @@ drill-galera: deps ## a 3-node MariaDB Galera cluster behind HAProxy: node kille
 		|| { echo "installing galera-4, haproxy, rsync and socat (Debian packages) for the Galera drill…"; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends galera-4 haproxy rsync socat >/dev/null; } \
 		|| { echo "error: the Galera drill needs galera-4, haproxy, rsync and socat: apt-get install galera-4 haproxy rsync socat"; exit 1; }
-	cargo nextest run -p automation-worker $(TEST_FEATURES) --profile drill -E 'binary(drill_galera)'
+	cargo nextest run --workspace $(TEST_FEATURES) --profile drill -E 'binary(drill_galera) or binary(drill_galera_api)'
 
 fuzz-api: deps ## schemathesis against the API's OpenAPI document
 	@scripts/fuzz-api.sh
