@@ -12,7 +12,7 @@ TEST_FILTER := not binary(chaos)$(if $(DRILLS), and not binary(/^drill_/))
 # The advisory checker, installed into the cargo bin directory on first use.
 CARGO_DENY_VERSION := 0.20.2
 
-.PHONY: help deps build run test chaos drill-rabbitmq-cluster fuzz-api check check-advisories check-deploy check-interfaces bench bench-compare schemas
+.PHONY: help deps build run test chaos drill-rabbitmq-cluster fuzz-api check check-advisories check-deploy check-interfaces bench bench-compare schemas drill-galera
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -40,6 +40,12 @@ chaos: deps ## the fault suite: kills, crashes and outages under load, with tall
 
 drill-rabbitmq-cluster: deps ## a 3-node RabbitMQ cluster of its own: the commands leader SIGKILLed, then a rolling restart, under API and Spring-style load (~2 min)
 	cargo nextest run --workspace $(TEST_FEATURES) --profile drill -E 'binary(drill_rabbitmq_cluster)'
+drill-galera: deps ## a 3-node MariaDB Galera cluster behind HAProxy: node killed under load (IST, SST), two workers through two nodes (~3 min)
+	@command -v haproxy >/dev/null 2>&1 && [ -e /usr/lib/galera/libgalera_smm.so ] && command -v rsync >/dev/null 2>&1 && command -v socat >/dev/null 2>&1 \
+		|| { echo "installing galera-4, haproxy, rsync and socat (Debian packages) for the Galera drill…"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends galera-4 haproxy rsync socat >/dev/null; } \
+		|| { echo "error: the Galera drill needs galera-4, haproxy, rsync and socat: apt-get install galera-4 haproxy rsync socat"; exit 1; }
+	cargo nextest run --workspace $(TEST_FEATURES) --profile drill -E 'binary(drill_galera) or binary(drill_galera_api)'
 
 fuzz-api: deps ## schemathesis against the API's OpenAPI document
 	@scripts/fuzz-api.sh

@@ -177,9 +177,23 @@ impl IntoResponse for ApiError {
                 problem.event_id = Some(event_id);
             }
             ApiError::Database(ref error) => {
-                tracing::error!(error = %error, "database error while answering a request");
+                use automation_shared::db::Failure;
+                // Transient (the database away, a node not ready, a read-only former primary, a
+                // deadlock or a replicated database's certification failure): 503 with
+                // Retry-After, the request may simply be sent again. Anything else is a bug.
+                let transient =
+                    matches!(automation_shared::db::classify(error), Failure::Unavailable | Failure::Conflict);
+                if transient {
+                    if automation_shared::db::classify(error) == Failure::Unavailable {
+                        // Its connection may lead to a read-only former primary: open new ones.
+                        automation_shared::db::distrust_connections();
+                    }
+                    tracing::warn!(error = %error, "the database could not answer a request; answering 503");
+                } else {
+                    tracing::error!(error = %error, "database error while answering a request");
+                }
                 problem.detail = "an internal error occurred; it was logged".into();
-                if automation_shared::db::classify(error) == automation_shared::db::Failure::Unavailable {
+                if transient {
                     problem.status = StatusCode::SERVICE_UNAVAILABLE.as_u16();
                     problem.kind = format!("{PROBLEM_BASE}/database-unavailable");
                     problem.title = "The database is unavailable".into();

@@ -128,6 +128,12 @@ impl BatchError {
         }
     }
 
+    /// A deadlock or certification failure: running it again makes progress
+    /// ([`db::always_resolves`]).
+    pub fn always_resolves(&self) -> bool {
+        matches!(self, BatchError::Database { source, .. } if db::always_resolves(source))
+    }
+
     /// `transient` for what should pass on its own (lock conflicts, a lost race), `bug` for what
     /// needs a fix (a failing statement, a panic).
     pub fn kind(&self) -> &'static str {

@@ -48,8 +48,12 @@ use crate::runner::TaskRunner;
 use crate::spans;
 use crate::tasks::{self, Registry};
 
-/// Immediate re-runs of a batch that hit a deadlock, a lock wait timeout or an inbox race.
+/// Immediate re-runs of a batch that hit a lock wait timeout or an inbox race (a deadlock or a
+/// certification failure is run again until it wins).
 const CONFLICT_RETRIES: u32 = 3;
+
+/// The longest pause between two runs of a batch that keeps losing deadlocks.
+const CONFLICT_PAUSE_MAX_MS: u64 = 1_000;
 
 /// What applying events takes, shared by every consumer of events (a work queue's consumers, the
 /// partition lanes, the deferral sweep): each makes its own [`Applier`] from a clone.
@@ -658,15 +662,24 @@ impl Applier {
                     // An event nobody suspected is in the inbox already: look every id up.
                     check_all = true;
                 }
+                // A deadlock or certification failure always has a winner: it is run again, with
+                // a growing pause, for as long as it takes, and spends no attempt (two workers on
+                // one entity through two Galera nodes lose to each other often). A lock wait
+                // timeout or an inbox race is run again a few times, then spends an attempt.
                 Err(error)
                     if matches!(error.failure(), Failure::Conflict | Failure::Duplicate)
-                        && conflicts < CONFLICT_RETRIES =>
+                        && (conflicts < CONFLICT_RETRIES || error.always_resolves()) =>
                 {
                     conflicts += 1;
                     check_all = true;
-                    tracing::debug!(%error, attempt = conflicts, "lock conflict or inbox race; running the batch again");
+                    if conflicts > CONFLICT_RETRIES && conflicts % 10 == CONFLICT_RETRIES % 10 {
+                        tracing::warn!(%error, attempt = conflicts, batch.size = items.len(), "the batch keeps losing deadlocks or certification; running it again");
+                    } else {
+                        tracing::debug!(%error, attempt = conflicts, "lock conflict or inbox race; running the batch again");
+                    }
                     let jitter = 5 + (uuid::Uuid::new_v4().as_u128() % 45) as u64;
-                    tokio::time::sleep(Duration::from_millis(jitter * u64::from(conflicts))).await;
+                    let pause = (jitter * u64::from(conflicts)).min(CONFLICT_PAUSE_MAX_MS);
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
                 Err(error) => return Some(Err(error)),
             }

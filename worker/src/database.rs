@@ -28,6 +28,9 @@ impl Database {
     /// first.
     pub async fn wait_until_up(&self, stop: &CancellationToken) -> bool {
         self.health.set_database_down(true);
+        // The connections held now may lead to a node that will not take writes again (a
+        // read-only former primary, a node outside the primary component): open new ones.
+        db::distrust_connections();
         let mut delay = Duration::from_millis(200);
         loop {
             tokio::select! {

@@ -483,7 +483,8 @@ pub async fn verify(pool: &MySqlPool, key: Option<&str>, mut progress: impl FnMu
 }
 
 /// Seals the heads of chains written to since the last seal (with a margin for transactions
-/// still open then). Only one process seals at a time (a named lock); returns the new seal's
+/// still open then). Only one process seals at a time (a named lock; on a multi-primary cluster,
+/// where that lock is per node, the unique predecessor of each seal); returns the new seal's
 /// number, or `None` when there was nothing new or another process held the lock.
 pub async fn seal(pool: &MySqlPool, key: Option<&str>) -> sqlx::Result<Option<u64>> {
     const LOCK: &str = "automation-engine.audit.seal";
@@ -494,7 +495,12 @@ pub async fn seal(pool: &MySqlPool, key: Option<&str>) -> sqlx::Result<Option<u6
     }
     let result = seal_locked(&mut conn, key.map(str::as_bytes)).await;
     let _ = sqlx::query("select release_lock(?)").bind(LOCK).execute(&mut *conn).await;
-    result
+    match result {
+        // Another process sealed the same predecessor at once (the named lock is local to one
+        // node of a multi-primary cluster): its seal stands, this one is not needed.
+        Err(error) if super::classify(&error) == super::Failure::Duplicate => Ok(None),
+        result => result,
+    }
 }
 
 async fn seal_locked(conn: &mut MySqlConnection, key: Option<&[u8]>) -> sqlx::Result<Option<u64>> {

@@ -423,6 +423,8 @@ impl NotificationTap {
     }
 }
 
+pub mod galera;
+pub mod lost_commit;
 pub mod private_mariadb;
 pub mod private_rabbitmq;
 pub mod publisher_user;

@@ -10,6 +10,7 @@ mod dlq;
 mod generated_classes;
 mod healthcheck;
 mod insights;
+mod lost_commits;
 mod ordering;
 mod pipeline;
 mod poison;
