@@ -15,7 +15,7 @@ use automation_shared::events::{EventType, WorkQueue};
 use automation_shared::exit::{Refused, Usage};
 use automation_shared::messaging::{self, Names, Outgoing, Publisher};
 use clap::Subcommand;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, ExchangeKind};
 use serde::Serialize;
@@ -701,19 +701,36 @@ async fn declare_inbound(channel: &Channel, names: &Names, retention_ms: u64) ->
 }
 
 /// Moves the standby queue into the events exchange in batches: published with confirms, then
-/// acked. A crash between the two replays a batch twice; the inbox makes that harmless.
+/// acked. A crash between the two replays a batch twice; the inbox makes that harmless. Moves what
+/// the queue held when it started (the shovel is removed first, so nothing new comes), and stops
+/// early if nothing arrives for 5 s (copies expire while it runs).
 async fn replay(url: &str, names: &Names, json: bool) -> anyhow::Result<u64> {
+    use futures_util::StreamExt as _;
     let connection = std::sync::Arc::new(connect(url, "automation-worker dr replay").await?);
     let publisher = Publisher::new(connection.clone(), Duration::from_secs(30)).await?;
     let channel = connection.create_channel().await?;
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    let total = channel
+        .queue_declare(inbound(names).into(), passive, FieldTable::default())
+        .await
+        .with_context(|| {
+            format!("{} does not exist on this broker: was the standby linked (scripts/dr-standby.sh)?", inbound(names))
+        })?
+        .message_count() as u64;
+    channel.basic_qos(1000, BasicQosOptions::default()).await?;
+    let mut consumer = channel
+        .basic_consume(inbound(names).into(), "dr-replay".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await?;
     let events = names.events();
     let mut moved = 0u64;
-    loop {
+    'batches: while moved < total {
         let mut batch = Vec::new();
-        while batch.len() < 500 {
-            match channel.basic_get(inbound(names).into(), BasicGetOptions::default()).await? {
-                Some(message) => batch.push(message.delivery),
-                None => break,
+        while batch.len() < 500 && moved + (batch.len() as u64) < total {
+            let patience = if batch.is_empty() { Duration::from_secs(5) } else { Duration::from_millis(50) };
+            match tokio::time::timeout(patience, consumer.next()).await {
+                Ok(Some(delivery)) => batch.push(delivery?),
+                Ok(None) => break 'batches,
+                Err(_) => break,
             }
         }
         let Some(last) = batch.last() else { break };
@@ -732,7 +749,7 @@ async fn replay(url: &str, names: &Names, json: bool) -> anyhow::Result<u64> {
         acker.ack(BasicAckOptions { multiple: true }).await?;
         moved += batch.len() as u64;
         if !json {
-            eprintln!("replayed {moved}…");
+            eprintln!("replayed {moved} of {total}…");
         }
     }
     let _ = connection.close(200, "done".into()).await;

@@ -71,15 +71,19 @@ fn write_hook(dir: &Path) {
     let _ = std::process::Command::new("chmod").arg("+x").arg(&path).status();
 }
 
-/// Runs a DR script to its end, doing the scaling it asks for; its exit code, stdout (the JSON
-/// summary) and stderr (the progress).
-async fn run_script(
-    script: &str,
-    args: &[&str],
-    p: &mut Region,
-    d: &mut Region,
-    hook: &Path,
-) -> (i32, serde_json::Value, String) {
+/// What a script run gave: its exit code, stdout (the JSON summary), stderr (the progress), and
+/// what the database of the first region whose workers it started had applied just before they
+/// started (after the promotion and the replay, before any worker ran there).
+struct ScriptRun {
+    code: i32,
+    summary: serde_json::Value,
+    progress: String,
+    applied_before_workers: Option<BTreeSet<String>>,
+}
+
+/// Runs a DR script to its end, doing the scaling it asks for.
+async fn run_script(script: &str, args: &[&str], p: &mut Region, d: &mut Region, hook: &Path) -> ScriptRun {
+    let mut applied_before_workers = None;
     let started = Instant::now();
     let mut child = tokio::process::Command::new("bash")
         .arg(region::scripts().join(script))
@@ -116,6 +120,11 @@ async fn run_script(
             let replicas: usize = replicas.parse().expect("replicas");
             let region = if name_of_region == p.name { &mut *p } else { &mut *d };
             println!("    [drill] {} {component} -> {replicas}", region.name);
+            if component == "worker" && replicas > 0 && region.workers.is_empty() && applied_before_workers.is_none() {
+                let pool = region.pool().await;
+                applied_before_workers = Some(load::applied(&pool).await.0);
+                pool.close().await;
+            }
             match component {
                 "worker" => region.scale_workers(replicas).await,
                 _ if replicas == 0 => region.stop_api().await,
@@ -133,7 +142,7 @@ async fn run_script(
     let stderr = err.await.unwrap_or_default();
     println!("--- {script} {} ({:?}, exit {:?})\n{stderr}{stdout}", args.join(" "), started.elapsed(), status.code());
     let summary = serde_json::from_str(stdout.trim()).unwrap_or(serde_json::Value::Null);
-    (status.code().unwrap_or(-1), summary, stderr)
+    ScriptRun { code: status.code().unwrap_or(-1), summary, progress: stderr, applied_before_workers }
 }
 
 async fn sql(pool: &sqlx::MySqlPool, statement: &str) {
@@ -181,9 +190,8 @@ async fn the_primary_region_is_lost_dr_takes_over_then_the_primary_comes_back() 
         assert!(ok, "topology in {}: {out}", region.name);
     }
     // The standby: DR replicates the primary from its first transaction; the copy queue and shovel.
-    let (code, _, progress) =
-        run_script("dr-standby.sh", &["--local", "--replicate", "--json"], &mut p, &mut d, &hook).await;
-    assert_eq!(code, 0, "dr-standby.sh: {progress}");
+    let standby = run_script("dr-standby.sh", &["--local", "--replicate", "--json"], &mut p, &mut d, &hook).await;
+    assert_eq!(standby.code, 0, "dr-standby.sh: {}", standby.progress);
     let user = std::process::Command::new(region::api_binary())
         .args([
             "user",
@@ -237,10 +245,11 @@ async fn the_primary_region_is_lost_dr_takes_over_then_the_primary_comes_back() 
     // ---- failover ----
     let env_out = hook.join("active.env");
     let env_arg = env_out.display().to_string();
-    let (code, failover, progress) =
+    let failover =
         run_script("failover.sh", &["--local", "--json", "--env-out", &env_arg], &mut p, &mut d, &hook).await;
-    assert_eq!(code, 0, "failover.sh: {progress}");
-    assert_eq!(failover["outcome"], "done", "{failover}");
+    assert_eq!(failover.code, 0, "failover.sh: {}", failover.progress);
+    assert_eq!(failover.summary["outcome"], "done", "{}", failover.summary);
+    let progress = failover.progress.clone();
     let failover_took = killed.elapsed();
     let active = std::fs::read_to_string(&env_out).expect("failover.sh --env-out wrote the active region");
     assert!(active.contains(&format!("DATABASE_URL={}", d.app_url())), "the configuration points at DR: {active}");
@@ -273,11 +282,17 @@ async fn the_primary_region_is_lost_dr_takes_over_then_the_primary_comes_back() 
     let (in_dr, records_dr) =
         load::wait_applied(&d_pool, &everything, Duration::from_secs(15), Duration::from_secs(180)).await;
     let rpo_lost: Vec<&String> = p1.iter().filter(|id| !in_dr.contains(*id)).collect();
+    // What the replica had of the primary's acknowledged events when the DR workers started, and
+    // what only the standby queue's copies brought (the RPO without the shovel).
+    let replicated = failover.applied_before_workers.clone().unwrap_or_default();
+    let by_replication = p1.iter().filter(|id| replicated.contains(*id)).count();
+    let by_replay = p1.iter().filter(|id| in_dr.contains(*id) && !replicated.contains(*id)).count();
+    let applied_unacknowledged = in_dr.iter().filter(|id| !everything.contains(*id)).count();
     let dr_lost: Vec<&String> = d1.iter().filter(|id| !in_dr.contains(*id)).collect();
     let duplicated_dr = records_dr - in_dr.len();
     let (dr_audit, dr_audit_says) = audit_intact(&d);
     println!(
-        "TALLY dr-failover                               primary: http-202={} spring-confirmed={} | lost-in-DR (RPO)={} applied-twice={} | replayed-from-standby-queue={} | DR: acknowledged={} lost={} | RTO: failover.sh done {:.1}s, DR API takes writes {:.1}s, DR worker applied one {:.1}s after the kill | audit-intact={dr_audit}",
+        "TALLY dr-failover                               primary: http-202={} spring-confirmed={} | lost-in-DR (RPO)={} applied-twice={} | in DR by replication={by_replication}, only from the standby queue's copies={by_replay} (of {} replayed), applied though unacknowledged={applied_unacknowledged} | DR: acknowledged={} lost={} | RTO: failover.sh done {:.1}s, DR API takes writes {:.1}s, DR worker applied one {:.1}s after the kill | audit-intact={dr_audit}",
         p1_http.ids.len(),
         p1_spring.ids.len(),
         rpo_lost.len(),
@@ -302,7 +317,7 @@ async fn the_primary_region_is_lost_dr_takes_over_then_the_primary_comes_back() 
     // ---- failback: the primary region comes back on its old disks, is re-seeded, switched to ----
     p.db.restart().await;
     p.broker.restart().await;
-    let (code, _, progress) = run_script(
+    let prepare = run_script(
         "failback.sh",
         &["prepare", "--local", "--json", "--discard-old-primary", "--databases", DATABASE],
         &mut p,
@@ -310,12 +325,12 @@ async fn the_primary_region_is_lost_dr_takes_over_then_the_primary_comes_back() 
         &hook,
     )
     .await;
-    assert_eq!(code, 0, "failback.sh prepare: {progress}");
+    assert_eq!(prepare.code, 0, "failback.sh prepare: {}", prepare.progress);
     // DR keeps serving while the primary catches up from it.
     let d2 = load::http_burst(&d.api_base(), &token, "d2-http", 100).await;
     let switch_started = Instant::now();
-    let (code, _, progress) = run_script("failback.sh", &["switch", "--local", "--json"], &mut p, &mut d, &hook).await;
-    assert_eq!(code, 0, "failback.sh switch: {progress}");
+    let switch = run_script("failback.sh", &["switch", "--local", "--json"], &mut p, &mut d, &hook).await;
+    assert_eq!(switch.code, 0, "failback.sh switch: {}", switch.progress);
     let switch_took = switch_started.elapsed();
     let p3_http = load::http_burst(&p.api_base(), &token, "p3-http", 150).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -330,6 +345,7 @@ async fn the_primary_region_is_lost_dr_takes_over_then_the_primary_comes_back() 
     let lost: Vec<&String> = all.iter().filter(|id| !in_p.contains(*id)).collect();
     let late = p1.iter().filter(|id| !in_dr.contains(*id) && in_p.contains(*id)).count();
     let duplicated = records_p - in_p.len();
+    let unacknowledged = in_p.iter().filter(|id| !all.contains(*id)).count();
     // DR replicates the primary again, and keeps copies of its events.
     let (in_dr_after, _) = load::wait_applied(&d_pool, &in_p, Duration::from_secs(30), Duration::from_secs(60)).await;
     let dr_in_sync = in_dr_after == in_p;
@@ -342,7 +358,7 @@ async fn the_primary_region_is_lost_dr_takes_over_then_the_primary_comes_back() 
         sqlx::query_scalar("select count(*) from dead_letters").fetch_one(&p_pool).await.expect("dead letters");
     let (p_audit, p_audit_says) = audit_intact(&p);
     println!(
-        "TALLY dr-failback                               acknowledged={} applied={} lost={} applied-twice={} late (applied only after failback)={late} dead-lettered={dead_letters} | switch {:.1}s | DR replica in sync={dr_in_sync}, copies in the standby queue={copies} | audit-intact={p_audit} | drill {:.0}s",
+        "TALLY dr-failback                               acknowledged={} applied={} (of them unacknowledged: {unacknowledged}) lost={} applied-twice={} late (applied only after failback)={late} dead-lettered={dead_letters} | switch {:.1}s | DR replica in sync={dr_in_sync}, copies in the standby queue={copies} | audit-intact={p_audit} | drill {:.0}s",
         all.len(),
         in_p.len(),
         lost.len(),
