@@ -44,6 +44,9 @@ STEP=0
 STEPS_JSON=()
 SCRIPT_STARTED=$(date +%s%N)
 
+# The script's own header comment, without the #.
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+
 # Progress goes to stderr; stdout carries the summary (JSON with --json).
 say() { printf '%s\n' "$*" >&2; }
 die() {

@@ -15,8 +15,6 @@
 # Run it again after every release (new event types get their bindings) and after a failback.
 source "$(dirname "$0")/dr-lib.sh"
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
-
 REPLICATE=0
 RETENTION_MS=3600000
 args=("$@")

@@ -25,8 +25,6 @@
 #     PRIMARY_REPLICATION_USER, PRIMARY_REPLICATION_PASSWORD.
 source "$(dirname "$0")/dr-lib.sh"
 
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; }
-
 PHASE=${1:-}
 [ "$PHASE" = prepare ] || [ "$PHASE" = switch ] || { usage >&2; exit 2; }
 shift

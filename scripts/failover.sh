@@ -20,8 +20,6 @@
 # Then point the clients' DNS at the DR region's ingress (not done here: your DNS provider).
 source "$(dirname "$0")/dr-lib.sh"
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
-
 ENV_OUT=""
 args=("$@")
 for i in "${!args[@]}"; do
@@ -82,7 +80,12 @@ promote() {
 broker() {
   if [ -n "${DR_RABBITMQCTL:-}" ]; then
     # Gone with the primary anyway; removed so it does not copy from it if it comes back.
-    run $DR_RABBITMQCTL clear_parameter shovel "$(shovel_name)" >/dev/null 2>&1 || say "    no shovel $(shovel_name) to remove"
+    if [ "$MODE" = dry-run ]; then
+      say "    would run: $DR_RABBITMQCTL clear_parameter shovel $(shovel_name)"
+    else
+      # shellcheck disable=SC2086 # DR_RABBITMQCTL is a command line
+      $DR_RABBITMQCTL clear_parameter shovel "$(shovel_name)" >/dev/null 2>&1 || say "    no shovel $(shovel_name) to remove"
+    fi
   else
     say "    DR_RABBITMQCTL is unset: remove the shovel $(shovel_name) on the DR broker by hand"
   fi

@@ -28,14 +28,19 @@ impl PrivateMariaDb {
         let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
         let dir = std::env::temp_dir().join(format!("automation-mariadb-{id}"));
         std::fs::create_dir_all(&dir).expect("private MariaDB directory");
-        let status = Command::new("mariadb-install-db")
+        let output = Command::new("mariadb-install-db")
             .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
             .arg(format!("--datadir={}", dir.join("data").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .stdin(Stdio::null())
+            .output()
             .expect("mariadb-install-db runs (is mariadb-server installed?)");
-        assert!(status.success(), "mariadb-install-db failed in {}", dir.display());
+        assert!(
+            output.status.success(),
+            "mariadb-install-db failed in {}: {}{}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
         let options = options.iter().map(|o| o.to_string()).collect();
         let mut server = PrivateMariaDb { port: free_port(), dir, child: None, options };
         server.launch().await;

@@ -58,6 +58,15 @@ fn script_env(p: &Region, d: &Region, hook: &Path) -> Vec<(String, String)> {
     .collect()
 }
 
+/// The hook's directory, removed when the drill ends, also when it fails.
+struct HookDir(std::path::PathBuf);
+
+impl Drop for HookDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The hook: writes the request where the drill sees it and waits for the drill's answer.
 fn write_hook(dir: &Path) {
     std::fs::create_dir_all(dir).expect("hook directory");
@@ -91,6 +100,8 @@ async fn run_script(script: &str, args: &[&str], p: &mut Region, d: &mut Region,
         .envs(script_env(p, d, hook))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // A drill that fails while a script runs stops the script too.
+        .kill_on_drop(true)
         .spawn()
         .expect("bash runs the script");
     let mut stdout = child.stdout.take().expect("stdout");
@@ -166,7 +177,9 @@ fn union(sets: &[&BTreeSet<String>]) -> BTreeSet<String> {
 async fn the_primary_region_is_lost_dr_takes_over_then_the_primary_comes_back() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let drill_started = Instant::now();
-    let hook = std::env::temp_dir().join(format!("automation-drill-hook-{}", uuid::Uuid::new_v4().simple()));
+    let hook_dir =
+        HookDir(std::env::temp_dir().join(format!("automation-drill-hook-{}", uuid::Uuid::new_v4().simple())));
+    let hook = hook_dir.0.clone();
     write_hook(&hook);
     let mut p = Region::start("eu-west-1", 1, false).await;
     let mut d = Region::start("eu-central-1", 2, true).await;
@@ -374,5 +387,4 @@ async fn the_primary_region_is_lost_dr_takes_over_then_the_primary_comes_back() 
     assert_eq!(dead_letters, 0, "dead letters");
     p_pool.close().await;
     d_pool.close().await;
-    let _ = std::fs::remove_dir_all(&hook);
 }

@@ -6,6 +6,7 @@ mod audit;
 mod automations;
 mod concurrency;
 mod dlq;
+mod dr;
 mod generated_classes;
 mod healthcheck;
 mod insights;
