@@ -86,8 +86,7 @@ pub async fn http(
     for task in tasks {
         let _ = task.await;
     }
-    let result = result.lock().await.clone();
-    result
+    result.lock().await.clone()
 }
 
 /// `count` HTTP events, one after another; the accepted ones.

@@ -92,12 +92,25 @@ struct ScriptRun {
 
 /// Runs a DR script to its end, doing the scaling it asks for.
 async fn run_script(script: &str, args: &[&str], p: &mut Region, d: &mut Region, hook: &Path) -> ScriptRun {
+    run_script_with(script, args, &[], p, d, hook).await
+}
+
+/// The same, with some of the scripts' settings changed (`extra` wins).
+async fn run_script_with(
+    script: &str,
+    args: &[&str],
+    extra: &[(&str, &str)],
+    p: &mut Region,
+    d: &mut Region,
+    hook: &Path,
+) -> ScriptRun {
     let mut applied_before_workers = None;
     let started = Instant::now();
     let mut child = tokio::process::Command::new("bash")
         .arg(region::scripts().join(script))
         .args(args)
         .envs(script_env(p, d, hook))
+        .envs(extra.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // A drill that fails while a script runs stops the script too.
@@ -232,6 +245,24 @@ async fn the_primary_region_is_lost_dr_takes_over_then_the_primary_comes_back() 
     // The DR API runs in standby (as the dr overlay's one pod), on the replica and the DR broker.
     d.start_api().await;
     let token = load::login(&p.api_base(), EMAIL, PASSWORD).await;
+
+    // The scripts refuse while the primary lives, and a database that is not the one named.
+    let refused = run_script("failover.sh", &["--local", "--json"], &mut p, &mut d, &hook).await;
+    assert_eq!(refused.code, 5, "failover.sh with the primary alive: {}", refused.progress);
+    assert!(refused.progress.contains("still connected to the primary"), "{}", refused.progress);
+    let refused = run_script_with(
+        "failover.sh",
+        &["--local", "--json"],
+        &[("DR_DATABASE_SERVER_ID", "7")],
+        &mut p,
+        &mut d,
+        &hook,
+    )
+    .await;
+    assert_eq!(refused.code, 5, "failover.sh against the wrong database: {}", refused.progress);
+    assert!(refused.progress.contains("wrong database"), "{}", refused.progress);
+    assert_eq!(refused.summary["outcome"], "failed", "{}", refused.summary);
+    assert!(d.workers.is_empty(), "a refused failover started no DR worker");
 
     // ---- load in the primary, then the primary region is lost ----
     let stop = Arc::new(AtomicBool::new(false));
