@@ -72,7 +72,9 @@ step() {
   "$@" || status=$?
   local took=$(( $(now_ms) - started ))
   STEPS_JSON+=("$(jq -cn --arg step "$what" --argjson ms "$took" --argjson status "$status" '{step: $step, ms: $ms, status: $status}')")
-  if [ "$status" -ne 0 ]; then
+  if [ "$status" -eq 5 ]; then
+    die 5 "step $STEP ($what) refused by a safety check; this step changed nothing"
+  elif [ "$status" -ne 0 ]; then
     die "$status" "step $STEP ($what) failed with exit $status; the steps before it are done"
   fi
   say "    done in ${took} ms"

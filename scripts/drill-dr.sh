@@ -7,10 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v jq >/dev/null 2>&1 || { echo "installing jq (the DR scripts read JSON with it)…"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null; }
-# Both binaries: the drill starts the API and the worker of each region from them.
-cargo build --workspace --bins
 status=0
-cargo nextest run -p automation-worker --profile drill -E 'binary(drill_dr)' 2>&1 | tee .local/drill-dr.log || status=$?
+# --workspace builds both binaries (the drill starts each region's API and workers from them),
+# with make test's features so CI reuses its build (the fault hooks stay inert: nothing sets them).
+cargo nextest run --workspace --features automation-worker/fault-injection --profile drill -E 'binary(drill_dr)' 2>&1 |
+  tee .local/drill-dr.log || status=$?
 echo
 echo "== tallies =="
 grep -h "TALLY" .local/drill-dr.log | sed 's/^ *//' || true
