@@ -122,7 +122,13 @@ reseed() {
   # The old primary forgets its replication, its binary logs and GTIDs (MySQL needs an empty
   # gtid_executed for the dump's GTID_PURGED), then loads the dump without logging it.
   local reset="stop replica; reset replica all; reset master;"
-  "$client" --defaults-extra-file="$target_cnf" -e "$reset" || { rm -f "$source_cnf" "$target_cnf" "$dump"; return 1; }
+  # MySQL 8.4 renamed RESET MASTER; 8.0 knows only the old name.
+  if [ "$dialect" = mysql ]; then
+    "$client" --defaults-extra-file="$target_cnf" -e "stop replica; reset replica all; reset binary logs and gtids;" 2>/dev/null && reset=""
+  fi
+  if [ -n "$reset" ]; then
+    "$client" --defaults-extra-file="$target_cnf" -e "$reset" || { rm -f "$source_cnf" "$target_cnf" "$dump"; return 1; }
+  fi
   "$client" --defaults-extra-file="$target_cnf" --init-command="set session sql_log_bin = 0" <"$dump" ||
     { rm -f "$source_cnf" "$target_cnf" "$dump"; return 1; }
   SEED_GTID=""
