@@ -102,8 +102,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Messages waiting in this broker's work queues (and the standby queue); with --wait-empty,
-    /// waits until the work queues are empty (a failback's drain).
+    /// Messages waiting in this broker's work, partition, retry and dead-letter queues (and the
+    /// standby queue); with --wait-empty, waits until all but the standby queue are empty (a
+    /// failback's drain; the deferral store is in the database and replicates).
     Queues {
         #[arg(long, value_name = "SECONDS")]
         wait_empty: Option<u64>,
@@ -760,6 +761,12 @@ async fn depths(config: &Config, names: &Names) -> anyhow::Result<Vec<(String, u
     let connection = connect(&config.amqp.url, "automation-worker dr queues").await?;
     let mut queues = vec![names.work_queue(WorkQueue::Commands), names.work_queue(WorkQueue::Tasks)];
     queues.extend((0..config.worker.partitions).map(|index| names.partition(index)));
+    // A retry waiting out its delay (the competing layout) and a dead letter on its way to the
+    // store are work too: a drain waits for them.
+    for queue in WorkQueue::ALL {
+        queues.extend(config.worker.retry_delays_ms.iter().map(|delay| names.retry_queue(queue, *delay)));
+    }
+    queues.push(names.dead_letter_queue());
     queues.push(inbound(names));
     let mut depths = Vec::new();
     for queue in queues {
