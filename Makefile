@@ -12,7 +12,7 @@ TEST_FILTER := not binary(chaos)$(if $(DRILLS), and not binary(/^drill_/))
 # The advisory checker, installed into the cargo bin directory on first use.
 CARGO_DENY_VERSION := 0.20.2
 
-.PHONY: help deps build run test chaos drill-dr fuzz-api check check-advisories check-deploy check-interfaces bench bench-compare schemas
+.PHONY: help deps build run test chaos drill-rabbitmq-cluster drill-dr fuzz-api check check-advisories check-deploy check-interfaces bench bench-compare schemas
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ test: deps ## run every test against the real RabbitMQ and MariaDB (the fault su
 chaos: deps ## the fault suite: kills, crashes and outages under load, with tallies
 	@mkdir -p .local
 	@scripts/chaos.sh
+
+drill-rabbitmq-cluster: deps ## a 3-node RabbitMQ cluster of its own: the commands leader SIGKILLed, then a rolling restart, under API and Spring-style load (~2 min)
+	cargo nextest run --workspace $(TEST_FEATURES) --profile drill -E 'binary(drill_rabbitmq_cluster)'
 
 drill-dr: deps ## the DR drill: two regions on this machine, the primary killed, failover.sh, failback.sh; RPO, RTO, tally
 	@mkdir -p .local

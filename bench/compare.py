@@ -353,6 +353,8 @@ def ours_env(extra=None):
         LOG_FORMAT="json",
         JWT_SECRET=JWT_SECRET,
         API_HOST="127.0.0.1",
+        # As the container image runs them (Dockerfile): two malloc arenas.
+        MALLOC_ARENA_MAX="2",
     )
     env.update(extra or {})
     return env

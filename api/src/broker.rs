@@ -11,7 +11,7 @@ use std::time::Duration;
 use automation_shared::config::Config;
 use automation_shared::events::Notification;
 use automation_shared::messaging::topology::{self, TopologySettings};
-use automation_shared::messaging::{self, Names, Publisher};
+use automation_shared::messaging::{self, Addresses, Names, Publisher};
 use automation_shared::traces::{self, TraceHeaders};
 use futures_util::StreamExt;
 use lapin::Connection;
@@ -20,6 +20,10 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
 use crate::waiters::Waiters;
+
+/// How long a link may be recovering before a new one is made beside it: longer than lapin's
+/// longest pause between attempts (5 s), so a recovery under way is not cut short.
+const RECOVERY_PATIENCE: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 struct Link {
@@ -33,6 +37,8 @@ pub struct Broker {
     link: RwLock<Option<Link>>,
     config: Arc<Config>,
     names: Names,
+    /// The nodes of `AMQP_URL`; a link that lapin gave up on is made again through them.
+    addresses: Result<Addresses, String>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -44,7 +50,8 @@ impl std::fmt::Debug for Broker {
 impl Broker {
     pub fn new(config: Arc<Config>) -> Broker {
         let names = Names::new(config.amqp.prefix.clone());
-        Broker { link: RwLock::new(None), config, names }
+        let addresses = config.amqp.addresses().map_err(|error| error.to_string());
+        Broker { link: RwLock::new(None), config, names, addresses }
     }
 
     pub fn names(&self) -> &Names {
@@ -71,14 +78,24 @@ impl Broker {
         self.current().is_some_and(|l| l.publisher.is_ready())
     }
 
-    /// Keeps the link up until `stop`: connects (and reconnects if recovery ever gives up).
+    /// Keeps the link up until `stop`: connects, and connects again if recovery ever gives up or
+    /// has not brought the link back within [`RECOVERY_PATIENCE`] (the cluster drill saw lapin's
+    /// recovery of a connection stall while the other nodes took connections: writes answered
+    /// 503 for good). A new link goes through the same node list; while no node answers, the old
+    /// one is kept and the attempts go on.
     pub async fn maintain(self: Arc<Self>, waiters: Arc<Waiters>, stop: CancellationToken) {
         let mut delay = Duration::from_millis(250);
+        let mut down_since: Option<tokio::time::Instant> = None;
         loop {
-            let healthy = self.current().is_some_and(|l| {
+            let (connected, recovering) = self.current().map_or((false, false), |l| {
                 let status = l.connection.status();
-                status.connected() || status.reconnecting() || status.connecting()
+                (status.connected(), status.reconnecting() || status.connecting())
             });
+            if connected {
+                down_since = None;
+            }
+            let waited = down_since.get_or_insert_with(tokio::time::Instant::now).elapsed();
+            let healthy = connected || (recovering && waited < RECOVERY_PATIENCE);
             if !healthy {
                 // Each attempt is bounded (messaging::CONNECT_TIMEOUT), and SIGTERM ends it.
                 let attempt = tokio::select! {
@@ -87,6 +104,12 @@ impl Broker {
                 };
                 match attempt {
                     Ok(link) => {
+                        if recovering {
+                            tracing::warn!(
+                                down_ms = waited.as_millis() as u64,
+                                "the RabbitMQ connection had not recovered; replaced it with a new one"
+                            );
+                        }
                         tracing::info!("connected to RabbitMQ");
                         let old = self.link.write().unwrap_or_else(std::sync::PoisonError::into_inner).replace(link);
                         // A link given up on is closed, or lapin would keep reconnecting it.
@@ -98,10 +121,11 @@ impl Broker {
                             .await;
                         }
                         delay = Duration::from_millis(250);
+                        down_since = None;
                     }
                     Err(error) => {
                         tracing::warn!(
-                            broker = %messaging::address(&self.config.amqp.url),
+                            broker = %self.addresses.as_ref().map_or_else(|_| "AMQP_URL".to_string(), Addresses::describe),
                             error = format!("{error:#}"),
                             retry.in_ms = delay.as_millis() as u64,
                             "RabbitMQ is not reachable; writes answer 503 meanwhile"
@@ -118,11 +142,11 @@ impl Broker {
     }
 
     async fn connect(&self, waiters: &Arc<Waiters>) -> anyhow::Result<Link> {
-        let connection = Arc::new(messaging::connect(&self.config.amqp.url, "automation-api").await?);
-        let channel = connection.create_channel().await?;
-        let settings = TopologySettings::of(&self.config.worker);
-        topology::declare(&channel, &self.names, &settings).await?;
-        let _ = channel.close(200, "topology declared".into()).await;
+        // Config::load checked AMQP_URL; a configuration built otherwise says what is wrong here.
+        let addresses = self.addresses.as_ref().map_err(|error| anyhow::anyhow!("{error}"))?;
+        let connection = Arc::new(messaging::connect(addresses, "automation-api").await?);
+        let settings = TopologySettings::of_config(&self.config);
+        topology::declare(&connection, &self.names, &settings).await?;
         let publisher =
             Publisher::new(connection.clone(), Duration::from_millis(self.config.amqp.publish_timeout_ms)).await?;
         let reply_queue = self.listen(&connection, waiters.clone()).await?;

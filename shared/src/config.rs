@@ -151,7 +151,10 @@ impl Default for DatabaseConfig {
 #[derive(Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AmqpConfig {
-    /// `amqp://user:password@host:port/vhost` (legacy `AMQP_URL`).
+    /// `amqp://user:password@host:port/vhost` (legacy `AMQP_URL`), or the nodes of a cluster
+    /// separated by commas: `amqp://u:p@h1:5672/v,h2:5672,h3:5672` (see
+    /// [`crate::messaging::addresses`] for every accepted form). Read it through
+    /// [`AmqpConfig::addresses`].
     pub url: String,
     /// Prefix of every exchange and queue name: `automation` gives `automation.events`.
     pub prefix: String,
@@ -160,6 +163,10 @@ pub struct AmqpConfig {
     /// AMQP users besides the one of `url` whose messages are the system's own (the API's, when
     /// it connects with other credentials than the worker). Never a publisher's.
     pub system_users: Vec<String>,
+    /// How many nodes a quorum queue gets when it is created (`x-quorum-initial-group-size`).
+    /// Unset: the broker's default (`quorum_cluster_size`, 3 in RabbitMQ 3.10), capped by the
+    /// nodes of the cluster. Only queues created from then on take it.
+    pub quorum_initial_group_size: Option<u16>,
 }
 
 impl fmt::Debug for AmqpConfig {
@@ -169,6 +176,7 @@ impl fmt::Debug for AmqpConfig {
             .field("prefix", &self.prefix)
             .field("publish_timeout_ms", &self.publish_timeout_ms)
             .field("system_users", &self.system_users)
+            .field("quorum_initial_group_size", &self.quorum_initial_group_size)
             .finish()
     }
 }
@@ -180,7 +188,16 @@ impl Default for AmqpConfig {
             prefix: "automation".into(),
             publish_timeout_ms: 5_000,
             system_users: Vec::new(),
+            quorum_initial_group_size: None,
         }
+    }
+}
+
+impl AmqpConfig {
+    /// The broker nodes of `url`. A configuration that [`Config::load`] returned always has
+    /// valid ones; the error names `AMQP_URL` and the entry, with its password masked.
+    pub fn addresses(&self) -> Result<crate::messaging::Addresses, ConfigError> {
+        crate::messaging::Addresses::parse(&self.url).map_err(|error| ConfigError::key("AMQP_URL", error))
     }
 }
 
@@ -619,11 +636,9 @@ impl Config {
             ));
         }
         self.database.connect_options()?;
-        if self.amqp.url.parse::<lapin::uri::AMQPUri>().is_err() {
-            return Err(ConfigError::key(
-                "AMQP_URL",
-                "not an amqp:// or amqps:// URL (amqp://user:password@host:5672/vhost)",
-            ));
+        self.amqp.addresses()?;
+        if self.amqp.quorum_initial_group_size.is_some_and(|size| size == 0 || size > 255) {
+            return Err(ConfigError::key("AUTOMATION_AMQP__QUORUM_INITIAL_GROUP_SIZE", "must be 1 to 255 (or unset)"));
         }
         if self.amqp.prefix.is_empty()
             || !self.amqp.prefix.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
@@ -1006,6 +1021,46 @@ mod tests {
             jail.set_env("AMQP_URL", "http://nope");
             let line = load(jail, Component::Worker).expect_err("bad url").to_string();
             assert!(line.starts_with("configuration error: AMQP_URL:"), "{line}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn amqp_url_takes_a_list_of_nodes_from_every_source_and_a_bad_entry_names_the_key_not_the_password() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let list = "amqp://a:s3cret@mq1:5672/%2f, amqp://a:s3cret@mq2:5673/%2f,mq3";
+            jail.set_env("AMQP_URL", list);
+            let config = load(jail, Component::Worker).map_err(|e| e.to_string())?;
+            assert_eq!(config.amqp.url, list);
+            let nodes: Vec<String> =
+                config.amqp.addresses().map_err(|e| e.to_string())?.nodes().iter().map(|n| n.to_string()).collect();
+            assert_eq!(nodes, ["mq1:5672", "mq2:5673", "mq3:5672"]);
+
+            jail.clear_env();
+            jail.create_file(".env", &format!("AMQP_URL={list}\n"))?;
+            let config = load(jail, Component::Api).map_err(|e| e.to_string())?;
+            assert_eq!(config.amqp.addresses().map_err(|e| e.to_string())?.nodes().len(), 3, "from .env");
+            jail.create_file(".env", "")?;
+
+            jail.set_env("AMQP_URL", "amqp://a:s3cret@mq1:5672/%2f,mq2:seventy");
+            let line = load(jail, Component::Cli).expect_err("bad entry").to_string();
+            assert!(line.starts_with("configuration error: AMQP_URL: entry 2 (mq2:seventy)"), "{line}");
+            jail.set_env("AMQP_URL", "amqp://a:s3cret@mq1:5672/%2f,amqp://a:0ther@mq2:5672/%2f");
+            let line = load(jail, Component::Api).expect_err("other password").to_string();
+            assert!(line.contains("AMQP_URL: entry 2 (amqp://a:***@mq2:5672/%2f)"), "{line}");
+            assert!(!line.contains("s3cret") && !line.contains("0ther"), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+
+            jail.clear_env();
+            jail.set_env("AUTOMATION_AMQP__QUORUM_INITIAL_GROUP_SIZE", "0");
+            let line = load(jail, Component::Worker).expect_err("group size 0").to_string();
+            assert!(line.contains("AUTOMATION_AMQP__QUORUM_INITIAL_GROUP_SIZE"), "{line}");
+            jail.set_env("AUTOMATION_AMQP__QUORUM_INITIAL_GROUP_SIZE", "5");
+            assert_eq!(
+                load(jail, Component::Worker).map_err(|e| e.to_string())?.amqp.quorum_initial_group_size,
+                Some(5)
+            );
             Ok(())
         });
     }

@@ -206,6 +206,7 @@ pub async fn run(worker: Worker, listener: TcpListener, shutdown: CancellationTo
         }
     }
     spawn_consumer("tasks", Box::pin(consumer::run(applying, WorkQueue::Tasks, shutdown.clone())));
+    spawn_consumer("broker connection", Box::pin(crate::broker::watch_recovery(broker.clone(), shutdown.clone())));
     let relay = Relay {
         pool: database.pool.clone(),
         broker: broker.clone(),

@@ -5,6 +5,7 @@
 mod access_log;
 mod auth;
 mod cloudevents_sdk;
+mod cluster_addresses;
 mod dead_letters;
 mod flows;
 mod healthcheck;

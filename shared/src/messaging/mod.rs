@@ -1,6 +1,7 @@
-//! RabbitMQ: the connection (with automatic recovery), the topology, and publishing with
-//! confirms.
+//! RabbitMQ: the connection (with automatic recovery, to another node of a cluster), the
+//! topology, and publishing with confirms.
 
+pub mod addresses;
 pub mod origin;
 pub mod topology;
 
@@ -11,6 +12,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
+pub use addresses::{AddressError, Addresses};
 pub use origin::{Origin, SystemUsers};
 pub use topology::Names;
 
@@ -21,40 +23,37 @@ pub const PERSISTENT: u8 = 2;
 /// answers (hung, or a half-open load balancer) would otherwise hold the caller for ever.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where `url` points, without credentials: for log lines.
-pub fn address(url: &str) -> String {
-    match url.parse::<lapin::uri::AMQPUri>() {
-        Ok(uri) if uri.vhost == "/" => format!("{}:{}", uri.authority.host, uri.authority.port),
-        Ok(uri) => format!("{}:{}/{}", uri.authority.host, uri.authority.port, uri.vhost),
-        Err(_) => "an unreadable AMQP_URL".to_string(),
-    }
-}
-
-/// Fails an attempt that takes longer than [`CONNECT_TIMEOUT`].
-async fn within_timeout(attempt: impl Future<Output = lapin::Result<Connection>>) -> lapin::Result<Connection> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+/// Fails an attempt that takes longer than [`CONNECT_TIMEOUT`] (more with several nodes: each
+/// may take [`addresses::NODE_CONNECT_TIMEOUT`]).
+async fn within_timeout(
+    addresses: &Addresses,
+    attempt: impl Future<Output = lapin::Result<Connection>>,
+) -> lapin::Result<Connection> {
+    let nodes = u32::try_from(addresses.nodes().len()).unwrap_or(u32::MAX);
+    let timeout = CONNECT_TIMEOUT.max(addresses::NODE_CONNECT_TIMEOUT.saturating_mul(nodes.saturating_add(1)));
+    match tokio::time::timeout(timeout, attempt).await {
         Ok(result) => result,
         Err(_) => Err(lapin::Error::from(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("no AMQP answer within {} s", CONNECT_TIMEOUT.as_secs()),
+            format!("no AMQP answer from {} within {} s", addresses.describe(), timeout.as_secs()),
         ))),
     }
 }
 
 /// Connects, retrying with bounded backoff (200 ms doubling to 5 s) and a line per failed attempt
-/// naming the broker, the error and the next delay, until connected or `stop`. `None`: stopped.
+/// naming the brokers, the error and the next delay, until connected or `stop`. `None`: stopped.
 pub async fn connect_until(
-    url: &str,
+    addresses: &Addresses,
     name: &str,
     stop: &tokio_util::sync::CancellationToken,
     mut failed: impl FnMut(&lapin::Error),
 ) -> Option<Connection> {
-    let broker = address(url);
+    let broker = addresses.describe();
     let mut delay = Duration::from_millis(200);
     loop {
         let attempt = tokio::select! {
             _ = stop.cancelled() => return None,
-            attempt = connect(url, name) => attempt,
+            attempt = connect(addresses, name) => attempt,
         };
         match attempt {
             Ok(connection) => return Some(connection),
@@ -71,9 +70,10 @@ pub async fn connect_until(
     }
 }
 
-/// Opens a connection that recovers by itself: after a broker restart lapin reconnects and
-/// replays the exchanges, queues, bindings, QoS and consumers declared on it.
-pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+/// Opens a connection that recovers by itself: when its node fails or restarts, lapin connects
+/// again, to the next node of `addresses` (in list order), and replays the exchanges, queues,
+/// bindings, QoS and consumers declared on it.
+pub async fn connect(addresses: &Addresses, name: &str) -> lapin::Result<Connection> {
     let properties = ConnectionProperties::default()
         .with_connection_name(LongString::from(name.to_string()))
         .enable_auto_recover()
@@ -85,20 +85,21 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
                 .with_jitter()
                 .without_max_times(),
         );
-    within_timeout(Connection::connect(url, properties)).await
+    within_timeout(addresses, addresses::open(addresses, properties)).await
 }
 
 /// Opens a connection that does not recover: when it fails, everything done on it ends with it.
 /// For work that must not resume by itself after an outage (the sequencer's lock and consumer).
-pub async fn connect_once(url: &str, name: &str) -> lapin::Result<Connection> {
+/// The attempt goes through the nodes of `addresses` like any other.
+pub async fn connect_once(addresses: &Addresses, name: &str) -> lapin::Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(LongString::from(name.to_string()));
-    within_timeout(Connection::connect(url, properties)).await
+    within_timeout(addresses, addresses::open(addresses, properties)).await
 }
 
 /// Connects, retrying with backoff for up to `patience`. Used at start-up, when the broker may
 /// still be starting beside us.
-pub async fn connect_with_patience(url: &str, name: &str, patience: Duration) -> lapin::Result<Connection> {
-    let attempt = || async { connect(url, name).await };
+pub async fn connect_with_patience(addresses: &Addresses, name: &str, patience: Duration) -> lapin::Result<Connection> {
+    let attempt = || async { connect(addresses, name).await };
     attempt
         .retry(
             ExponentialBuilder::default()
@@ -108,7 +109,7 @@ pub async fn connect_with_patience(url: &str, name: &str, patience: Duration) ->
                 .without_max_times(),
         )
         .notify(|error, after| {
-            tracing::warn!(broker = %address(url), error = %error, retry.in_ms = after.as_millis() as u64, "RabbitMQ is not reachable yet");
+            tracing::warn!(broker = %addresses.describe(), error = %error, retry.in_ms = after.as_millis() as u64, "RabbitMQ is not reachable yet");
         })
         .await
 }

@@ -37,11 +37,8 @@ impl SystemUsers {
     /// The user of `amqp.url` (RabbitMQ's `guest` when the URL names none), and the configured
     /// others.
     pub fn of(config: &AmqpConfig) -> SystemUsers {
-        let own = config
-            .url
-            .parse::<lapin::uri::AMQPUri>()
-            .map(|uri| uri.authority.userinfo.username)
-            .unwrap_or_else(|_| "guest".to_string());
+        let own =
+            config.addresses().map(|addresses| addresses.user().to_string()).unwrap_or_else(|_| "guest".to_string());
         SystemUsers::new(own, &config.system_users)
     }
 

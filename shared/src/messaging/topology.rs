@@ -121,6 +121,9 @@ pub struct TopologySettings<'a> {
     pub delivery_limit: u32,
     /// Partition queues behind `commands` (see [`Names::partition`]).
     pub partitions: u16,
+    /// `x-quorum-initial-group-size` for the quorum queues this creates; `None`: the broker's
+    /// default (3 in RabbitMQ 3.10), capped by the cluster's nodes.
+    pub quorum_initial_group_size: Option<u16>,
 }
 
 impl<'a> TopologySettings<'a> {
@@ -130,13 +133,95 @@ impl<'a> TopologySettings<'a> {
             retry_delays_ms: &worker.retry_delays_ms,
             delivery_limit: worker.delivery_limit,
             partitions: worker.partitions,
+            quorum_initial_group_size: None,
+        }
+    }
+
+    /// The settings of a whole configuration: the worker's, and the quorum queues' group size.
+    pub fn of_config(config: &'a crate::config::Config) -> TopologySettings<'a> {
+        TopologySettings {
+            quorum_initial_group_size: config.amqp.quorum_initial_group_size,
+            ..Self::of(&config.worker)
         }
     }
 }
 
-/// Declares every exchange, queue and binding. Safe to run any number of times, from any
-/// number of processes at once.
-pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettings<'_>) -> lapin::Result<()> {
+/// The argument that sets how many nodes a new quorum queue gets.
+const GROUP_SIZE: &str = "x-quorum-initial-group-size";
+
+/// Declares a quorum queue, with `x-quorum-initial-group-size` when one is configured. RabbitMQ
+/// reads that argument only when it creates the queue, yet refuses a redeclaration whose value
+/// differs from the one the queue was created with (PRECONDITION_FAILED, which closes the
+/// channel, and names the value the queue has). So that setting, changing or unsetting it does
+/// not break on the queues that exist, a queue that refuses the configured value is declared
+/// again with the value it has: every other argument is still compared by the broker.
+async fn declare_quorum_queue(
+    connection: &lapin::Connection,
+    channel: &mut Channel,
+    name: &str,
+    options: QueueDeclareOptions,
+    arguments: FieldTable,
+    group_size: Option<u16>,
+) -> lapin::Result<()> {
+    let error = match channel.queue_declare(name.into(), options, with_group_size(&arguments, group_size)).await {
+        Ok(_) => return Ok(()),
+        Err(error) if error.to_string().contains(GROUP_SIZE) => error,
+        Err(error) => return Err(error),
+    };
+    let Some(current) = current_group_size(&error.to_string()) else {
+        return Err(error);
+    };
+    tracing::info!(
+        queue = name,
+        configured = group_size,
+        current,
+        "the queue keeps the x-quorum-initial-group-size it was created with (only creation reads it; rabbitmq-queues grow/shrink change its members)"
+    );
+    *channel = connection.create_channel().await?;
+    channel.queue_declare(name.into(), options, with_group_size(&arguments, current)).await.map(drop)
+}
+
+fn with_group_size(arguments: &FieldTable, size: Option<u16>) -> FieldTable {
+    let mut arguments = arguments.clone();
+    if let Some(size) = size {
+        arguments.insert(ShortString::from(GROUP_SIZE), AMQPValue::LongInt(i32::from(size)));
+    }
+    arguments
+}
+
+/// The group size a queue has, from RabbitMQ's refusal: `... but current is none`, `... but
+/// current is '3'` or `... but current is the value '3' of type 'signedint'`. `None` when the
+/// text says none of these.
+fn current_group_size(refusal: &str) -> Option<Option<u16>> {
+    let current = refusal.rsplit_once("but current is ")?.1;
+    if current.starts_with("none") {
+        return Some(None);
+    }
+    let quoted = current.strip_prefix("the value ").unwrap_or(current);
+    let value = quoted.strip_prefix('\'')?.split('\'').next()?;
+    value.parse().ok().map(Some)
+}
+
+/// Declares every exchange, queue and binding, on channels of its own on `connection`. Safe to
+/// run any number of times, from any number of processes at once.
+pub async fn declare(
+    connection: &lapin::Connection,
+    names: &Names,
+    settings: &TopologySettings<'_>,
+) -> lapin::Result<()> {
+    let mut channel = connection.create_channel().await?;
+    let result = declare_on(connection, &mut channel, names, settings).await;
+    let _ = channel.close(200, "topology declared".into()).await;
+    result
+}
+
+async fn declare_on(
+    connection: &lapin::Connection,
+    channel: &mut Channel,
+    names: &Names,
+    settings: &TopologySettings<'_>,
+) -> lapin::Result<()> {
+    let group_size = settings.quorum_initial_group_size;
     let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     channel.exchange_declare(names.unrouted().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
     channel
@@ -153,19 +238,21 @@ pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettin
     let queue_options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     for queue in WorkQueue::ALL {
         let name = names.work_queue(queue);
-        channel
-            .queue_declare(
-                name.clone().into(),
-                queue_options,
-                quorum(&[
-                    // What the worker cannot dead-letter itself (a message that kills it every
-                    // time) still ends in the store.
-                    ("x-dead-letter-exchange", string(&names.dead())),
-                    // Our own attempt counter decides retries; this only stops crash loops.
-                    ("x-delivery-limit", AMQPValue::LongInt(settings.delivery_limit as i32)),
-                ]),
-            )
-            .await?;
+        declare_quorum_queue(
+            connection,
+            channel,
+            &name,
+            queue_options,
+            quorum(&[
+                // What the worker cannot dead-letter itself (a message that kills it every
+                // time) still ends in the store.
+                ("x-dead-letter-exchange", string(&names.dead())),
+                // Our own attempt counter decides retries; this only stops crash loops.
+                ("x-delivery-limit", AMQPValue::LongInt(settings.delivery_limit as i32)),
+            ]),
+            group_size,
+        )
+        .await?;
         for event_type in EventType::ALL.iter().filter(|t| t.queue() == queue) {
             channel
                 .queue_bind(
@@ -178,18 +265,20 @@ pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettin
                 .await?;
         }
         for delay in settings.retry_delays_ms {
-            channel
-                .queue_declare(
-                    names.retry_queue(queue, *delay).into(),
-                    queue_options,
-                    quorum(&[
-                        // Expired messages go back to the work queue through the default exchange.
-                        ("x-message-ttl", AMQPValue::LongLongInt(*delay as i64)),
-                        ("x-dead-letter-exchange", string("")),
-                        ("x-dead-letter-routing-key", string(&name)),
-                    ]),
-                )
-                .await?;
+            declare_quorum_queue(
+                connection,
+                channel,
+                &names.retry_queue(queue, *delay),
+                queue_options,
+                quorum(&[
+                    // Expired messages go back to the work queue through the default exchange.
+                    ("x-message-ttl", AMQPValue::LongLongInt(*delay as i64)),
+                    ("x-dead-letter-exchange", string("")),
+                    ("x-dead-letter-routing-key", string(&name)),
+                ]),
+                group_size,
+            )
+            .await?;
         }
     }
     // Automation events moved from `tasks` to `commands` (they are short transactions, and
@@ -205,18 +294,20 @@ pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettin
             .await?;
     }
     for index in 0..settings.partitions {
-        channel
-            .queue_declare(
-                names.partition(index).into(),
-                queue_options,
-                quorum(&[
-                    // One consumer at a time, the others wait: per-entity order by construction.
-                    ("x-single-active-consumer", AMQPValue::Boolean(true)),
-                    ("x-dead-letter-exchange", string(&names.dead())),
-                    ("x-delivery-limit", AMQPValue::LongInt(settings.delivery_limit as i32)),
-                ]),
-            )
-            .await?;
+        declare_quorum_queue(
+            connection,
+            channel,
+            &names.partition(index),
+            queue_options,
+            quorum(&[
+                // One consumer at a time, the others wait: per-entity order by construction.
+                ("x-single-active-consumer", AMQPValue::Boolean(true)),
+                ("x-dead-letter-exchange", string(&names.dead())),
+                ("x-delivery-limit", AMQPValue::LongInt(settings.delivery_limit as i32)),
+            ]),
+            group_size,
+        )
+        .await?;
     }
     channel
         .queue_bind(
@@ -228,7 +319,8 @@ pub async fn declare(channel: &Channel, names: &Names, settings: &TopologySettin
         )
         .await?;
 
-    channel.queue_declare(names.dead_letter_queue().into(), queue_options, quorum(&[])).await?;
+    declare_quorum_queue(connection, channel, &names.dead_letter_queue(), queue_options, quorum(&[]), group_size)
+        .await?;
     channel
         .queue_bind(
             names.dead_letter_queue().into(),
@@ -276,6 +368,20 @@ pub async fn delete(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_group_size_a_queue_has_is_read_from_the_brokers_refusal() {
+        let refusal = |current: &str| {
+            format!(
+                "PRECONDITION_FAILED - inequivalent arg 'x-quorum-initial-group-size' for queue 'q' in vhost '/': received the value '3' of type 'signedint' but current is {current}"
+            )
+        };
+        assert_eq!(current_group_size(&refusal("none")), Some(None));
+        assert_eq!(current_group_size(&refusal("the value '5' of type 'signedint'")), Some(Some(5)));
+        assert_eq!(current_group_size(&refusal("'3'")), Some(Some(3)));
+        assert_eq!(current_group_size(&refusal("something else")), None);
+        assert_eq!(current_group_size("connection reset"), None);
+    }
 
     #[test]
     fn every_name_takes_the_prefix() {

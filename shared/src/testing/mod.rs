@@ -31,6 +31,21 @@ pub fn amqp_url() -> String {
     std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// The nodes of a test's `AMQP_URL` (one URL, or a cluster's list).
+pub fn addresses(url: &str) -> messaging::Addresses {
+    messaging::Addresses::parse(url).expect("a valid AMQP_URL")
+}
+
+/// `url` with a node where nothing listens put first: `(the list, the dead node's port)`. With
+/// `shorthand` the live node follows as `host:port`, else as a full URL.
+pub fn dead_node_first(url: &str, shorthand: bool) -> (String, u16) {
+    let live: lapin::uri::AMQPUri = url.parse().expect("a single AMQP URL");
+    let mut dead = live.clone();
+    dead.authority.port = private_rabbitmq::free_port();
+    let second = if shorthand { format!("{}:{}", live.authority.host, live.authority.port) } else { url.to_string() };
+    (format!("{dead},{second}"), dead.authority.port)
+}
+
 /// Short retry delays, so retry paths run in seconds.
 pub const TEST_RETRY_DELAYS_MS: [u64; 3] = [200, 400, 800];
 
@@ -92,12 +107,11 @@ impl TestEnv {
 
         let pool = crate::db::connect(&config.database).await.expect("connect to the test database");
         MIGRATOR.run(&pool).await.expect("migrations apply");
-        let connection =
-            Arc::new(messaging::connect(&config.amqp.url, "automation-tests").await.expect("RabbitMQ answers"));
-        let channel = connection.create_channel().await.expect("channel");
+        let connection = Arc::new(
+            messaging::connect(&addresses(&config.amqp.url), "automation-tests").await.expect("RabbitMQ answers"),
+        );
         let settings = TopologySettings::of(&config.worker);
-        topology::declare(&channel, &Names::new(prefix.clone()), &settings).await.expect("topology");
-        let _ = channel.close(200, "ok".into()).await;
+        topology::declare(&connection, &Names::new(prefix.clone()), &settings).await.expect("topology");
         let publisher = Publisher::new(connection.clone(), Duration::from_secs(5)).await.expect("publisher");
         let declared = config.worker.clone();
         TestEnv {
@@ -223,7 +237,7 @@ impl TestEnv {
     /// environment's may still be recovering from a broker restart, and a passive declare of a
     /// missing queue closes its channel).
     pub async fn consumers_on(&self, queue: &str) -> u32 {
-        let connection = messaging::connect_once(&self.config.amqp.url, "test consumer count")
+        let connection = messaging::connect_once(&addresses(&self.config.amqp.url), "test consumer count")
             .await
             .expect("the broker takes a connection");
         let channel = connection.create_channel().await.expect("channel");
@@ -276,7 +290,8 @@ impl Drop for TestEnv {
                         .await;
                     server.close().await;
                 }
-                if let Ok(connection) = messaging::connect(&cleanup.amqp, "automation-tests-cleanup").await {
+                if let Ok(connection) = messaging::connect(&addresses(&cleanup.amqp), "automation-tests-cleanup").await
+                {
                     let names = Names::new(cleanup.prefix);
                     // A worker process started from this environment may have used the default
                     // layout: remove the most partitions any of them could have declared.
@@ -411,6 +426,7 @@ impl NotificationTap {
 pub mod private_mariadb;
 pub mod private_rabbitmq;
 pub mod publisher_user;
+pub mod rabbitmq_cluster;
 
 /// What `promtool check metrics` says about a scrape: nothing, if it is clean.
 pub fn promtool_check(scrape: &str) -> String {

@@ -107,7 +107,7 @@ impl PrivateRabbitMq {
         // The port opens while the node still boots, and a connection then gets no AMQP answer
         // a client can parse: wait for a whole AMQP handshake.
         loop {
-            match crate::messaging::connect_once(&self.url(), "automation-tests-probe").await {
+            match crate::messaging::connect_once(&super::addresses(&self.url()), "automation-tests-probe").await {
                 Ok(connection) => {
                     let _ = connection.close(200, "ready".into()).await;
                     return;

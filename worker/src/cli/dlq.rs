@@ -309,10 +309,13 @@ async fn act(config: &Config, pool: &sqlx::MySqlPool, selection: Selection, acti
     let mut chain = AuditChain::new(config.audit.key.as_deref());
     let publisher = match action {
         Action::Replay { .. } => {
-            let connection =
-                messaging::connect_with_patience(&config.amqp.url, "automation-worker dlq", Duration::from_secs(15))
-                    .await
-                    .context("could not connect to RabbitMQ (check AMQP_URL)")?;
+            let connection = messaging::connect_with_patience(
+                &config.amqp.addresses()?,
+                "automation-worker dlq",
+                Duration::from_secs(15),
+            )
+            .await
+            .context("could not connect to RabbitMQ (check AMQP_URL)")?;
             Some(
                 Publisher::new(std::sync::Arc::new(connection), Duration::from_millis(config.amqp.publish_timeout_ms))
                     .await?,

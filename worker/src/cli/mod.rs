@@ -75,10 +75,13 @@ async fn applied_versions(pool: &sqlx::MySqlPool) -> Vec<i64> {
 }
 
 pub async fn topology(config: &Config, json: bool) -> anyhow::Result<()> {
-    let connection =
-        messaging::connect_with_patience(&config.amqp.url, "automation-worker topology", Duration::from_secs(15))
-            .await
-            .context("could not connect to RabbitMQ (check AMQP_URL)")?;
+    let connection = messaging::connect_with_patience(
+        &config.amqp.addresses()?,
+        "automation-worker topology",
+        Duration::from_secs(15),
+    )
+    .await
+    .context("could not connect to RabbitMQ (check AMQP_URL)")?;
     let names = Names::new(config.amqp.prefix.clone());
     broker::declare_topology(&connection, &names, config).await?;
     let _ = connection.close(200, "done".into()).await;
@@ -107,7 +110,7 @@ pub async fn topology(config: &Config, json: bool) -> anyhow::Result<()> {
 pub fn publisher_permissions(config: &Config, json: bool) -> anyhow::Result<()> {
     let names = Names::new(config.amqp.prefix.clone());
     let exchange = names.events();
-    let vhost = config.amqp.url.parse::<lapin::uri::AMQPUri>().map(|u| u.vhost).unwrap_or_else(|_| "/".into());
+    let vhost = config.amqp.addresses()?.vhost().to_string();
     let system = automation_shared::messaging::SystemUsers::of(&config.amqp);
     let mut publishers = Vec::new();
     for (user, patterns) in &config.worker.publishers {
@@ -165,10 +168,13 @@ pub async fn delete_topology(config: &Config, yes: bool) -> anyhow::Result<()> {
             names.prefix()
         );
     }
-    let connection =
-        messaging::connect_with_patience(&config.amqp.url, "automation-worker topology", Duration::from_secs(15))
-            .await
-            .context("could not connect to RabbitMQ (check AMQP_URL)")?;
+    let connection = messaging::connect_with_patience(
+        &config.amqp.addresses()?,
+        "automation-worker topology",
+        Duration::from_secs(15),
+    )
+    .await
+    .context("could not connect to RabbitMQ (check AMQP_URL)")?;
     let settings = automation_shared::messaging::topology::TopologySettings::of(&config.worker);
     automation_shared::messaging::topology::delete(&connection, &names, &settings).await?;
     let _ = connection.close(200, "done".into()).await;

@@ -25,7 +25,9 @@ async fn duplicates_from_two_publishers_to_two_workers_are_applied_once() {
         let env = &env;
         async move {
             let connection = std::sync::Arc::new(
-                messaging::connect(&env.config.amqp.url, "chaos-publisher").await.expect("connect"),
+                messaging::connect(&automation_shared::testing::addresses(&env.config.amqp.url), "chaos-publisher")
+                    .await
+                    .expect("connect"),
             );
             let publisher = Publisher::new(connection, Duration::from_secs(10)).await.expect("publisher");
             let exchange = env.names().events();

@@ -112,7 +112,11 @@ async fn publish_stream(env: &TestEnv, events: &[(String, Vec<u8>)], progress: &
             }
             assert!(tokio::time::Instant::now() < deadline, "the publisher never got through again");
             if failing_since.get_or_insert_with(tokio::time::Instant::now).elapsed() > Duration::from_secs(5)
-                && let Ok(connection) = messaging::connect_once(&env.config.amqp.url, "chaos publisher").await
+                && let Ok(connection) = messaging::connect_once(
+                    &automation_shared::testing::addresses(&env.config.amqp.url),
+                    "chaos publisher",
+                )
+                .await
             {
                 let connection = std::sync::Arc::new(connection);
                 if let Ok(publisher) = Publisher::new(connection.clone(), Duration::from_secs(5)).await {

@@ -4,6 +4,7 @@
 
 mod audit;
 mod automations;
+mod cluster_addresses;
 mod concurrency;
 mod dlq;
 mod dr;
@@ -13,6 +14,7 @@ mod insights;
 mod ordering;
 mod pipeline;
 mod poison;
+mod quorum_group_size;
 mod rejections;
 mod replies;
 mod retries;

@@ -50,7 +50,10 @@ async fn each_kind_of_poison_is_dead_lettered_with_its_reason_while_good_events_
             "publisher_not_allowed",
         ),
     ];
-    let connection = messaging::connect_once(&user.url, "tests-outside-publisher").await.expect("the user connects");
+    let connection =
+        messaging::connect_once(&automation_shared::testing::addresses(&user.url), "tests-outside-publisher")
+            .await
+            .expect("the user connects");
     let outsider = Publisher::new(Arc::new(connection), Duration::from_secs(5)).await.expect("publisher");
     let exchange = env.names().events();
     for (routing_key, properties, body, _) in &cases {

@@ -17,7 +17,10 @@ use uuid::Uuid;
 use crate::support::{TestWorker, event};
 
 async fn publisher_of(user: &PublisherUser) -> Publisher {
-    let connection = messaging::connect_once(&user.url, "tests-outside-publisher").await.expect("the user connects");
+    let connection =
+        messaging::connect_once(&automation_shared::testing::addresses(&user.url), "tests-outside-publisher")
+            .await
+            .expect("the user connects");
     Publisher::new(Arc::new(connection), Duration::from_secs(5)).await.expect("publisher")
 }
 
