@@ -162,10 +162,10 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<bool> {
         }
         Command::Link { primary_amqp, retention_ms, json } => {
             let names = Names::new(config.amqp.prefix.clone());
-            let primary = connect(&primary_amqp, "automation-worker dr link (primary)").await?;
+            let primary = connect(&primary_amqp, "--primary-amqp", "automation-worker dr link (primary)").await?;
             declare_outbound(&primary.create_channel().await?, &names, retention_ms).await?;
             let _ = primary.close(200, "done".into()).await;
-            let standby = connect(&config.amqp.url, "automation-worker dr link (standby)").await?;
+            let standby = connect(&config.amqp.url, "AMQP_URL", "automation-worker dr link (standby)").await?;
             declare_inbound(&standby.create_channel().await?, &names, retention_ms).await?;
             let _ = standby.close(200, "done".into()).await;
             let link = json!({
@@ -619,17 +619,14 @@ pub fn inbound(names: &Names) -> String {
     format!("{}.dr.inbound", names.prefix())
 }
 
-async fn connect(url: &str, name: &str) -> anyhow::Result<lapin::Connection> {
-    messaging::connect_with_patience(url, name, Duration::from_secs(15))
+/// Connects to the broker `url` names (one address or a comma-separated list, as `AMQP_URL`);
+/// `key` names the setting in errors.
+async fn connect(url: &str, key: &str, name: &str) -> anyhow::Result<lapin::Connection> {
+    let addresses =
+        messaging::Addresses::parse(url).map_err(|error| automation_shared::config::ConfigError::key(key, error))?;
+    messaging::connect_with_patience(&addresses, name, Duration::from_secs(15))
         .await
-        .with_context(|| format!("could not connect to RabbitMQ at {}", redact_url(url)))
-}
-
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://…@{}", &url[..scheme], &url[at + 1..]),
-        _ => url.to_string(),
-    }
+        .with_context(|| format!("could not connect to RabbitMQ at {} ({key})", addresses.describe()))
 }
 
 fn copy_queue_arguments(retention_ms: u64) -> FieldTable {
@@ -707,7 +704,7 @@ async fn declare_inbound(channel: &Channel, names: &Names, retention_ms: u64) ->
 /// early if nothing arrives for 5 s (copies expire while it runs).
 async fn replay(url: &str, names: &Names, json: bool) -> anyhow::Result<u64> {
     use futures_util::StreamExt as _;
-    let connection = std::sync::Arc::new(connect(url, "automation-worker dr replay").await?);
+    let connection = std::sync::Arc::new(connect(url, "AMQP_URL", "automation-worker dr replay").await?);
     let publisher = Publisher::new(connection.clone(), Duration::from_secs(30)).await?;
     let channel = connection.create_channel().await?;
     let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
@@ -758,7 +755,7 @@ async fn replay(url: &str, names: &Names, json: bool) -> anyhow::Result<u64> {
 }
 
 async fn depths(config: &Config, names: &Names) -> anyhow::Result<Vec<(String, u32)>> {
-    let connection = connect(&config.amqp.url, "automation-worker dr queues").await?;
+    let connection = connect(&config.amqp.url, "AMQP_URL", "automation-worker dr queues").await?;
     let mut queues = vec![names.work_queue(WorkQueue::Commands), names.work_queue(WorkQueue::Tasks)];
     queues.extend((0..config.worker.partitions).map(|index| names.partition(index)));
     // A retry waiting out its delay (the competing layout) and a dead letter on its way to the

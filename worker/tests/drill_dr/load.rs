@@ -107,7 +107,10 @@ pub async fn http_burst(base: &str, token: &str, tag: &str, count: usize) -> Ack
 /// broker is gone); ids `"{tag}-{n}"`. A batch counts only if every confirm of it came.
 pub async fn spring(amqp: String, tag: &'static str, stop: Arc<AtomicBool>) -> Acknowledged {
     let mut result = Acknowledged::default();
-    let Ok(connection) = messaging::connect_once(&amqp, "drill spring publisher").await else {
+    let Ok(addresses) = messaging::Addresses::parse(&amqp) else {
+        return result;
+    };
+    let Ok(connection) = messaging::connect_once(&addresses, "drill spring publisher").await else {
         return result;
     };
     let connection = Arc::new(connection);
