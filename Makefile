@@ -12,7 +12,7 @@ TEST_FILTER := not binary(chaos)$(if $(DRILLS), and not binary(/^drill_/))
 # The advisory checker, installed into the cargo bin directory on first use.
 CARGO_DENY_VERSION := 0.20.2
 
-.PHONY: help deps build run test chaos drill-rabbitmq-cluster fuzz-api check check-advisories check-deploy check-interfaces bench bench-compare schemas drill-galera
+.PHONY: help deps build run test chaos drill-rabbitmq-cluster fuzz-api check check-advisories check-deploy check-interfaces bench bench-compare schemas drill-galera drill-dr
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -46,6 +46,10 @@ drill-galera: deps ## a 3-node MariaDB Galera cluster behind HAProxy: node kille
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends galera-4 haproxy rsync socat >/dev/null; } \
 		|| { echo "error: the Galera drill needs galera-4, haproxy, rsync and socat: apt-get install galera-4 haproxy rsync socat"; exit 1; }
 	cargo nextest run --workspace $(TEST_FEATURES) --profile drill -E 'binary(drill_galera) or binary(drill_galera_api)'
+
+drill-dr: deps ## the DR drill: two regions on this machine, the primary killed, failover.sh, failback.sh; RPO, RTO, tally
+	@mkdir -p .local
+	@scripts/drill-dr.sh
 
 fuzz-api: deps ## schemathesis against the API's OpenAPI document
 	@scripts/fuzz-api.sh

@@ -18,6 +18,9 @@ pub enum Exit {
     Config = 3,
     /// What the command was asked about does not exist (a dead letter id, a user's email).
     NotFound = 4,
+    /// A safety check refused the action (`dr promote` on a server that is a primary already,
+    /// or still replicates from a live primary, or is not the server named): nothing was changed.
+    Refused = 5,
 }
 
 impl Exit {
@@ -25,6 +28,8 @@ impl Exit {
     pub fn of(error: &anyhow::Error) -> Exit {
         if error.downcast_ref::<NotFound>().is_some() {
             Exit::NotFound
+        } else if error.downcast_ref::<Refused>().is_some() {
+            Exit::Refused
         } else if error.downcast_ref::<Usage>().is_some() {
             Exit::Usage
         } else if error.downcast_ref::<crate::config::ConfigError>().is_some() {
@@ -50,6 +55,11 @@ impl From<Exit> for ExitCode {
 #[error("{0}")]
 pub struct NotFound(pub String);
 
+/// An error meaning "a safety check said no; nothing was changed": exits with [`Exit::Refused`].
+#[derive(Debug, thiserror::Error)]
+#[error("refused: {0}")]
+pub struct Refused(pub String);
+
 /// An error meaning "the command line cannot be acted on as written" (beyond what clap checks):
 /// exits with [`Exit::Usage`].
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +73,8 @@ Exit codes:
   1  failed: a dependency was unreachable, an action failed, or a check found a problem
   2  usage: the command line is wrong
   3  configuration: a key is missing or wrong (the message names it)
-  4  not found: what was asked about does not exist";
+  4  not found: what was asked about does not exist
+  5  refused: a safety check said no (dr promote on the wrong server, ...); nothing was changed";
 
 #[cfg(test)]
 mod tests {
@@ -76,8 +87,10 @@ mod tests {
         assert_eq!(Exit::of(&anyhow::Error::new(Usage("say which".into()))), Exit::Usage);
         let wrapped = anyhow::Error::new(NotFound("x".into())).context("while replaying");
         assert_eq!(Exit::of(&wrapped), Exit::NotFound, "context keeps the kind");
-        let codes = [Exit::Success, Exit::Failure, Exit::Usage, Exit::Config, Exit::NotFound].map(Exit::code);
-        assert_eq!(codes, [0, 1, 2, 3, 4]);
+        assert_eq!(Exit::of(&anyhow::Error::new(Refused("a primary already".into()))), Exit::Refused);
+        let codes =
+            [Exit::Success, Exit::Failure, Exit::Usage, Exit::Config, Exit::NotFound, Exit::Refused].map(Exit::code);
+        assert_eq!(codes, [0, 1, 2, 3, 4, 5]);
         for code in codes {
             assert!(HELP.contains(&format!("  {code}  ")), "HELP documents {code}");
         }

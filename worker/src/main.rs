@@ -65,6 +65,13 @@ enum Command {
         #[command(subcommand)]
         command: Box<cli::dlq::Command>,
     },
+    /// Disaster recovery: the database's role, promote, fence, replicate; the DR broker's copy
+    /// of the primary's events (scripts/failover.sh and failback.sh use these).
+    #[command(after_help = DR_EXAMPLES)]
+    Dr {
+        #[command(subcommand)]
+        command: Box<cli::dr::Command>,
+    },
     /// The audit log.
     #[command(after_help = AUDIT_EXAMPLES)]
     Audit {
@@ -95,6 +102,19 @@ Examples:
 Replays and discards are audited with their operator: --as NAME, else $AUTOMATION_OPERATOR, else $USER.
 
 Exit codes: 0 done, 1 failed, 2 usage, 3 configuration, 4 no such dead letter.";
+
+const DR_EXAMPLES: &str = "\
+Examples (DATABASE_URL an administrator's of the server meant; docs/operations.md, \"Disaster recovery\"):
+  automation-worker dr status --json
+  automation-worker dr promote --expect-server-id 2
+  automation-worker dr fence --expect-server-id 2
+  DR_REPLICATION_PASSWORD=... automation-worker dr replicate-from --source-host db.eu-west-1 --source-user repl
+  automation-worker dr link --primary-amqp amqp://shovel:...@rabbitmq.eu-west-1:5672/%2f
+  automation-worker dr replay --json
+  automation-worker dr queues --wait-empty 600
+
+Exit codes: 0 done, 1 failed, 2 usage, 3 configuration, 5 refused (wrong server, a primary already,
+still connected to a live primary): nothing was changed.";
 
 const AUDIT_EXAMPLES: &str = "\
 Examples:
@@ -141,6 +161,7 @@ async fn main() -> ExitCode {
         Some(Command::Topology { json, delete: false, .. }) => cli::topology(&config, json).await.map(|()| true),
         Some(Command::Topology { delete: true, yes, .. }) => cli::delete_topology(&config, yes).await.map(|()| true),
         Some(Command::Dlq { command }) => cli::dlq::run(&config, *command).await,
+        Some(Command::Dr { command }) => cli::dr::run(&config, *command).await,
         Some(Command::Audit { command: AuditCommand::Verify { json } }) => cli::audit_verify(&config, json).await,
     };
     match result {

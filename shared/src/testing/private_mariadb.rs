@@ -12,23 +12,37 @@ pub struct PrivateMariaDb {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Server options beyond the defaults (a replication test's `--server-id`, `--log-bin`, ...),
+    /// given again on every restart.
+    options: Vec<String>,
 }
 
 impl PrivateMariaDb {
     /// Creates a data directory and starts the server; waits until it takes connections.
     pub async fn start() -> PrivateMariaDb {
+        PrivateMariaDb::start_with(&[]).await
+    }
+
+    /// The same, with these server options as well (`--server-id=2`, `--log-bin`, ...).
+    pub async fn start_with(options: &[&str]) -> PrivateMariaDb {
         let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
         let dir = std::env::temp_dir().join(format!("automation-mariadb-{id}"));
         std::fs::create_dir_all(&dir).expect("private MariaDB directory");
-        let status = Command::new("mariadb-install-db")
+        let output = Command::new("mariadb-install-db")
             .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
             .arg(format!("--datadir={}", dir.join("data").display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .stdin(Stdio::null())
+            .output()
             .expect("mariadb-install-db runs (is mariadb-server installed?)");
-        assert!(status.success(), "mariadb-install-db failed in {}", dir.display());
-        let mut server = PrivateMariaDb { port: free_port(), dir, child: None };
+        assert!(
+            output.status.success(),
+            "mariadb-install-db failed in {}: {}{}",
+            dir.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let options = options.iter().map(|o| o.to_string()).collect();
+        let mut server = PrivateMariaDb { port: free_port(), dir, child: None, options };
         server.launch().await;
         server
     }
@@ -45,6 +59,7 @@ impl PrivateMariaDb {
             .arg(format!("--port={}", self.port))
             .arg(format!("--socket={}", self.dir.join("sock").display()))
             .arg(format!("--pid-file={}", self.dir.join("pid").display()))
+            .args(&self.options)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

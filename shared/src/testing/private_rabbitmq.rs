@@ -29,6 +29,11 @@ fn answers(port: u16) -> bool {
 impl PrivateRabbitMq {
     /// Starts a node and waits until it takes AMQP connections.
     pub async fn start() -> PrivateRabbitMq {
+        PrivateRabbitMq::start_with_plugins(&[]).await
+    }
+
+    /// The same, with these plugins enabled (`rabbitmq_shovel`, ...; they ship with the server).
+    pub async fn start_with_plugins(plugins: &[&str]) -> PrivateRabbitMq {
         let id = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
         let dir = std::env::temp_dir().join(format!("automation-rabbitmq-{id}"));
         std::fs::create_dir_all(&dir).expect("private RabbitMQ directory");
@@ -43,13 +48,34 @@ impl PrivateRabbitMq {
             .expect("config");
         // The machine's rabbitmq-env.conf names the system node; this one names nothing.
         std::fs::write(node.dir.join("rabbitmq-env.conf"), "").expect("env config");
-        std::fs::write(node.dir.join("enabled_plugins"), "[].\n").expect("plugins");
+        std::fs::write(node.dir.join("enabled_plugins"), format!("[{}].\n", plugins.join(","))).expect("plugins");
         node.launch().await;
         node
     }
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// The node's name, for `rabbitmqctl -n`.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// SIGKILL to the Erlang VM itself (the server script runs it in the background, so killing
+    /// the script would leave it running): as a lost machine or region would. Drop still cleans up.
+    pub async fn kill(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pid")) {
+            let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while answers(self.port) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn launch(&mut self) {

@@ -1,8 +1,9 @@
-//! The ops subcommands: `migrate`, `topology`, `audit verify`, and `dlq` (in [`dlq`]). Each
+//! The ops subcommands: `migrate`, `topology`, `audit verify`, `dlq` (in [`dlq`]) and `dr` (in [`dr`]). Each
 //! prints what it did for a person, or JSON with `--json`, and exits non-zero with a message that
 //! says what to do.
 
 pub mod dlq;
+pub mod dr;
 
 use std::time::Duration;
 

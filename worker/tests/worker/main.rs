@@ -7,6 +7,7 @@ mod automations;
 mod cluster_addresses;
 mod concurrency;
 mod dlq;
+mod dr;
 mod generated_classes;
 mod healthcheck;
 mod insights;
