@@ -55,6 +55,11 @@ const CONFLICT_RETRIES: u32 = 3;
 /// The longest pause between two runs of a batch that keeps losing deadlocks.
 const CONFLICT_PAUSE_MAX_MS: u64 = 1_000;
 
+/// Runs of a batch that keeps losing deadlocks or certification (about 45 s with the pauses),
+/// after which it is split as any failing batch is and the loser spends an attempt: the consumer
+/// is never held without end, nor past a shutdown.
+const CONFLICT_RUNS_MAX: u32 = 50;
+
 /// What applying events takes, shared by every consumer of events (a work queue's consumers, the
 /// partition lanes, the deferral sweep): each makes its own [`Applier`] from a clone.
 #[derive(Clone)]
@@ -663,12 +668,16 @@ impl Applier {
                     check_all = true;
                 }
                 // A deadlock or certification failure always has a winner: it is run again, with
-                // a growing pause, for as long as it takes, and spends no attempt (two workers on
-                // one entity through two Galera nodes lose to each other often). A lock wait
+                // a growing pause, until it wins (within CONFLICT_RUNS_MAX, and not past a
+                // shutdown), and spends no attempt (two workers on one entity through two Galera
+                // nodes lose to each other often). A lock wait
                 // timeout or an inbox race is run again a few times, then spends an attempt.
                 Err(error)
                     if matches!(error.failure(), Failure::Conflict | Failure::Duplicate)
-                        && (conflicts < CONFLICT_RETRIES || error.always_resolves()) =>
+                        && (conflicts < CONFLICT_RETRIES
+                            || (error.always_resolves()
+                                && conflicts < CONFLICT_RUNS_MAX
+                                && !shutdown.is_cancelled())) =>
                 {
                     conflicts += 1;
                     check_all = true;
