@@ -42,10 +42,16 @@ pub fn is_pack(properties: &BasicProperties) -> bool {
     properties.content_type().as_ref().is_some_and(|c| c.as_str() == CONTENT_TYPE)
 }
 
-/// How many events a delivery carries: a pack's count, else 1.
+/// How many events a delivery carries: a pack's count, else 1. A partition's consumer splits
+/// packs across batches by this count, so it is never more than a pack holds: a header that
+/// claims more (a pack not of the sequencer's making) cannot make it cut one delivery into
+/// endless empty parts. The last part takes whatever is left, so a low count loses nothing.
 pub fn events_in(properties: &BasicProperties) -> usize {
     if is_pack(properties) {
-        messaging::int_header(properties, EVENTS_HEADER).and_then(|n| usize::try_from(n).ok()).unwrap_or(1).max(1)
+        messaging::int_header(properties, EVENTS_HEADER)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(1)
+            .clamp(1, MAX_EVENTS)
     } else {
         1
     }
@@ -150,6 +156,18 @@ mod tests {
         assert_eq!(events[0].body, b"{\"a\":1}");
         assert_eq!(events[1].routing_key, "approval.decided");
         assert_eq!(messaging::header(&events[1].properties, "ce_id").as_deref(), Some("e-2"));
+    }
+
+    #[test]
+    fn the_count_a_pack_claims_is_never_more_than_a_pack_holds() {
+        let (properties, _) = pack([("audit.recorded", &BasicProperties::default(), &b"{}"[..])]);
+        assert_eq!(events_in(&properties), 1);
+        for (claimed, counted) in [(0, 1), (-5, 1), (40, 40), (i64::from(u32::MAX), MAX_EVENTS), (i64::MAX, MAX_EVENTS)]
+        {
+            let forged = messaging::set_int_header(properties.clone(), EVENTS_HEADER, claimed);
+            assert_eq!(events_in(&forged), counted, "a pack claiming {claimed} events");
+        }
+        assert_eq!(events_in(&BasicProperties::default()), 1, "a single event");
     }
 
     #[test]
