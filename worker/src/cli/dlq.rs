@@ -9,7 +9,7 @@ use automation_shared::db::audit::{ActorType, AuditChain};
 use automation_shared::db::dead_letters::{self, DeadLetterSummary, Filter};
 use automation_shared::dead_letters::{self as actions, ActionReport, Operator};
 use automation_shared::exit::{NotFound, Usage};
-use automation_shared::messaging::{self, Names, Publisher, SystemUsers};
+use automation_shared::messaging::{Names, Publisher, SystemUsers};
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 use serde_json::json;
@@ -309,13 +309,7 @@ async fn act(config: &Config, pool: &sqlx::MySqlPool, selection: Selection, acti
     let mut chain = AuditChain::new(config.audit.key.as_deref());
     let publisher = match action {
         Action::Replay { .. } => {
-            let connection = messaging::connect_with_patience(
-                &config.amqp.addresses()?,
-                "automation-worker dlq",
-                Duration::from_secs(15),
-            )
-            .await
-            .context("could not connect to RabbitMQ (check AMQP_URL)")?;
+            let connection = super::connect_broker(config, "automation-worker dlq").await?;
             Some(
                 Publisher::new(std::sync::Arc::new(connection), Duration::from_millis(config.amqp.publish_timeout_ms))
                     .await?,

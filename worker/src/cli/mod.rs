@@ -74,14 +74,15 @@ async fn applied_versions(pool: &sqlx::MySqlPool) -> Vec<i64> {
         .unwrap_or_default()
 }
 
+/// A CLI command's connection to the nodes of `AMQP_URL`, waiting up to 15 s for one to answer.
+pub(crate) async fn connect_broker(config: &Config, name: &str) -> anyhow::Result<lapin::Connection> {
+    messaging::connect_with_patience(&config.amqp.addresses()?, name, Duration::from_secs(15))
+        .await
+        .context("could not connect to RabbitMQ (check AMQP_URL)")
+}
+
 pub async fn topology(config: &Config, json: bool) -> anyhow::Result<()> {
-    let connection = messaging::connect_with_patience(
-        &config.amqp.addresses()?,
-        "automation-worker topology",
-        Duration::from_secs(15),
-    )
-    .await
-    .context("could not connect to RabbitMQ (check AMQP_URL)")?;
+    let connection = connect_broker(config, "automation-worker topology").await?;
     let names = Names::new(config.amqp.prefix.clone());
     broker::declare_topology(&connection, &names, config).await?;
     let _ = connection.close(200, "done".into()).await;
@@ -168,13 +169,7 @@ pub async fn delete_topology(config: &Config, yes: bool) -> anyhow::Result<()> {
             names.prefix()
         );
     }
-    let connection = messaging::connect_with_patience(
-        &config.amqp.addresses()?,
-        "automation-worker topology",
-        Duration::from_secs(15),
-    )
-    .await
-    .context("could not connect to RabbitMQ (check AMQP_URL)")?;
+    let connection = connect_broker(config, "automation-worker topology").await?;
     let settings = automation_shared::messaging::topology::TopologySettings::of(&config.worker);
     automation_shared::messaging::topology::delete(&connection, &names, &settings).await?;
     let _ = connection.close(200, "done".into()).await;
