@@ -47,7 +47,10 @@ impl LostCommitProxy {
         format!("mysql://root@127.0.0.1:{}", self.port)
     }
 
-    /// Loses the replies to the next `n` commits.
+    /// Loses the replies to the next `n` commits of transactions that sent at least
+    /// [`LARGE_TRANSACTION`] bytes: a batch of events, not one of the small transactions a worker
+    /// commits beside its batches all the time (heartbeats, sweeps, the relay's deletes), which
+    /// took every armed commit when the machine was busy.
     pub fn arm(&self, n: u32) {
         self.armed.store(n, Ordering::SeqCst);
     }
@@ -64,6 +67,10 @@ impl Drop for LostCommitProxy {
     }
 }
 
+/// The bytes a transaction sends before its `COMMIT` for [`LostCommitProxy::arm`] to lose that
+/// commit's reply (a batch of 20 events sends several times this in its multi-row inserts).
+pub const LARGE_TRANSACTION: usize = 4096;
+
 /// One connection: packets from the client are read whole (a 3-byte length, a sequence byte)
 /// so a `COMMIT` is recognised; bytes from the server are copied, except the reply to a commit
 /// chosen to be lost.
@@ -74,6 +81,8 @@ async fn relay(client: TcpStream, server: TcpStream, armed: Arc<AtomicU32>, lost
     let cutting = cut.clone();
     let upstream = async move {
         let mut header = [0u8; 4];
+        // What the client sent since its last commit.
+        let mut sent = 0usize;
         loop {
             if client_read.read_exact(&mut header).await.is_err() {
                 return;
@@ -85,7 +94,10 @@ async fn relay(client: TcpStream, server: TcpStream, armed: Arc<AtomicU32>, lost
             }
             let commit = payload.first() == Some(&COM_QUERY)
                 && std::str::from_utf8(&payload[1..]).is_ok_and(|q| q.trim().eq_ignore_ascii_case("commit"));
-            let lose = commit && armed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+            let large = sent >= LARGE_TRANSACTION;
+            sent = if commit { 0 } else { sent + len };
+            let lose =
+                commit && large && armed.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
             if lose {
                 // Told before the server can answer: its reply is read and dropped below, and
                 // the client's connection closed.
